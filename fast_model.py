@@ -1,0 +1,335 @@
+"""The decoder network for Llama-family GPTQ checkpoints (Qwen1.5/2/2.5, Llama, Mistral, SmolLM2), built for decoding.
+
+Unlike the transformers model it has static shapes everywhere a decode step touches: a KV cache
+allocated once, positions and tokens as tensors, and attention over a fixed-length window of the
+cache. That is what lets `engine.py` capture a decode step as one CUDA graph. Projections that
+share an input are fused (`quant_linear.py`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch import nn
+
+from quant_linear import GPTQ_PARTS, GPTQSettings, build_quant_linear, fuse_gptq_tensors
+
+SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM")
+
+
+class UnsupportedModel(ValueError):
+    """The checkpoint needs something this network does not do; the plain path still runs it."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float
+    rms_norm_eps: float
+    tie_word_embeddings: bool
+    max_position_embeddings: int
+
+    @classmethod
+    def from_config(cls, config: dict) -> ModelShape:
+        architecture = (config.get("architectures") or ["?"])[0]
+        if architecture not in SUPPORTED_ARCHITECTURES:
+            raise UnsupportedModel(f"{architecture} is not one of {', '.join(SUPPORTED_ARCHITECTURES)}")
+        rope = config.get("rope_parameters") or {}  # transformers 5 moved rope_theta in here
+        if config.get("rope_scaling") or rope.get("rope_type", "default") != "default":
+            raise UnsupportedModel(f"rope scaling {config.get('rope_scaling') or rope} is not supported")
+        if config.get("hidden_act", "silu") != "silu":
+            raise UnsupportedModel(f"activation {config['hidden_act']} is not supported")
+        if config.get("use_sliding_window") or (architecture == "MistralForCausalLM" and config.get("sliding_window")):
+            raise UnsupportedModel("sliding-window attention is not supported")
+        heads = config["num_attention_heads"]
+        return cls(
+            vocab_size=config["vocab_size"],
+            hidden_size=config["hidden_size"],
+            intermediate_size=config["intermediate_size"],
+            num_layers=config["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=config.get("num_key_value_heads") or heads,
+            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+            rope_theta=float(rope.get("rope_theta") or config.get("rope_theta", 10000.0)),
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            max_position_embeddings=int(config.get("max_position_embeddings", 4096)),
+        )
+
+
+class RMSNorm(nn.Module):
+    """As in transformers: normalise in float32, scale in the model's dtype."""
+
+    def __init__(self, weight: torch.Tensor, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rope_tables(shape: ModelShape, length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """cos and sin for every position, stacked: [2, length, head_dim]."""
+    exponent = torch.arange(0, shape.head_dim, 2, dtype=torch.int64).float() / shape.head_dim
+    inv_freq = 1.0 / (shape.rope_theta**exponent)
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    return torch.stack((angles.cos(), angles.sin())).to(device=device, dtype=dtype)
+
+
+class KVCache(nn.Module):
+    """K and V for `slots` sequences of up to `length` tokens, allocated once."""
+
+    def __init__(self, shape: ModelShape, slots: int, length: int, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        size = (slots, shape.num_kv_heads, length, shape.head_dim)
+        self.register_buffer("k", torch.zeros(size, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(size, device=device, dtype=dtype), persistent=False)
+
+
+def attend_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """PyTorch's fused attention called as transformers calls it, so eager runs match the plain path.
+
+    `mask` None means the keys are exactly the tokens up to the last query: causal for a prompt,
+    nothing to mask for a single new token.
+    """
+    causal = mask is None and q.shape[2] > 1
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=q.shape[1] != k.shape[1]
+    )
+
+
+def attend_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention as two batched GEMMs; grouped-query heads share K/V without copying them.
+
+    q [B, H, T, D], k/v [B, KV, L, D], mask [B, 1, T, L] (True = may attend) → [B, H, T, D].
+    Plain GEMMs spread a decode step's single query over the whole cache length, where fused
+    attention kernels parallelise over heads only.
+    """
+    batch, heads, steps, dim = q.shape
+    groups = heads // k.shape[1]
+    q = q.reshape(batch, k.shape[1], groups * steps, dim)
+    scores = torch.matmul(q.float(), k.transpose(-1, -2).float()) * dim**-0.5
+    scores = scores.view(batch, k.shape[1], groups, steps, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+    elif steps > 1:
+        scores = scores + torch.full((steps, steps), float("-inf"), device=q.device).triu(1)
+    probs = scores.softmax(dim=-1).to(v.dtype).view(batch, k.shape[1], groups * steps, -1)
+    return torch.matmul(probs, v).view(batch, heads, steps, dim)
+
+
+ATTENTION = {"sdpa": attend_sdpa, "matmul": attend_matmul}
+
+
+class Attention(nn.Module):
+    def __init__(self, shape: ModelShape, qkv: nn.Module, o: nn.Module) -> None:
+        super().__init__()
+        self.attend = attend_sdpa
+        self.shape = shape
+        self.qkv = qkv
+        self.o = o
+        self.sizes = (shape.num_heads * shape.head_dim, *(2 * [shape.num_kv_heads * shape.head_dim]))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor,
+        cache: KVCache,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        window: int,
+        first_row: int,
+    ) -> torch.Tensor:
+        batch, steps, _ = x.shape
+        s = self.shape
+        q, k, v = self.qkv(x).split(self.sizes, dim=-1)
+        q = q.view(batch, steps, s.num_heads, s.head_dim).transpose(1, 2)
+        k = k.view(batch, steps, s.num_kv_heads, s.head_dim).transpose(1, 2)
+        v = v.view(batch, steps, s.num_kv_heads, s.head_dim).transpose(1, 2)
+        cos, sin = rope[0][positions].unsqueeze(1), rope[1][positions].unsqueeze(1)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        keys, values = cache.k[first_row : first_row + batch], cache.v[first_row : first_row + batch]
+        rows = torch.arange(batch, device=x.device).unsqueeze(-1)
+        keys[rows, :, positions] = k.transpose(1, 2)
+        values[rows, :, positions] = v.transpose(1, 2)
+        out = self.attend(q, keys[:, :, :window], values[:, :, :window], mask)
+        return self.o(out.transpose(1, 2).reshape(batch, steps, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, gate_up: nn.Module, down: nn.Module, intermediate: int) -> None:
+        super().__init__()
+        self.gate_up = gate_up
+        self.down = down
+        self.intermediate = intermediate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).split(self.intermediate, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, attention: Attention, mlp: FeedForward, norm1: RMSNorm, norm2: RMSNorm) -> None:
+        super().__init__()
+        self.attention, self.mlp, self.norm1, self.norm2 = attention, mlp, norm1, norm2
+
+    def forward(self, x, rope, cache, positions, mask, window, first_row):
+        x = x + self.attention(self.norm1(x), rope, cache, positions, mask, window, first_row)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, shape: ModelShape, embed: torch.Tensor, blocks: list[Block], norm: RMSNorm, head: torch.Tensor):
+        super().__init__()
+        self.shape = shape
+        self.embed = nn.Parameter(embed, requires_grad=False)
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = norm
+        self.head = embed if head is None else nn.Parameter(head, requires_grad=False)
+        self.caches: list[KVCache] = []
+        self.rope: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    def setup_caches(self, slots: int, length: int) -> None:
+        """Allocate the KV cache once: `slots` sequences of up to `length` tokens."""
+        dtype, device = self.embed.dtype, self.device
+        self.caches = [KVCache(self.shape, slots, length, device, dtype) for _ in self.blocks]
+        self.rope = rope_tables(self.shape, length, device, dtype)
+
+    @property
+    def cache_length(self) -> int:
+        return self.caches[0].k.shape[2] if self.caches else 0
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        window: int,
+        first_row: int = 0,
+        last_only: bool = True,
+        exact: bool = False,
+    ) -> torch.Tensor:
+        """Logits for `tokens` [B, T] at `positions` [B, T] of cache rows `first_row`..`first_row+B-1`.
+
+        Attention reads the first `window` cache entries of each row, masked to those at or before
+        each token's position; a smaller window makes short chats cheaper. `exact` says the window
+        ends at the last token and the tokens are all new or just one, so no mask is needed.
+        """
+        mask = None
+        if not exact:
+            keys = torch.arange(window, device=tokens.device)
+            mask = keys.view(1, 1, 1, window) <= positions.unsqueeze(-1).unsqueeze(1)
+        x = F.embedding(tokens, self.embed)
+        for block, cache in zip(self.blocks, self.caches, strict=True):
+            x = block(x, self.rope, cache, positions, mask, window, first_row)
+        if last_only:
+            x = x[:, -1:]
+        return F.linear(self.norm(x), self.head)
+
+
+def gptq_settings(config: dict) -> GPTQSettings:
+    quant = config["quantization_config"]
+    return GPTQSettings(
+        bits=int(quant["bits"]),
+        group_size=int(quant.get("group_size", -1)),
+        sym=bool(quant.get("sym", True)),
+        desc_act=bool(quant.get("desc_act", False)),
+    )
+
+
+class CheckpointTensors:
+    """Lazy access to a checkpoint's tensors by name, across shards."""
+
+    def __init__(self, folder: Path) -> None:
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+        else:
+            with safe_open(folder / "model.safetensors", "pt") as handle:
+                weight_map = dict.fromkeys(handle.keys(), "model.safetensors")
+        self.folder = folder
+        self.weight_map: dict[str, str] = weight_map
+        self.handles: dict[str, object] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.weight_map
+
+    def get(self, name: str) -> torch.Tensor:
+        file = self.weight_map[name]
+        if file not in self.handles:
+            self.handles[file] = safe_open(self.folder / file, "pt")
+        return self.handles[file].get_tensor(name)  # type: ignore[attr-defined]
+
+    def linear(self, prefix: str) -> dict[str, torch.Tensor]:
+        parts = {name: self.get(f"{prefix}.{name}") for name in GPTQ_PARTS}
+        if f"{prefix}.bias" in self:
+            parts["bias"] = self.get(f"{prefix}.bias")
+        return parts
+
+
+def load_transformer(
+    folder: Path,
+    backend: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: Callable[[str, float], None] | None = None,
+) -> Transformer:
+    """Build the network from a GPTQ checkpoint folder, fusing q/k/v and gate/up as it goes."""
+    config = json.loads((folder / "config.json").read_text())
+    shape = ModelShape.from_config(config)
+    settings = gptq_settings(config)
+    tensors = CheckpointTensors(folder)
+
+    def quant(*prefixes: str) -> nn.Module:
+        fused = fuse_gptq_tensors([tensors.linear(p) for p in prefixes])
+        return build_quant_linear(fused, settings, backend, device, dtype)
+
+    def norm(name: str) -> RMSNorm:
+        return RMSNorm(tensors.get(name).to(device=device, dtype=dtype), shape.rms_norm_eps)
+
+    blocks = []
+    for i in range(shape.num_layers):
+        if progress:
+            progress(f"Preparing layer {i + 1} of {shape.num_layers}", (i + 1) / shape.num_layers)
+        p = f"model.layers.{i}"
+        attention = Attention(
+            shape,
+            quant(f"{p}.self_attn.q_proj", f"{p}.self_attn.k_proj", f"{p}.self_attn.v_proj"),
+            quant(f"{p}.self_attn.o_proj"),
+        )
+        mlp = FeedForward(
+            quant(f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj"), quant(f"{p}.mlp.down_proj"), shape.intermediate_size
+        )
+        blocks.append(
+            Block(attention, mlp, norm(f"{p}.input_layernorm.weight"), norm(f"{p}.post_attention_layernorm.weight"))
+        )
+    embed = tensors.get("model.embed_tokens.weight").to(device=device, dtype=dtype)
+    head = None
+    if not shape.tie_word_embeddings and "lm_head.weight" in tensors:
+        head = tensors.get("lm_head.weight").to(device=device, dtype=dtype)
+    return Transformer(shape, embed, blocks, norm("model.norm.weight"), head).eval()

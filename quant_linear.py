@@ -1,0 +1,96 @@
+"""GPTQ linear layers built straight from checkpoint tensors, with projections that share an input fused.
+
+q/k/v read the same activations, and so do gate/up: concatenated along the output dimension in
+GPTQ layout (before any kernel repacks them), each group becomes one wide GEMM. At batch 1 the
+narrow 4096x4096 GEMMs reach only ~30 % of the memory bandwidth and the wide ones 50-65 %
+(../shared/NOTES.md), and there are fewer launches per layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GPTQSettings:
+    bits: int
+    group_size: int
+    sym: bool
+    desc_act: bool
+
+
+GPTQ_PARTS = ("qweight", "qzeros", "scales", "g_idx")
+
+
+def fuse_gptq_tensors(parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate several GPTQ linears that share an input into one, along the output dimension."""
+    if len(parts) == 1:
+        return dict(parts[0])
+    first = parts[0]["g_idx"]
+    if any(not torch.equal(p["g_idx"], first) for p in parts[1:]):
+        raise ValueError("cannot fuse projections with different act-order permutations")
+    fused = {name: torch.cat([p[name] for p in parts], dim=1) for name in ("qweight", "qzeros", "scales")}
+    fused["g_idx"] = first
+    if "bias" in parts[0]:
+        fused["bias"] = torch.cat([p["bias"] for p in parts])
+    return fused
+
+
+def kernel_class(backend: str) -> type:
+    """The gptqmodel QuantLinear class behind one of our kernel names (see kernels.py)."""
+    if backend == "marlin":
+        from gptqmodel.nn_modules.qlinear.marlin import MarlinLinear
+
+        return MarlinLinear
+    if backend == "torch_aten":
+        from gptqmodel.nn_modules.qlinear.torch_aten_kernel import TorchAtenLinear
+
+        return TorchAtenLinear
+    if backend == "torch":
+        from gptqmodel.nn_modules.qlinear.torch import TorchLinear
+
+        return TorchLinear
+    raise ValueError(f"the fast engine does not drive the {backend} kernel")
+
+
+def build_quant_linear(
+    tensors: dict[str, torch.Tensor], settings: GPTQSettings, backend: str, device: torch.device, dtype: torch.dtype
+) -> nn.Module:
+    """One gptqmodel QuantLinear on `device`, loaded from GPTQ v1 tensors and made ready to run."""
+    from gptqmodel.utils.model import convert_gptq_v1_to_v2_format_module
+
+    cls = kernel_class(backend)
+    in_features = tensors["g_idx"].shape[0]
+    out_features = tensors["scales"].shape[1]
+    module = cls(
+        bits=settings.bits,
+        group_size=settings.group_size,
+        sym=settings.sym,
+        desc_act=settings.desc_act,
+        in_features=in_features,
+        out_features=out_features,
+        bias="bias" in tensors,
+        register_buffers=True,
+        dtype=dtype,
+        backend=cls.SUPPORTS_BACKENDS[0],
+    )
+    state = {name: tensors[name] for name in GPTQ_PARTS}
+    if "bias" in tensors:
+        state["bias"] = tensors["bias"].to(dtype)
+    state["scales"] = state["scales"].to(dtype)
+    for name, value in state.items():
+        current = getattr(module, name)
+        if isinstance(current, nn.Parameter):
+            setattr(module, name, nn.Parameter(value.to(device), requires_grad=False))
+        else:
+            setattr(module, name, value.to(device))
+    module.to(device)
+    if getattr(cls, "REQUIRES_FORMAT_V2", False):
+        convert_gptq_v1_to_v2_format_module(module, bits=settings.bits, pack_dtype=torch.int32)
+    module.post_init()
+    module.eval()
+    return module

@@ -1,0 +1,43 @@
+"""The loader: validation before loading, a clear refusal for impossible requests, facts about the result."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from checkpoint import CheckpointError
+from kernels import KernelError
+from model_loader import load, load_uncached
+
+
+def test_tiny_qwen_checkpoint_loads_with_a_gptq_kernel_on_cpu(tiny_gptq_dir: Path) -> None:
+    loaded = load_uncached(tiny_gptq_dir, device="cpu")
+    facts = loaded.facts
+    assert facts.device == "cpu" and facts.backend == "torch_aten"
+    assert facts.quantized_layers == 7 * loaded.info.num_layers
+    assert facts.kernel_class.endswith("Linear")
+    assert facts.load_seconds > 0 and facts.max_context == loaded.info.max_position_embeddings
+    logits = loaded.model(torch.tensor([[1, 2, 3]])).logits
+    assert logits.shape == (1, 3, loaded.info.vocab_size) and torch.isfinite(logits).all()
+
+
+def test_broken_folder_fails_fast_before_loading(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2"}')
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match="not a quantized checkpoint"):
+        load(tmp_path)
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_asking_for_cuda_without_a_gpu_points_to_the_doctor(tiny_gptq_dir: Path) -> None:
+    with pytest.raises(RuntimeError, match="doctor"):
+        load(tiny_gptq_dir, device="cuda")
+
+
+def test_a_gpu_kernel_on_the_cpu_is_refused(tiny_gptq_dir: Path) -> None:
+    with pytest.raises(KernelError, match="marlin needs a CUDA GPU"):
+        load(tiny_gptq_dir, backend="marlin", device="cpu")
