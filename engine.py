@@ -28,15 +28,17 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
 SMALLEST_WINDOW = 256
+PREFILL_CHUNKS = (32, 128, 512)  # prompt pieces prefilled by a captured graph (padded up to one of these)
+WINDOW_STEP = 2048  # above this, windows grow linearly: a 4.1k chat must not pay for 8k of attention
 
 
 def window_buckets(length: int) -> list[int]:
-    """Attention windows to capture: powers of two from 256 up to the cache length (which is always one)."""
+    """Attention windows to capture: 256, 512, ... 2048, then every 2048, and the cache length itself."""
     buckets = []
     size = SMALLEST_WINDOW
     while size < length:
         buckets.append(size)
-        size *= 2
+        size = size * 2 if size < WINDOW_STEP else size + WINDOW_STEP
     return [*buckets, length]
 
 
@@ -66,6 +68,8 @@ class FastEngine:
         self.model = model
         self.device = model.device
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
+        if self.device.type == "cuda":
+            model.compile_small_ops()
         self.name = "fast engine (CUDA graphs)" if self.use_graphs else "fast engine (eager)"
         self.slots = 1
         context_length = min(context_length, model.shape.max_position_embeddings)
@@ -76,7 +80,14 @@ class FastEngine:
         self.tokens = torch.zeros(self.slots, 1, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(self.slots, 1, dtype=torch.long, device=self.device)
         self.next_tokens = torch.zeros(self.slots, dtype=torch.long, device=self.device)
+        self.logits = torch.zeros(self.slots, model.shape.vocab_size, dtype=torch.float32, device=self.device)
         self.graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
+        self.chunks = [c for c in PREFILL_CHUNKS if c <= context_length]
+        longest = max(self.chunks, default=1)
+        self.prefill_tokens = torch.zeros(1, longest, dtype=torch.long, device=self.device)
+        self.prefill_positions = torch.zeros(1, longest, dtype=torch.long, device=self.device)
+        self.prefill_pick = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.prefill_graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.cached_ids: list[int] = []  # tokens whose K/V are in slot 0, in order
         self.lock = threading.Lock()
         self.stats = EngineStats(windows=self.windows)
@@ -90,11 +101,12 @@ class FastEngine:
     def step(self, window: int, greedy: bool, exact: bool = False) -> None:
         """One decode step for every slot: feed `tokens` at `positions`, leave the next tokens in place."""
         logits = self.model(self.tokens, self.positions, window, exact=exact)[:, -1]
+        self.logits.copy_(logits)  # kept for tests and teacher forcing; a 0.6 MB copy
         chosen = sample(logits, self.sampling, greedy)
         self.next_tokens.copy_(chosen)
         self.tokens.copy_(chosen.unsqueeze(-1))
         self.positions.add_(1)
-        self.sampling.seen[torch.arange(self.slots, device=self.device), chosen] = True
+        self.sampling.seen.scatter_(1, chosen.unsqueeze(-1), True)
 
     def capture(self, progress: Progress | None = None) -> None:
         """Record one CUDA graph per (window, greedy or sampled); the step's warm-up runs change nothing kept."""
@@ -105,9 +117,14 @@ class FastEngine:
         keys = [(w, g) for w in self.windows for g in (True, False)]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for window, greedy in keys[:2]:  # warm up kernels (autotuning, lazy init) outside capture
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for steps in (8, 13):  # compile the fused ops for prompts (the second length makes them dynamic)
+                tokens = self.tokens.new_zeros(1, steps)
+                self.model(tokens, torch.arange(steps, device=self.device).unsqueeze(0), steps, exact=True)
+            for window, greedy in keys[:2]:  # warm up kernels (compilation, lazy init) outside capture
                 self.step(window, greedy)
+            for chunk in self.chunks:
+                self.prefill_forward(chunk, next(w for w in self.windows if w >= chunk))
         torch.cuda.current_stream().wait_stream(stream)
         for i, (window, greedy) in enumerate(keys):
             if progress:
@@ -116,9 +133,17 @@ class FastEngine:
             with torch.cuda.graph(graph, pool=pool):
                 self.step(window, greedy)
             self.graphs[(window, greedy)] = graph
+        pieces = [(c, w) for c in self.chunks for w in self.windows if w >= c]
+        for i, (chunk, window) in enumerate(pieces):
+            if progress:
+                progress(f"Capturing prompt graph {i + 1} of {len(pieces)} ({chunk} tokens)", (i + 1) / len(pieces))
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self.prefill_forward(chunk, window)
+            self.prefill_graphs[(chunk, window)] = graph
         torch.cuda.synchronize()
         self.cached_ids = []  # warm-up wrote into the cache
-        self.stats.graphs = len(self.graphs)
+        self.stats.graphs = len(self.graphs) + len(self.prefill_graphs)
         self.stats.warmup_seconds = time.perf_counter() - started
         log.info("Captured %d decode graphs in %.1f s", len(self.graphs), self.stats.warmup_seconds)
 
@@ -132,14 +157,40 @@ class FastEngine:
 
     # -- prefill ---------------------------------------------------------------------------------
     @torch.inference_mode()
+    def prefill_forward(self, chunk: int, window: int) -> None:
+        """The captured part of a prefill: `chunk` tokens (padded) at their positions, logits at `prefill_pick`."""
+        tokens, positions = self.prefill_tokens[:, :chunk], self.prefill_positions[:, :chunk]
+        self.logits[:1].copy_(self.model(tokens, positions, window, pick=self.prefill_pick)[:, -1])
+
+    def prefill_logits(self, prompt: torch.Tensor, reuse: int) -> torch.Tensor:
+        """Logits after the prompt, computing positions `reuse` onwards: a captured graph where one fits.
+
+        Padding after the real tokens is harmless: it comes later in the causal order, and its cache
+        entries lie beyond the prompt, where decode steps overwrite them before reading them.
+        """
+        new, total = len(prompt) - reuse, len(prompt)
+        chunk = next((c for c in self.chunks if c >= new), None)
+        if self.use_graphs and chunk and reuse + chunk <= self.context_length:
+            window = next(w for w in self.windows if w >= reuse + chunk)
+            self.prefill_tokens[0, :new].copy_(prompt[reuse:])
+            self.prefill_positions[0, :chunk].copy_(torch.arange(reuse, reuse + chunk))
+            self.prefill_pick.fill_(new - 1)
+            self.prefill_graphs[(chunk, window)].replay()
+            return self.logits[:1]
+        positions = torch.arange(reuse, total, device=self.device).unsqueeze(0)
+        exact = reuse == 0 or reuse == total - 1
+        logits = self.model(prompt[reuse:].unsqueeze(0), positions, window=total, exact=exact)[:, -1]
+        self.logits[:1].copy_(logits)
+        return logits
+
+    @torch.inference_mode()
     def prefill(self, prompt_ids: list[int], settings: SamplingSettings) -> None:
         """Fill the cache for the part of the prompt it does not already hold; leave the first new token in place."""
         reuse = min(common_prefix(self.cached_ids, prompt_ids), len(prompt_ids) - 1)
+        self.cached_ids = []  # rewritten by generate(); stays empty if this call fails half-way
         prompt = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
         self.sampling.configure(0, settings, prompt)
-        positions = torch.arange(reuse, len(prompt_ids), device=self.device).unsqueeze(0)
-        exact = reuse == 0 or reuse == len(prompt_ids) - 1
-        logits = self.model(prompt[reuse:].unsqueeze(0), positions, window=len(prompt_ids), exact=exact)[:, -1]
+        logits = self.prefill_logits(prompt, reuse)
         first = sample(logits, self.sampling, greedy=settings.temperature == 0)
         self.next_tokens[:1].copy_(first)
         self.tokens[0, 0] = first[0]
@@ -159,7 +210,6 @@ class FastEngine:
         stops = set(settings.stop_token_ids)
         greedy = settings.temperature == 0
         with self.lock:
-            self.cached_ids = []  # rewritten below; stays empty if this call fails half-way
             self.prefill(prompt_ids, settings)
             fed = list(prompt_ids)  # tokens whose K/V the cache holds
             host = torch.zeros(2, dtype=torch.long, pin_memory=self.device.type == "cuda")
@@ -205,10 +255,11 @@ def load_engine(
     dtype: torch.dtype | None = None,
     use_graphs: bool | None = None,
     progress: Progress | None = None,
+    decode_attention: str = "sdpa",
 ) -> FastEngine:
     """Build the network from a checkpoint and capture its decode graphs."""
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.bfloat16)
-    model = load_transformer(folder, backend, device, dtype, progress)
+    model = load_transformer(folder, backend, device, dtype, progress, decode_attention)
     engine = FastEngine(model, context_length, use_graphs)
     engine.capture(progress)
     return engine

@@ -70,22 +70,63 @@ class ModelShape:
 
 
 class RMSNorm(nn.Module):
-    """As in transformers: normalise in float32, scale in the model's dtype."""
+    """Holds a norm's weight; the arithmetic is in `rms_norm`, so it can be fused with what comes before."""
 
     def __init__(self, weight: torch.Tensor, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """As in transformers: normalise in float32, scale in the model's dtype."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float):
+    """The residual add and the next norm: one kernel once compiled."""
+    x = x + delta
+    return x, rms_norm(x, weight, eps)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def split_rotate(qkv: torch.Tensor, table: torch.Tensor, positions: torch.Tensor, heads: int, kv_heads: int, dim: int):
+    """Fused q/k/v output → q, k (rotary applied) and v, each [B, heads, T, dim]."""
+    batch, steps, _ = qkv.shape
+    q, k, v = qkv.split((heads * dim, kv_heads * dim, kv_heads * dim), dim=-1)
+    q = q.view(batch, steps, heads, dim).transpose(1, 2)
+    k = k.view(batch, steps, kv_heads, dim).transpose(1, 2)
+    v = v.view(batch, steps, kv_heads, dim).transpose(1, 2)
+    cos, sin = table[0][positions].unsqueeze(1), table[1][positions].unsqueeze(1)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
+
+
+def silu_mul(gate_up: torch.Tensor, intermediate: int) -> torch.Tensor:
+    gate, up = gate_up.split(intermediate, dim=-1)
+    return F.silu(gate) * up
+
+
+@dataclass(frozen=True)
+class SmallOps:
+    """The elementwise work between GEMMs. Eager by default (the plain path's exact numerics);
+    `compiled()` lets torch.compile fuse each into one kernel, which a GPU decode step needs:
+    eager, they are ~30 of the ~40 kernel launches per layer.
+    """
+
+    norm: Callable = rms_norm
+    add_norm: Callable = add_rms_norm
+    rotate: Callable = split_rotate
+    silu_mul: Callable = silu_mul
+
+    @classmethod
+    def compiled(cls) -> SmallOps:
+        return cls(*(torch.compile(fn, fullgraph=True) for fn in (rms_norm, add_rms_norm, split_rotate, silu_mul)))
 
 
 def rope_tables(shape: ModelShape, length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -122,7 +163,7 @@ def attend_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.T
 def attend_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Attention as two batched GEMMs; grouped-query heads share K/V without copying them.
 
-    q [B, H, T, D], k/v [B, KV, L, D], mask [B, 1, T, L] (True = may attend) → [B, H, T, D].
+    q [B, H, T, D], k/v [B, KV, L, D], mask [B, 1, T, L] (additive: 0 or -inf) → [B, H, T, D].
     Plain GEMMs spread a decode step's single query over the whole cache length, where fused
     attention kernels parallelise over heads only.
     """
@@ -132,7 +173,7 @@ def attend_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
     scores = torch.matmul(q.float(), k.transpose(-1, -2).float()) * dim**-0.5
     scores = scores.view(batch, k.shape[1], groups, steps, -1)
     if mask is not None:
-        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+        scores = scores + mask.unsqueeze(1)
     elif steps > 1:
         scores = scores + torch.full((steps, steps), float("-inf"), device=q.device).triu(1)
     probs = scores.softmax(dim=-1).to(v.dtype).view(batch, k.shape[1], groups * steps, -1)
@@ -143,13 +184,12 @@ ATTENTION = {"sdpa": attend_sdpa, "matmul": attend_matmul}
 
 
 class Attention(nn.Module):
-    def __init__(self, shape: ModelShape, qkv: nn.Module, o: nn.Module) -> None:
+    def __init__(self, shape: ModelShape, qkv: nn.Module, o: nn.Module, decode_attention: str = "sdpa") -> None:
         super().__init__()
-        self.attend = attend_sdpa
+        self.decode_attend = ATTENTION[decode_attention]  # prompts always use SDPA (flash attention)
         self.shape = shape
         self.qkv = qkv
         self.o = o
-        self.sizes = (shape.num_heads * shape.head_dim, *(2 * [shape.num_kv_heads * shape.head_dim]))
 
     def forward(
         self,
@@ -160,21 +200,17 @@ class Attention(nn.Module):
         mask: torch.Tensor,
         window: int,
         first_row: int,
+        ops: SmallOps,
     ) -> torch.Tensor:
         batch, steps, _ = x.shape
         s = self.shape
-        q, k, v = self.qkv(x).split(self.sizes, dim=-1)
-        q = q.view(batch, steps, s.num_heads, s.head_dim).transpose(1, 2)
-        k = k.view(batch, steps, s.num_kv_heads, s.head_dim).transpose(1, 2)
-        v = v.view(batch, steps, s.num_kv_heads, s.head_dim).transpose(1, 2)
-        cos, sin = rope[0][positions].unsqueeze(1), rope[1][positions].unsqueeze(1)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q, k, v = ops.rotate(self.qkv(x), rope, positions, s.num_heads, s.num_kv_heads, s.head_dim)
         keys, values = cache.k[first_row : first_row + batch], cache.v[first_row : first_row + batch]
         rows = torch.arange(batch, device=x.device).unsqueeze(-1)
         keys[rows, :, positions] = k.transpose(1, 2)
         values[rows, :, positions] = v.transpose(1, 2)
-        out = self.attend(q, keys[:, :, :window], values[:, :, :window], mask)
+        attend = self.decode_attend if steps == 1 else attend_sdpa
+        out = attend(q, keys[:, :, :window], values[:, :, :window], mask)
         return self.o(out.transpose(1, 2).reshape(batch, steps, -1))
 
 
@@ -185,9 +221,8 @@ class FeedForward(nn.Module):
         self.down = down
         self.intermediate = intermediate
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).split(self.intermediate, dim=-1)
-        return self.down(F.silu(gate) * up)
+    def forward(self, x: torch.Tensor, ops: SmallOps) -> torch.Tensor:
+        return self.down(ops.silu_mul(self.gate_up(x), self.intermediate))
 
 
 class Block(nn.Module):
@@ -195,9 +230,11 @@ class Block(nn.Module):
         super().__init__()
         self.attention, self.mlp, self.norm1, self.norm2 = attention, mlp, norm1, norm2
 
-    def forward(self, x, rope, cache, positions, mask, window, first_row):
-        x = x + self.attention(self.norm1(x), rope, cache, positions, mask, window, first_row)
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x, normed, next_norm, ops, rope, cache, positions, mask, window, first_row):
+        """`normed` is this block's input already normalised; returns the output and it normalised by `next_norm`."""
+        attended = self.attention(normed, rope, cache, positions, mask, window, first_row, ops)
+        x, normed = ops.add_norm(x, attended, self.norm2.weight, self.norm2.eps)
+        return ops.add_norm(x, self.mlp(normed, ops), next_norm.weight, next_norm.eps)
 
 
 class Transformer(nn.Module):
@@ -210,6 +247,11 @@ class Transformer(nn.Module):
         self.head = embed if head is None else nn.Parameter(head, requires_grad=False)
         self.caches: list[KVCache] = []
         self.rope: torch.Tensor | None = None
+        self.ops = SmallOps()
+
+    def compile_small_ops(self) -> None:
+        """Fuse the elementwise work with torch.compile (GPU); compiled on first use."""
+        self.ops = SmallOps.compiled()
 
     @property
     def device(self) -> torch.device:
@@ -233,23 +275,32 @@ class Transformer(nn.Module):
         first_row: int = 0,
         last_only: bool = True,
         exact: bool = False,
+        pick: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for `tokens` [B, T] at `positions` [B, T] of cache rows `first_row`..`first_row+B-1`.
 
         Attention reads the first `window` cache entries of each row, masked to those at or before
         each token's position; a smaller window makes short chats cheaper. `exact` says the window
-        ends at the last token and the tokens are all new or just one, so no mask is needed.
+        ends at the last token and the tokens are all new or just one, so no mask is needed. `pick`
+        (a device tensor of one index) chooses the position to return logits for instead of the last.
         """
         mask = None
-        if not exact:
+        if not exact:  # additive, made once per step: a boolean mask would be converted again in every layer
             keys = torch.arange(window, device=tokens.device)
-            mask = keys.view(1, 1, 1, window) <= positions.unsqueeze(-1).unsqueeze(1)
+            visible = keys.view(1, 1, 1, window) <= positions.unsqueeze(-1).unsqueeze(1)
+            mask = torch.zeros(visible.shape, dtype=self.embed.dtype, device=tokens.device)
+            mask = mask.masked_fill(~visible, float("-inf"))
         x = F.embedding(tokens, self.embed)
-        for block, cache in zip(self.blocks, self.caches, strict=True):
-            x = block(x, self.rope, cache, positions, mask, window, first_row)
-        if last_only:
-            x = x[:, -1:]
-        return F.linear(self.norm(x), self.head)
+        first = self.blocks[0].norm1
+        normed = self.ops.norm(x, first.weight, first.eps)
+        next_norms = [block.norm1 for block in self.blocks[1:]] + [self.norm]
+        for block, cache, next_norm in zip(self.blocks, self.caches, next_norms, strict=True):
+            x, normed = block(x, normed, next_norm, self.ops, self.rope, cache, positions, mask, window, first_row)
+        if pick is not None:
+            normed = normed.index_select(1, pick)
+        elif last_only:
+            normed = normed[:, -1:]
+        return F.linear(normed, self.head)
 
 
 def gptq_settings(config: dict) -> GPTQSettings:
@@ -298,6 +349,7 @@ def load_transformer(
     device: torch.device,
     dtype: torch.dtype,
     progress: Callable[[str, float], None] | None = None,
+    decode_attention: str = "sdpa",
 ) -> Transformer:
     """Build the network from a GPTQ checkpoint folder, fusing q/k/v and gate/up as it goes."""
     config = json.loads((folder / "config.json").read_text())
@@ -321,6 +373,7 @@ def load_transformer(
             shape,
             quant(f"{p}.self_attn.q_proj", f"{p}.self_attn.k_proj", f"{p}.self_attn.v_proj"),
             quant(f"{p}.self_attn.o_proj"),
+            decode_attention,
         )
         mlp = FeedForward(
             quant(f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj"), quant(f"{p}.mlp.down_proj"), shape.intermediate_size

@@ -44,9 +44,8 @@ def as_list(value: Any) -> list[int]:
     return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
 
 
-def checkpoint_defaults(model: Any, tokenizer: Any) -> SamplingSettings:
+def checkpoint_defaults(config: Any, tokenizer: Any) -> SamplingSettings:
     """Sampling defaults and stop tokens from the checkpoint's generation_config.json."""
-    config = getattr(model, "generation_config", None)
     base = SamplingSettings()
     stops = as_list(getattr(config, "eos_token_id", None)) or as_list(tokenizer.eos_token_id)
     if config is None:
@@ -66,6 +65,11 @@ class Engine(Protocol):
     """The one interface every generation path offers."""
 
     name: str
+
+    @property
+    def busy(self) -> bool:
+        """Whether a generation is running (others queue behind it)."""
+        ...
 
     def generate(self, prompt_ids: list[int], settings: SamplingSettings, stop: threading.Event) -> Iterator[int]:
         """Yield new token ids one by one until a stop token, the length limit, or `stop` is set."""

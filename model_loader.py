@@ -6,6 +6,7 @@ not minutes later with a traceback from deep inside transformers.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from checkpoint import CheckpointInfo, find_checkpoint
+from generation import Engine, PlainEngine
 from kernels import KernelChoice, choose_kernel
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,8 @@ CPU_CONTEXT_TOKENS = 4096
 # Keep this much of the free VRAM after the weights for activations, the allocator and other apps.
 VRAM_HEADROOM = 0.25
 DEFAULT_GPU_CONTEXT_CAP = 8192
+ENGINES = ("auto", "fast", "plain")
+FAST_ENGINE_KERNELS = ("marlin", "torch_aten", "torch")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class ModelFacts:
     backend: str
     kernel_class: str
     kernel_reason: str
+    engine: str
+    engine_reason: str
     quantized_layers: int
     bits: int
     group_size: int
@@ -56,6 +62,8 @@ class LoadedModel:
     tokenizer: Any
     info: CheckpointInfo
     facts: ModelFacts
+    engine: Engine
+    generation_config: Any
 
 
 def pick_device(device: str | None) -> str:
@@ -116,12 +124,40 @@ def device_label(device: str) -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
+def pick_engine(requested: str, info: CheckpointInfo, device: str, backend: str) -> tuple[bool, str]:
+    """Whether the fast engine runs this model here, and why (or why not)."""
+    if requested not in ENGINES:
+        raise ValueError(f"Unknown engine '{requested}'. Choose one of: {', '.join(ENGINES)}")
+    if requested == "plain":
+        return False, "plain path asked for"
+    from fast_model import ModelShape, UnsupportedModel
+
+    try:
+        ModelShape.from_config(json.loads((info.path / "config.json").read_text()))
+    except UnsupportedModel as error:
+        problem = f"the fast engine cannot run this model ({error})"
+    else:
+        problem = None if backend in FAST_ENGINE_KERNELS else f"the fast engine does not drive the {backend} kernel"
+    if problem is None and requested == "auto" and not device.startswith("cuda"):
+        problem = "on the CPU the fast engine has no CUDA graphs to gain from"
+    if problem and requested == "fast":
+        raise ValueError(problem[0].upper() + problem[1:])
+    return problem is None, problem or "CUDA graphs, static KV cache, fused GPTQ weights"
+
+
 def load_uncached(
-    name_or_path: str | Path, backend: str = "auto", device: str | None = None, progress: Progress | None = None
+    name_or_path: str | Path,
+    backend: str = "auto",
+    device: str | None = None,
+    engine: str = "auto",
+    context_length: int | None = None,
+    progress: Progress | None = None,
 ) -> LoadedModel:
-    """Validate, choose device and kernel, load; `load` is the cached version callers want."""
+    """Validate, choose device, kernel and engine, load; `load` is the cached version callers want."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GPTQConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from gptq_stack import from_pretrained_kwargs
 
     report = progress or (lambda message, fraction: None)
     started = time.perf_counter()
@@ -129,27 +165,39 @@ def load_uncached(
     info = find_checkpoint(name_or_path)
     device = pick_device(device)
     choice: KernelChoice = choose_kernel(info, device_capability(device), backend)
+    fast, engine_reason = pick_engine(engine, info, device, choice.backend)
     log.info("Loading %s on %s with the %s kernel (%s)", info.path, device, choice.backend, choice.reason)
     dtype = torch.float16 if device.startswith("cuda") else torch.bfloat16
     before = memory_in_use(device)
+    free = torch.cuda.mem_get_info(torch.device(device))[0] - info.weight_bytes if device.startswith("cuda") else None
+    context = min(context_length or default_context(info, device, free), info.max_position_embeddings)
 
     report("Loading the tokenizer", 0.05)
     tokenizer = AutoTokenizer.from_pretrained(info.path)
-    size_gb = info.weight_bytes / 1e9
-    report(f"Loading {size_gb:.1f} GB of weights onto {device} ({choice.backend} kernel)", 0.1)
-    model = AutoModelForCausalLM.from_pretrained(
-        info.path,
-        dtype=dtype,
-        device_map={"": device},
-        quantization_config=GPTQConfig(bits=info.bits, backend=choice.gptqmodel_backend),
-    )
-    model.eval()
+    has_generation_config = (info.path / "generation_config.json").is_file()
+    generation_config = GenerationConfig.from_pretrained(info.path) if has_generation_config else GenerationConfig()
+    report(f"Loading {info.weight_bytes / 1e9:.1f} GB of weights onto {device} ({choice.backend} kernel)", 0.1)
+    runner: Engine
+    if fast:
+        from engine import load_engine
+
+        runner = load_engine(info.path, choice.backend, torch.device(device), context, dtype, progress=report)
+        model = runner.model
+        max_context = runner.context_length
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            info.path,
+            device_map={"": device},
+            **from_pretrained_kwargs(info.bits, choice, dtype),  # GPTQConfig and dtype for transformers 5 or 4
+        )
+        model.eval()
+        runner = PlainEngine(model, tokenizer)
+        max_context = info.max_position_embeddings
     layers = quantized_modules(model)
     if not layers:
         raise RuntimeError(f"{info.path} loaded without any GPTQ layers; the quantization config was ignored")
     report("Ready", 1.0)
 
-    free = torch.cuda.mem_get_info(torch.device(device))[0] if device.startswith("cuda") else None
     facts = ModelFacts(
         name=info.name,
         path=info.path,
@@ -159,28 +207,37 @@ def load_uncached(
         backend=choice.backend,
         kernel_class=type(layers[0]).__name__,
         kernel_reason=choice.reason,
+        engine=runner.name,
+        engine_reason=engine_reason,
         quantized_layers=len(layers),
         bits=info.bits,
         group_size=info.group_size,
         memory_bytes=max(memory_in_use(device) - before, 0),
         load_seconds=time.perf_counter() - started,
-        max_context=info.max_position_embeddings,
-        default_context=default_context(info, device, free),
+        max_context=max_context,
+        default_context=min(context, max_context),
     )
     log.info("Loaded %s in %.1f s: %s", info.name, facts.load_seconds, facts)
-    return LoadedModel(model=model, tokenizer=tokenizer, info=info, facts=facts)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, info=info, facts=facts, engine=runner, generation_config=generation_config
+    )
 
 
-_cache: dict[tuple[str, str, str], LoadedModel] = {}
+_cache: dict[tuple, LoadedModel] = {}
 _cache_lock = threading.Lock()
 
 
 def load(
-    name_or_path: str | Path, backend: str = "auto", device: str | None = None, progress: Progress | None = None
+    name_or_path: str | Path,
+    backend: str = "auto",
+    device: str | None = None,
+    engine: str = "auto",
+    context_length: int | None = None,
+    progress: Progress | None = None,
 ) -> LoadedModel:
     """Load once per process: the same arguments return the same model object."""
-    key = (str(find_checkpoint(name_or_path).path), backend, pick_device(device))
+    key = (str(find_checkpoint(name_or_path).path), backend, pick_device(device), engine, context_length)
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = load_uncached(name_or_path, backend, device, progress)
+            _cache[key] = load_uncached(name_or_path, backend, device, engine, context_length, progress)
         return _cache[key]

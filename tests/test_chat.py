@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from chat import ChatSettings, complete_reply, stream_reply
-from generation import PlainEngine, SamplingSettings, checkpoint_defaults
+from generation import SamplingSettings, checkpoint_defaults
 from model_loader import load
 from prompt import build_prompt
 
@@ -19,11 +19,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def demo(demo_model_dir):
     loaded = load(demo_model_dir, device="cpu")
-    return loaded, PlainEngine(loaded.model, loaded.tokenizer)
+    return loaded, loaded.engine
 
 
 def greedy(loaded, max_new_tokens: int = 48, **changes) -> ChatSettings:
-    defaults = checkpoint_defaults(loaded.model, loaded.tokenizer)
+    defaults = checkpoint_defaults(loaded.generation_config, loaded.tokenizer)
     sampling = dataclasses.replace(defaults, temperature=0.0, max_new_tokens=max_new_tokens)
     return ChatSettings(sampling=sampling, **changes)
 
@@ -103,7 +103,11 @@ def test_sampling_settings_change_the_output(demo) -> None:
     hot = dataclasses.replace(
         greedy(loaded, 24),
         sampling=SamplingSettings(
-            max_new_tokens=24, temperature=1.5, top_p=1.0, top_k=0, stop_token_ids=greedy(loaded).sampling.stop_token_ids
+            max_new_tokens=24,
+            temperature=1.5,
+            top_p=1.0,
+            top_k=0,
+            stop_token_ids=greedy(loaded).sampling.stop_token_ids,
         ),
     )
     torch.manual_seed(0)
@@ -130,8 +134,8 @@ def test_long_chat_keeps_working_by_dropping_old_turns(demo) -> None:
 
 def test_checkpoint_defaults_come_from_generation_config(demo) -> None:
     loaded, _ = demo
-    defaults = checkpoint_defaults(loaded.model, loaded.tokenizer)
-    config = loaded.model.generation_config
+    defaults = checkpoint_defaults(loaded.generation_config, loaded.tokenizer)
+    config = loaded.generation_config
     assert defaults.stop_token_ids and loaded.tokenizer.convert_tokens_to_ids("<|im_end|>") in defaults.stop_token_ids
     assert defaults.temperature == pytest.approx(config.temperature)
     assert defaults.top_p == pytest.approx(config.top_p)
@@ -142,6 +146,7 @@ def test_loader_reports_the_kernel_and_caches(demo, demo_model_dir) -> None:
     facts = loaded.facts
     assert facts.device == "cpu" and facts.bits == 4 and facts.group_size == 64
     assert facts.kernel_class == "TorchAtenLinear" and facts.backend == "torch_aten"
+    assert facts.engine == "transformers generate" and "CPU" in facts.engine_reason
     assert facts.quantized_layers == 7 * loaded.info.num_layers
     assert facts.default_context <= facts.max_context
     assert load(demo_model_dir, device="cpu") is loaded

@@ -1,0 +1,227 @@
+"""Decode speed, time to first token and memory: the plain transformers path against our engine, in one run.
+
+    python bench.py --shape qwen1.5-7b            # writes a random-weight checkpoint first (on the GPU)
+    python bench.py --dir /path/to/checkpoint      # or measure a real one
+
+Weights' values do not matter for speed; end-of-sequence is disabled so every run decodes the
+full count. Like gpt-fast it prints what it achieved against the limit: tokens/s and the memory
+bandwidth that implies, as a fraction of the card's peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from generation import Engine, SamplingSettings
+
+# Peak memory bandwidth by card (vendor datasheets, SXM parts), bytes/s.
+PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "4090": 1.01e12}
+
+
+@dataclass
+class Measurement:
+    path: str
+    prompt_tokens: int
+    new_tokens: int
+    first_token_ms: float
+    decode_tokens_per_s: float
+    peak_vram_gb: float
+    bandwidth_fraction: float | None = None
+
+
+def peak_bandwidth() -> float | None:
+    name = torch.cuda.get_device_name()
+    return next((bw for key, bw in PEAK_BANDWIDTH.items() if key in name), None)
+
+
+def embedding_bytes(info) -> int:
+    """The input embedding: a decode step reads one row of it, not all (fp16)."""
+    return info.vocab_size * info.hidden_size * 2
+
+
+def bytes_per_token(weight_bytes: int, kv_bytes_per_token: int, context: int) -> int:
+    """What one decode step must read: every weight once, and the K/V of the whole context."""
+    return weight_bytes + kv_bytes_per_token * context
+
+
+def random_prompt(length: int, seed: int) -> list[int]:
+    return torch.randint(1000, 100_000, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def measure(engine: Engine, name: str, prompt_len: int, settings: SamplingSettings) -> Measurement:
+    """Time to first token and steady decode speed of one generation; the first token is not counted in decode.
+
+    A generation with another prompt of the same length runs first, so one-time work (lazy
+    initialisation, compiling for a new shape) is not counted, and no prompt prefix is reused.
+    """
+    warm = SamplingSettings(max_new_tokens=2, temperature=settings.temperature)
+    list(engine.generate(random_prompt(prompt_len, seed=prompt_len + 1), warm, threading.Event()))
+    prompt = random_prompt(prompt_len, seed=prompt_len)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    stamps = []
+    for _ in engine.generate(prompt, settings, threading.Event()):
+        stamps.append(time.perf_counter())
+    torch.cuda.synchronize()
+    decode = (stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1)
+    return Measurement(
+        path=name,
+        prompt_tokens=prompt_len,
+        new_tokens=len(stamps),
+        first_token_ms=(stamps[0] - started) * 1e3,
+        decode_tokens_per_s=1.0 / decode,
+        peak_vram_gb=torch.cuda.max_memory_allocated() / 1e9,
+    )
+
+
+def free_memory() -> None:
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="qwen1.5-7b", help="a key of random_checkpoint.QWEN_SHAPES")
+    parser.add_argument("--dir", type=Path, help="checkpoint folder (written there if missing, with --shape)")
+    parser.add_argument("--prompts", default="128,4096,7936", help="prompt lengths for decode speed")
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--plain-new-tokens", type=int, default=48, help="the plain path is slow: fewer tokens")
+    parser.add_argument("--context", type=int, default=8192, help="the engine's KV cache length")
+    parser.add_argument(
+        "--variants",
+        default="sdpa",
+        help="engine variants to time: sdpa, matmul (decode attention), sdpa-fp16reduce (Marlin without fp32 reduce)",
+    )
+    parser.add_argument("--skip-plain", action="store_true")
+    parser.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--sampled", action="store_true", help="also time sampled decoding (temperature 0.7)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    from checkpoint import find_checkpoint
+    from qwen_tokenizer import save_qwen_tokenizer
+    from random_checkpoint import write_random_gptq_checkpoint
+
+    folder = args.dir or Path(f"/tmp/bench-{args.shape}")
+    written = None
+    if not (folder / "config.json").is_file():
+        started = time.perf_counter()
+        write_random_gptq_checkpoint(folder, args.shape, device="cuda", eos_token_id=None)
+        save_qwen_tokenizer(folder)
+        written = time.perf_counter() - started
+    info = find_checkpoint(folder)
+    prompts = [int(p) for p in args.prompts.split(",")]
+    results: list[Measurement] = []
+    report: dict = {
+        "gpu": torch.cuda.get_device_name(),
+        "checkpoint": str(folder),
+        "weight_gb": info.weight_bytes / 1e9,
+        "checkpoint_write_s": written,
+    }
+    print(f"GPU: {report['gpu']}; checkpoint {folder} ({info.weight_bytes / 1e9:.2f} GB)")
+
+    if not args.plain_only:
+        for variant in args.variants.split(","):
+            results += time_engine(folder, variant, prompts, args, report)
+    if args.plain_only:
+        results += time_plain(folder, prompts, args, report)
+    elif not args.skip_plain:  # in its own process, so each path's peak memory is its own
+        results += plain_in_child(folder, args, report)
+
+    bandwidth = peak_bandwidth()
+    for result in results:
+        context = result.prompt_tokens + result.new_tokens // 2
+        moved = bytes_per_token(info.weight_bytes - embedding_bytes(info), info.kv_bytes_per_token, context)
+        if bandwidth:
+            result.bandwidth_fraction = moved * result.decode_tokens_per_s / bandwidth
+    print(table(results, report))
+    if args.json:
+        args.json.write_text(json.dumps({**report, "results": [asdict(r) for r in results]}, indent=2))
+
+
+def time_engine(folder: Path, variant: str, prompts: list[int], args, report: dict) -> list[Measurement]:
+    from engine import load_engine
+
+    attention, _, reduce = variant.partition("-")
+    free_memory()
+    torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    engine = load_engine(folder, "marlin", torch.device("cuda"), args.context, decode_attention=attention)
+    if reduce == "fp16reduce":
+        for module in engine.model.modules():
+            if hasattr(module, "fp32"):
+                module.fp32 = False
+        engine.graphs.clear()
+        engine.prefill_graphs.clear()
+        engine.capture()
+    report[f"engine_{variant}_load_s"] = time.perf_counter() - started - engine.stats.warmup_seconds
+    report[f"engine_{variant}_warmup_s"] = engine.stats.warmup_seconds
+    report[f"engine_{variant}_graphs"] = engine.stats.graphs
+    greedy = SamplingSettings(max_new_tokens=args.new_tokens, temperature=0.0, repetition_penalty=1.0)
+    results = [measure(engine, f"engine ({variant})", length, greedy) for length in prompts]
+    if args.sampled:
+        sampled = SamplingSettings(max_new_tokens=args.new_tokens, temperature=0.7, top_p=0.8, top_k=20)
+        results.append(measure(engine, f"engine ({variant}, sampled)", prompts[0], sampled))
+    for result in results:
+        print(result)
+    return results
+
+
+def time_plain(folder: Path, prompts: list[int], args, report: dict) -> list[Measurement]:
+    from model_loader import load_uncached
+
+    started = time.perf_counter()
+    plain = load_uncached(folder, backend="marlin", device="cuda", engine="plain")
+    report["plain_load_s"] = time.perf_counter() - started
+    few = SamplingSettings(max_new_tokens=args.plain_new_tokens, temperature=0.0, repetition_penalty=1.0)
+    results = [measure(plain.engine, "plain (transformers generate)", length, few) for length in prompts]
+    for result in results:
+        print(result)
+    return results
+
+
+def plain_in_child(folder: Path, args, report: dict) -> list[Measurement]:
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "plain.json"
+        command = [sys.executable, __file__, "--dir", str(folder), "--prompts", args.prompts, "--plain-only"]
+        subprocess.run([*command, "--plain-new-tokens", str(args.plain_new_tokens), "--json", str(out)], check=True)
+        child = json.loads(out.read_text())
+    report["plain_load_s"] = child.get("plain_load_s")
+    return [Measurement(**r) for r in child["results"]]
+
+
+def table(results: list[Measurement], report: dict) -> str:
+    lines = [
+        f"\n{report['gpu']}, {report['checkpoint']} ({report['weight_gb']:.2f} GB of weights)",
+        "| path | prompt | new | first token ms | decode tokens/s | x plain | peak VRAM GB | of bandwidth |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    plain = {r.prompt_tokens: r.decode_tokens_per_s for r in results if r.path.startswith("plain")}
+    for r in results:
+        ratio = f"{r.decode_tokens_per_s / plain[r.prompt_tokens]:.1f}" if r.prompt_tokens in plain else "-"
+        fraction = f"{r.bandwidth_fraction:.0%}" if r.bandwidth_fraction else "-"
+        lines.append(
+            f"| {r.path} | {r.prompt_tokens} | {r.new_tokens} | {r.first_token_ms:.1f} | "
+            f"{r.decode_tokens_per_s:.1f} | {ratio} | {r.peak_vram_gb:.2f} | {fraction} |"
+        )
+    extras = {k: v for k, v in report.items() if k.endswith(("_s", "_graphs")) and v is not None}
+    lines.append("; ".join(f"{k} = {v:.1f}" if isinstance(v, float) else f"{k} = {v}" for k, v in extras.items()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

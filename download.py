@@ -1,0 +1,207 @@
+"""Get a GPTQ-Int4 checkpoint onto this machine, once, verified and resumable.
+
+    python download.py [MODEL] [--source modelscope|hf|local] [--revision R] [--dir D]
+    python download.py --list [--context N]      known models: download size, VRAM, which cards they fit
+    python download.py --installed               what is on disk, with sizes and completeness
+    python download.py --remove MODEL [--yes]    delete one (asks first)
+    python download.py --demo                    build the small built-in demo model (no network)
+
+MODEL defaults to qwen/Qwen1.5-7B-Chat-GPTQ-Int4 from ModelScope; a short key from --list (qwen2.5-7b)
+or any hub id works. Run the same command again after Ctrl-C or a dropped connection: it resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import catalog
+from checkpoint import CheckpointError
+from paths import models_home
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "model", nargs="?", help=f"hub id, short key or (with --source local) a path [{catalog.DEFAULT_MODEL}]"
+    )
+    parser.add_argument("--source", choices=("modelscope", "hf", "local"), default="modelscope")
+    parser.add_argument("--revision", help="branch, tag or commit (default: master on ModelScope, main on HF)")
+    parser.add_argument("--dir", type=Path, help="models folder (default: $GPTQ_CHAT_HOME or ./models)")
+    parser.add_argument("--list", action="store_true", help="show the known GPTQ-Int4 models")
+    parser.add_argument("--context", type=int, default=8192, help="context length for --list's VRAM figures")
+    parser.add_argument("--installed", action="store_true", help="show the downloaded models")
+    parser.add_argument("--remove", metavar="MODEL", help="delete a downloaded model (asks first)")
+    parser.add_argument("--yes", action="store_true", help="do not ask before --remove")
+    parser.add_argument("--demo", action="store_true", help="build the small built-in demo model (no network)")
+    parser.add_argument("--force", action="store_true", help="with --demo: rebuild even if it is there")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars of ours (ModelScope's client draws its own)"
+    )
+    args = parser.parse_args(argv)
+    if args.context < 1:
+        parser.error("--context must be a positive number of tokens")
+    if args.source == "local" and not args.model and not (args.list or args.installed or args.remove or args.demo):
+        parser.error("--source local needs the folder or archive to import: download.py PATH --source local")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("httpx", "httpx2"):  # one line per HTTP request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # modelscope_hub gives itself a stderr handler unless its logger has one: route it through ours instead
+    client = logging.getLogger("modelscope_hub")
+    client.handlers = [h for h in client.handlers if type(h) is not logging.StreamHandler] or [logging.NullHandler()]
+    client.propagate = True
+    try:
+        if args.demo:
+            return build_demo(args)
+        if args.list:
+            print(catalog_table(args.context))
+            return 0
+        if args.installed:
+            print(installed_table(args.dir))
+            return 0
+        if args.remove:
+            return remove(args.remove, args.dir, assume_yes=args.yes)
+        return fetch(args)
+    except CheckpointError as error:
+        print(f"Error: {error.problem}\n  Fix: {error.fix}", file=sys.stderr)
+        return 1
+
+
+def fetch(args: argparse.Namespace) -> int:
+    """Download (or import) one model and say where it is and how to chat with it."""
+    import model_store
+
+    root = (args.dir or models_home()).expanduser()
+    place = None
+    try:
+        if args.source == "local":
+            path, already = model_store.import_local(Path(args.model), root, progress=not args.quiet)
+            place = model_store.ModelPlace(root, path.parent.name, path.name)
+            origin = "imported and verified"
+        else:
+            from hub_download import HUB_NAMES, download_model, hub_id
+
+            model = args.model or catalog.DEFAULT_MODEL
+            place = model_store.place_for(hub_id(model, args.source), root)
+            result = download_model(
+                model, source=args.source, revision=args.revision, root=root, progress=not args.quiet
+            )
+            path, already = result.path, result.already_there
+            origin = f"verified against {HUB_NAMES[args.source]}"
+    except KeyboardInterrupt:
+        if args.source == "local":
+            print("\nInterrupted: nothing was imported (the partial copy was removed).", file=sys.stderr)
+        elif place is not None and place.staging.exists():
+            print(
+                f"\nInterrupted. What arrived is kept in {place.staging}; run the same command to resume.",
+                file=sys.stderr,
+            )
+        else:
+            print("\nInterrupted before anything was downloaded.", file=sys.stderr)
+        return 130
+    size = model_store.folder_bytes(path)
+    state = "Already here" if already else "Ready"
+    print(f"{state}: {path} ({model_store.gb(size)}, {origin if not already else 'verified earlier'})")
+    argument = place.app_argument if place is not None and path == place.final else path
+    print(f"Chat with it:  .venv/bin/python app.py --model {argument}")
+    if place is not None and root.resolve() != models_home().resolve():
+        print(f"(or set GPTQ_CHAT_HOME={root} so that the app lists it without --model)")
+    return 0
+
+
+def catalog_table(context: int) -> str:
+    """The known models with download size, VRAM at `context`, and a verdict per common card size."""
+    from vram_planner import CARD_SIZES_GIB, card_verdict, gib, plan
+
+    cards = "".join(f"{f'{size} GiB':>9}" for size in CARD_SIZES_GIB)
+    lines = [
+        f"Known GPTQ-Int4 chat models; VRAM for {context:,} tokens of context on one card "
+        "(python download.py KEY fetches one):",
+        "",
+        f"{'key':<14}{'ModelScope id':<40}{'download':>11}{'VRAM':>11}{cards}",
+    ]
+    sources = []
+    for entry in catalog.KNOWN_MODELS:
+        shape = entry.model_shape()
+        mark = "*" if entry.download_size_is_published else " "
+        if context > shape.max_position_embeddings:
+            need, verdicts = "n/a", [f"{'>max ctx':>9}"] * len(CARD_SIZES_GIB)
+        else:
+            need = gib(plan(shape, context, []).total)
+            verdicts = [f"{card_verdict(shape, context, size):>9}" for size in CARD_SIZES_GIB]
+        size = f"{entry.download_bytes / 1e9:.2f} GB{mark}"
+        lines.append(f"{entry.key:<14}{entry.modelscope_id:<40}{size:>11}{need:>11}{''.join(verdicts)}")
+        if entry.download_size_is_published:
+            sources.append(f"  {entry.key}: {entry.size_source}")
+    lines += [
+        "",
+        "yes: fits; <=Nk: fits with at most N thousand tokens of context; no: not even the weights fit.",
+        "VRAM = weights + fp16 KV cache + prefill activations + CUDA context + overhead (see vram_planner.py).",
+        "Download sizes marked * are the hub's published file sizes (+ tokenizer files), the rest are computed",
+        "from the model's shape (within 1 % of every published size). Published sizes from:",
+        *sources,
+    ]
+    return "\n".join(lines)
+
+
+def installed_table(root: Path | None) -> str:
+    import model_store
+
+    root = (root or models_home()).expanduser()
+    items = model_store.installed(root)
+    if not items:
+        return f"No models in {root} yet: `python download.py` fetches {catalog.DEFAULT_MODEL}."
+    width = max(len(item.ref) for item in items) + 2
+    lines = [f"Models in {root}:", ""]
+    for item in items:
+        lines.append(f"{item.ref:<{width}}{model_store.gb(item.size):>10}  {item.status}")
+    return "\n".join(lines)
+
+
+def remove(model: str, root: Path | None, *, assume_yes: bool) -> int:
+    """Delete the folder(s) `model` names, after the user confirms."""
+    import model_store
+
+    root = (root or models_home()).expanduser()
+    found = model_store.matching(model, root)
+    if not found:
+        raise model_store.DownloadError(
+            f"No downloaded model matches {model} in {root}", "see what is there with `python download.py --installed`"
+        )
+    for item in found:
+        question = f"Delete {item.path} ({model_store.gb(item.size)}, {item.status})? [y/N] "
+        if not assume_yes:
+            try:
+                answer = input(question)
+            except EOFError:
+                print(f"\nNot deleted: {item.path} (no terminal to confirm on; add --yes).", file=sys.stderr)
+                return 1
+            if answer.strip().lower() not in ("y", "yes"):
+                print(f"Kept {item.path}.")
+                continue
+        model_store.remove(item, root)
+        print(f"Deleted {item.path}.")
+    return 0
+
+
+def build_demo(args: argparse.Namespace) -> int:
+    from demo_model import build_demo_model
+
+    path = build_demo_model(args.dir, force=args.force, progress=lambda message, fraction: None)
+    print(f"Demo model ready: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The fast engine's own decode loop on the CPU (no graph capture): same greedy text as the plain path."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import pytest
+import torch
+
+from chat import ChatSettings, complete_reply, stream_reply
+from engine import common_prefix, window_buckets
+from generation import SamplingSettings, checkpoint_defaults
+from model_loader import load
+from prompt import encode_chat, with_system
+
+pytestmark = pytest.mark.slow
+QUESTIONS = ["What is the capital of France?", "Name three colors.", "How many days are in a week?"]
+
+
+@pytest.fixture(scope="module")
+def paths(demo_model_dir):
+    plain = load(demo_model_dir, device="cpu", engine="plain")
+    fast = load(demo_model_dir, device="cpu", engine="fast", context_length=1024)
+    return plain, fast
+
+
+def greedy(loaded, max_new_tokens: int = 32) -> ChatSettings:
+    sampling = checkpoint_defaults(loaded.generation_config, loaded.tokenizer)
+    return ChatSettings(sampling=dataclasses.replace(sampling, temperature=0.0, max_new_tokens=max_new_tokens))
+
+
+def ask(question: str) -> list[dict]:
+    return [{"role": "user", "content": question}]
+
+
+def test_engine_is_the_fast_path_and_says_so(paths) -> None:
+    _, fast = paths
+    assert fast.facts.engine == "fast engine (eager)"
+    assert fast.facts.max_context == 1024 and fast.engine.context_length == 1024
+    attention = fast.model.blocks[0].attention
+    assert attention.qkv.out_features == 9 * 64 + 2 * 3 * 64  # q, k, v fused into one GEMM
+    assert fast.model.blocks[0].mlp.gate_up.out_features == 2 * 1536
+
+
+@pytest.mark.parametrize("question", QUESTIONS)
+def test_engine_gives_the_plain_paths_greedy_text(paths, question) -> None:
+    plain, fast = paths
+    expected = complete_reply(plain.engine, plain.tokenizer, ask(question), greedy(plain)).text
+    reply = complete_reply(fast.engine, fast.tokenizer, ask(question), greedy(fast))
+    assert reply.text == expected
+    assert reply.stats.finish_reason in ("stop", "length")
+
+
+def test_second_turn_reuses_the_first_turns_cache(paths) -> None:
+    _, fast = paths
+    engine, tokenizer = fast.engine, fast.tokenizer
+    first = complete_reply(engine, tokenizer, ask(QUESTIONS[0]), greedy(fast))
+    history = [*ask(QUESTIONS[0]), {"role": "assistant", "content": first.text}, *ask("And of Japan?")]
+    prompt = encode_chat(tokenizer, with_system(greedy(fast).system_prompt, history))
+    engine.prefill(prompt, greedy(fast).sampling)
+    assert engine.stats.reused_prompt_tokens > first.stats.prompt_tokens
+    assert engine.stats.prefill_tokens < 20
+    reused = engine.logits[0].clone()
+    engine.cached_ids = []  # the reference: the whole prompt computed at once
+    engine.prefill(prompt, greedy(fast).sampling)
+    fresh = engine.logits[0]
+    # Cached K/V were computed token by token, the reference in one batch: bf16 rounding differs a little.
+    assert (reused - fresh).abs().max() <= 0.05 * fresh.abs().max()
+    assert reused.argmax() == fresh.argmax()
+
+
+def test_stop_and_length_limit(paths) -> None:
+    _, fast = paths
+    stop = threading.Event()
+    reply = stream_reply(fast.engine, fast.tokenizer, ask("Write a long story."), greedy(fast, 100), stop)
+    for i, _ in enumerate(reply):
+        if i == 2:
+            stop.set()
+    assert reply.stats.finish_reason == "cancelled" and reply.stats.new_tokens <= 4
+    assert not fast.engine.busy
+    short = complete_reply(fast.engine, fast.tokenizer, ask("Tell me about the sea."), greedy(fast, 5))
+    assert short.stats.new_tokens == 5 and short.stats.finish_reason == "length"
+
+
+def test_sampling_follows_top_k_and_temperature(paths) -> None:
+    _, fast = paths
+    engine = fast.engine
+    prompt = fast.tokenizer.apply_chat_template(ask("Say a word."), add_generation_prompt=True)["input_ids"]
+    engine.prefill(list(prompt), SamplingSettings(temperature=0.0))
+    top3 = set(engine.logits[0].topk(3).indices.tolist())
+    settings = SamplingSettings(max_new_tokens=1, temperature=1.0, top_k=3, top_p=1.0, repetition_penalty=1.0)
+    torch.manual_seed(0)
+    seen = {next(iter(engine.generate(list(prompt), settings, threading.Event()))) for _ in range(30)}
+    assert seen <= top3 and len(seen) >= 2
+
+
+def test_prompt_longer_than_the_cache_is_refused(paths) -> None:
+    _, fast = paths
+    with pytest.raises(ValueError, match="context holds 1024"):
+        next(iter(fast.engine.generate(list(range(5, 1100)), SamplingSettings(), threading.Event())))
+
+
+def test_window_buckets_and_prefix() -> None:
+    assert window_buckets(8192) == [256, 512, 1024, 2048, 4096, 6144, 8192]
+    assert window_buckets(300) == [256, 300]
+    assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2 and common_prefix([], [1]) == 0

@@ -1,0 +1,115 @@
+"""The fast engine on a GPU agrees with the plain transformers path (`pytest -m gpu`, on the device machine)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from generation import SamplingSettings
+from model_loader import load_uncached
+from qwen_tokenizer import save_qwen_tokenizer
+from random_checkpoint import write_random_gptq_checkpoint
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+PROMPT, FORCED = 100, 64
+GREEDY = SamplingSettings(max_new_tokens=FORCED, temperature=0.0, repetition_penalty=1.0)
+
+
+@pytest.fixture(scope="module")
+def qwen_shaped(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight checkpoint with the exact Qwen1.5-0.5B-Chat shapes (24 layers, vocab 151,936)."""
+    folder = tmp_path_factory.mktemp("qwen05b")
+    write_random_gptq_checkpoint(folder, "qwen1.5-0.5b", device="cuda", eos_token_id=None)
+    save_qwen_tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokens() -> torch.Tensor:
+    return torch.randint(1000, 100_000, (PROMPT + FORCED,), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def plain_logits(qwen_shaped: Path, tokens: torch.Tensor) -> torch.Tensor:
+    plain = load_uncached(qwen_shaped, backend="marlin", device="cuda", engine="plain")
+    with torch.inference_mode():
+        logits = plain.model(tokens.unsqueeze(0).cuda()).logits[0, PROMPT - 1 : PROMPT + FORCED - 1].float()
+    del plain
+    torch.cuda.empty_cache()
+    return logits
+
+
+def teacher_forced(engine, tokens: torch.Tensor) -> torch.Tensor:
+    """The engine's logits for each next position when fed `tokens` one by one after the prompt."""
+    ids = tokens.tolist()
+    engine.cached_ids = []
+    engine.prefill(ids[:PROMPT], GREEDY)
+    rows = [engine.logits[0].clone()]
+    for i in range(PROMPT, PROMPT + FORCED - 1):
+        engine.tokens[0, 0] = ids[i]
+        engine.positions[0, 0] = i
+        engine.run_step(i + 1, greedy=True)
+        rows.append(engine.logits[0].clone())
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "matmul"])
+def test_engine_logits_match_the_plain_path(qwen_shaped, tokens, plain_logits, attention) -> None:
+    from engine import load_engine
+
+    engine = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024, decode_attention=attention)
+    assert engine.use_graphs and len(engine.graphs) == 2 * len(engine.windows) and engine.prefill_graphs
+    ours = teacher_forced(engine, tokens)
+    scale = plain_logits.abs().max().item()
+    tolerance = 0.02 * scale  # fp16 activations, fp32 reductions, another attention kernel: ~1e-3 relative seen
+    diff = (ours - plain_logits).abs().max().item()
+    print(f"{attention}: max |logit| {scale:.3f}, max |diff| {diff:.4f}, tolerance {tolerance:.4f}")
+    assert diff <= tolerance
+    top2 = plain_logits.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * tolerance
+    assert torch.equal(ours.argmax(-1)[clear], plain_logits.argmax(-1)[clear])
+    print(f"{attention}: greedy tokens identical at {int(clear.sum())} of {FORCED} positions with a clear margin")
+
+
+def test_graphs_replay_what_the_eager_step_computes(qwen_shaped, tokens) -> None:
+    from engine import load_engine
+
+    graphs = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024)
+    eager = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024, use_graphs=False)
+    a, b = teacher_forced(graphs, tokens), teacher_forced(eager, tokens)
+    assert (a - b).abs().max().item() <= 0.02 * b.abs().max().item()
+
+
+def test_generate_streams_and_reuses_the_prompt_prefix(qwen_shaped, tokens) -> None:
+    from engine import load_engine
+
+    engine = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024)
+    prompt = tokens[:PROMPT].tolist()
+    first = list(engine.generate(prompt, GREEDY, threading.Event()))
+    assert len(first) == FORCED
+    follow_up = prompt + first + tokens[PROMPT : PROMPT + 10].tolist()
+    engine.prefill(follow_up, GREEDY)  # the next turn of a chat: only the new tokens are computed
+    assert engine.stats.reused_prompt_tokens >= PROMPT + FORCED - 1
+    assert engine.stats.prefill_tokens <= 11
+    reused = engine.logits[0].clone()
+    fresh = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024, use_graphs=False)
+    fresh.prefill(follow_up, GREEDY)  # the whole prompt at once: the reference for the reused cache
+    assert (reused - fresh.logits[0]).abs().max().item() <= 0.02 * fresh.logits[0].abs().max().item()
+
+
+def test_sampling_respects_top_k_on_the_gpu(qwen_shaped, tokens) -> None:
+    from engine import load_engine
+
+    engine = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024)
+    prompt = tokens[:PROMPT].tolist()
+    settings = SamplingSettings(max_new_tokens=1, temperature=1.0, top_k=3, top_p=1.0, repetition_penalty=1.0)
+    seen = {next(iter(engine.generate(prompt, settings, threading.Event()))) for _ in range(40)}
+    engine.prefill(prompt, GREEDY)
+    allowed = set(engine.logits[0].topk(3).indices.tolist())
+    assert seen <= allowed and len(seen) >= 2
