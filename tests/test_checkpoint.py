@@ -28,9 +28,10 @@ def test_valid_checkpoint_is_described(checkpoint_copy: Path) -> None:
     assert info.bits == 4
     assert info.model_type == "qwen2"
     assert info.weight_bytes == sum(f.stat().st_size for f in info.weight_files) > 0
-    assert info.kv_bytes_per_token == 2 * info.num_layers * info.num_key_value_heads * (
-        info.hidden_size // info.num_attention_heads
-    ) * 2
+    assert (
+        info.kv_bytes_per_token
+        == 2 * info.num_layers * info.num_key_value_heads * (info.hidden_size // info.num_attention_heads) * 2
+    )
 
 
 def test_missing_folder_names_the_places_tried_and_the_fix(tmp_path: Path) -> None:
@@ -42,7 +43,7 @@ def test_missing_folder_names_the_places_tried_and_the_fix(tmp_path: Path) -> No
 
 def test_folder_without_config_is_not_a_model(checkpoint_copy: Path) -> None:
     (checkpoint_copy / "config.json").unlink()
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
         inspect_checkpoint(checkpoint_copy)
 
 

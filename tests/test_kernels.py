@@ -92,5 +92,5 @@ def test_cpu_only_kernel_is_refused_on_a_gpu() -> None:
 
 @pytest.mark.parametrize("capability", [HOPPER, TURING, None])
 def test_group_size_no_kernel_runs_is_refused_naming_each_reason(capability) -> None:
-    with pytest.raises(KernelError, match="No GPTQ kernel can run .*group size 96"):
+    with pytest.raises(KernelError, match=r"No GPTQ kernel can run .*group size 96"):
         choose_kernel(qwen7b(group_size=96), capability)
