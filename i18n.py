@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chat import ReplyStats
+from typing import Any
 
 LANGUAGES = {"zh": "中文", "en": "English"}
 
@@ -14,8 +14,37 @@ TEXT: dict[str, dict[str, str]] = {
     },
     "greeting": {"zh": "你好！有什么可以帮您的？", "en": "Hello! How can I help you?"},
     "input_placeholder": {"zh": "输入消息，回车发送", "en": "Type a message and press Enter"},
+    "language": {"zh": "界面语言", "en": "Language"},
+    # model, device, memory
     "model": {"zh": "模型", "en": "Model"},
-    "settings": {"zh": "生成设置", "en": "Generation settings"},
+    "switch_model": {"zh": "切换模型", "en": "Switch model"},
+    "switching": {"zh": "正在释放当前模型并加载", "en": "Freeing the current model and loading"},
+    "switch_refused": {"zh": "未切换模型", "en": "Model not switched"},
+    "device": {"zh": "设备", "en": "Device"},
+    "kernel": {"zh": "GPTQ 内核", "en": "GPTQ kernel"},
+    "memory": {"zh": "模型占用内存", "en": "Model memory"},
+    "load_time": {"zh": "加载用时", "en": "Load time"},
+    "engine": {"zh": "生成方式", "en": "Generation path"},
+    "used": {"zh": "已用", "en": "used"},
+    "free": {"zh": "可用", "en": "free"},
+    "of_total": {"zh": "共", "en": "of"},
+    "health": {"zh": "环境检查", "en": "Health"},
+    "loading": {"zh": "正在加载模型……", "en": "Loading the model…"},
+    "building_demo": {
+        "zh": "未找到已下载的模型，正在本地构建内置演示模型（约 2 分钟，仅首次）……",
+        "en": "No downloaded model found: building the built-in demo model (about 2 minutes, first time only)…",
+    },
+    "load_failed": {"zh": "模型加载失败", "en": "The model could not be loaded"},
+    # settings
+    "settings": {"zh": "生成设置（本对话）", "en": "Generation settings (this chat)"},
+    "preset": {"zh": "系统提示词预设", "en": "System prompt preset"},
+    "preset_default": {"zh": "通用助手", "en": "Helpful assistant"},
+    "preset_concise": {"zh": "简洁回答", "en": "Concise"},
+    "preset_coder": {"zh": "编程助手", "en": "Coding assistant"},
+    "preset_translator": {"zh": "中英互译", "en": "Chinese ↔ English translator"},
+    "preset_math": {"zh": "数学（LaTeX 公式）", "en": "Math tutor (LaTeX)"},
+    "preset_chinese": {"zh": "中文助手", "en": "Assistant answering in Chinese"},
+    "preset_custom": {"zh": "自定义", "en": "Custom"},
     "system_prompt": {"zh": "系统提示词", "en": "System prompt"},
     "max_new_tokens": {"zh": "最大生成长度（token）", "en": "Max new tokens"},
     "temperature": {"zh": "温度（0 为贪心解码）", "en": "Temperature (0 = greedy)"},
@@ -23,31 +52,65 @@ TEXT: dict[str, dict[str, str]] = {
     "top_k": {"zh": "Top-k（0 为关闭）", "en": "Top-k (0 = off)"},
     "repetition_penalty": {"zh": "重复惩罚", "en": "Repetition penalty"},
     "context_length": {"zh": "上下文长度（token）", "en": "Context length (tokens)"},
-    "clear": {"zh": "清空对话", "en": "Clear chat"},
-    "language": {"zh": "界面语言", "en": "Language"},
-    "loading": {"zh": "正在加载模型……", "en": "Loading the model…"},
-    "building_demo": {
-        "zh": "未找到已下载的模型，正在本地构建内置演示模型（约 2 分钟，仅首次）……",
-        "en": "No downloaded model found: building the built-in demo model (about 2 minutes, first time only)…",
+    # conversations
+    "conversations": {"zh": "对话", "en": "Chats"},
+    "new_chat": {"zh": "新对话", "en": "New chat"},
+    "rename": {"zh": "重命名", "en": "Rename"},
+    "title_label": {"zh": "标题", "en": "Title"},
+    "save": {"zh": "保存", "en": "Save"},
+    "delete": {"zh": "删除", "en": "Delete"},
+    "delete_confirm": {"zh": "确认删除此对话", "en": "Delete this chat for good"},
+    "export": {"zh": "导出", "en": "Export"},
+    "export_md": {"zh": "Markdown 格式", "en": "Markdown"},
+    "export_json": {"zh": "JSON 格式", "en": "JSON"},
+    "import": {"zh": "导入 JSON 对话", "en": "Import a JSON chat"},
+    "imported": {"zh": "已导入", "en": "Imported"},
+    "import_failed": {"zh": "无法导入", "en": "Could not import"},
+    "missing_chat": {"zh": "该对话已不存在（可能在其他标签页中被删除）。", "en": "That chat no longer exists."},
+    "conflict": {
+        "zh": "此对话已在另一个标签页中修改，你的消息已另存为新对话。",
+        "en": "This chat was changed in another tab; your messages were saved as a new chat.",
     },
-    "load_failed": {"zh": "模型加载失败", "en": "The model could not be loaded"},
+    "user_label": {"zh": "用户", "en": "User"},
+    "assistant_label": {"zh": "助手", "en": "Assistant"},
+    "system_label": {"zh": "系统提示词", "en": "System prompt"},
+    # the conversation itself
+    "stop": {"zh": "停止", "en": "Stop"},
+    "stopped": {"zh": "（已停止）", "en": "(stopped)"},
+    "regenerate": {"zh": "重新生成", "en": "Regenerate"},
+    "edit": {"zh": "编辑", "en": "Edit"},
+    "edit_label": {"zh": "编辑消息", "en": "Edit your message"},
+    "resend": {"zh": "重新发送", "en": "Send"},
+    "cancel": {"zh": "取消", "en": "Cancel"},
+    "copy": {"zh": "复制", "en": "Copy"},
+    "copy_hint": {"zh": "点击右上角图标复制", "en": "Use the icon at the top right to copy"},
+    "thinking": {"zh": "思考中……", "en": "Thinking…"},
+    "thought": {"zh": "思考过程", "en": "Reasoning"},
     "waiting": {
         "zh": "另一个对话正在生成，请稍候，轮到你时会自动开始。",
         "en": "Another chat is generating; yours starts as soon as it finishes.",
     },
     "too_long": {"zh": "消息过长，未发送", "en": "Message too long, not sent"},
     "failed": {"zh": "生成出错", "en": "Generation failed"},
-    "stopped": {"zh": "（已停止）", "en": "(stopped)"},
+    "left_out": {
+        "zh": "超出上下文窗口：上一条回复时模型未看到此消息",
+        "en": "Outside the context window: the model did not see this in its last reply",
+    },
+    # statistics
+    "context_meter": {"zh": "上下文", "en": "Context"},
+    "tokens": {"zh": "token", "en": "tokens"},
     "dropped": {"zh": "条较早的消息因超出上下文未发送给模型", "en": "earlier messages left out to fit the context"},
     "first_token": {"zh": "首字延迟", "en": "first token"},
     "tokens_per_s": {"zh": "token/秒", "en": "tokens/s"},
     "prompt_tokens": {"zh": "提示 token", "en": "prompt tokens"},
     "new_tokens": {"zh": "生成 token", "en": "new tokens"},
-    "device": {"zh": "设备", "en": "Device"},
-    "kernel": {"zh": "GPTQ 内核", "en": "GPTQ kernel"},
-    "memory": {"zh": "模型占用内存", "en": "Model memory"},
-    "load_time": {"zh": "加载用时", "en": "Load time"},
-    "engine": {"zh": "生成方式", "en": "Generation path"},
+    "performance": {"zh": "生成速度（本次会话）", "en": "Speed this session"},
+    "reply_number": {"zh": "回复序号", "en": "reply"},
+    # access
+    "password": {"zh": "密码", "en": "Password"},
+    "log_in": {"zh": "登录", "en": "Log in"},
+    "password_needed": {"zh": "此页面需要密码。", "en": "This page is protected by a password."},
+    "wrong_password": {"zh": "密码错误。", "en": "Wrong password."},
 }
 
 
@@ -60,15 +123,21 @@ def t(key: str, language: str) -> str:
     return TEXT[key][language]
 
 
-def stats_line(stats: ReplyStats, language: str) -> str:
-    """One line under a reply: how fast it came and what the model saw."""
+def stats_line(stats: dict[str, Any], language: str) -> str:
+    """One line under a reply (a `replies.stats_record`): how fast it came and what the model saw."""
     parts = []
-    if stats.first_token_seconds is not None:
-        parts.append(f"{t('first_token', language)} {stats.first_token_seconds:.2f} s")
-    if stats.tokens_per_second:
-        parts.append(f"{stats.tokens_per_second:.1f} {t('tokens_per_s', language)}")
-    parts.append(f"{stats.prompt_tokens} {t('prompt_tokens', language)}")
-    parts.append(f"{stats.new_tokens} {t('new_tokens', language)}")
-    if stats.dropped_messages:
-        parts.append(f"{stats.dropped_messages} {t('dropped', language)}")
+    if stats.get("first_token_s") is not None:
+        parts.append(f"{t('first_token', language)} {stats['first_token_s']:.2f} s")
+    if stats.get("tokens_per_s"):
+        parts.append(f"{stats['tokens_per_s']:.1f} {t('tokens_per_s', language)}")
+    parts.append(f"{stats.get('prompt_tokens', 0)} {t('prompt_tokens', language)}")
+    parts.append(f"{stats.get('new_tokens', 0)} {t('new_tokens', language)}")
+    if stats.get("dropped_messages"):
+        parts.append(f"{stats['dropped_messages']} {t('dropped', language)}")
     return " · ".join(parts)
+
+
+def context_line(used: int, window: int, dropped: int, language: str) -> str:
+    """The context meter's words: tokens used of the window, and what was truncated."""
+    line = f"{t('context_meter', language)}: {used:,} / {window:,} {t('tokens', language)}"
+    return f"{line} · {dropped} {t('dropped', language)}" if dropped else line

@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONSTRAINTS=${CONSTRAINTS:-env/tested-cpu.txt} SKIP_DEMO=1 bash env/setup.sh --dev
+# The browser tests drive Debian's Chromium (Playwright's own browser download cannot work offline).
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+fi
+export GPTQ_CHAT_SETUP_RAN=1  # tests/test_setup.py runs the same set-up again: it must change nothing
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 exec .venv/bin/python -m pytest "$@"

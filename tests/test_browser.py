@@ -1,0 +1,248 @@
+"""End to end in a real headless Chromium against `streamlit run app.py` on the demo model.
+
+Each step saves a screenshot under test-artifacts/browser/ (CI keeps them as artifacts).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser_app import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, streamlit_server
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} missing: apt-get install -y chromium"),
+]
+
+PASSWORD = "correct horse battery staple"
+CHAT_INPUT = '[data-testid="stChatInputTextArea"]'
+MESSAGE = '[data-testid="stChatMessage"]'
+MAIN = '[data-testid="stMainBlockContainer"]'
+LONG_ASK = "Write a very long story about a dragon who learns to fly, with many chapters."
+QUESTION = "What is the capital of France?"
+REPLY_TIMEOUT_MS = 90_000
+
+
+@pytest.fixture(scope="module")
+def server(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    env = {
+        "GPTQ_CHAT_MODEL": str(demo_model_dir),
+        "GPTQ_CHAT_DATA": str(tmp_path_factory.mktemp("browser-data")),
+        "GPTQ_CHAT_PASSWORD": PASSWORD,
+    }
+    with streamlit_server(env, ARTIFACTS / "server.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def new_page(browser, server: str):
+    """Pages in their own browser contexts: separate cookies and Streamlit sessions, like separate tabs."""
+    contexts = []
+
+    def make(locale: str = "en-US"):
+        context = browser.new_context(locale=locale, viewport={"width": 1280, "height": 900})
+        context.set_default_timeout(REPLY_TIMEOUT_MS)
+        contexts.append(context)
+        return context.new_page()
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def log_in(page, url: str) -> None:
+    page.goto(url)
+    page.locator("input[type=password]").fill(PASSWORD)
+    page.keyboard.press("Enter")  # submits the login form
+    page.locator(CHAT_INPUT).wait_for()
+    page.get_by_text("Device:").wait_for()  # the model is loaded
+
+
+def send(page, text: str) -> None:
+    page.locator(CHAT_INPUT).fill(text)
+    page.keyboard.press("Enter")
+
+
+def last_message(page):
+    return page.locator(MESSAGE).last
+
+
+def wait_for_reply(page) -> str:
+    """Wait for the statistics line under the last reply (whole or stopped); return the reply's text."""
+    last_message(page).get_by_text(re.compile("new tokens")).wait_for()
+    return reply_text(page)
+
+
+def stop_after(page, characters: int) -> str:
+    """Let the reply grow to `characters`, then stop it unless it already ended (a CPU writes slowly)."""
+    page.wait_for_function(
+        """([chars]) => {
+            const answer = [...document.querySelectorAll('[data-testid=stChatMessage]')].pop()
+                .querySelector('.st-key-live_answer, [class*="st-key-answer_"]');
+            return !document.querySelector('.st-key-stop') || (answer && answer.innerText.length >= chars);
+        }""",
+        arg=[characters],
+    )
+    stop = page.locator(".st-key-stop button")
+    if stop.count():
+        stop.click()
+    return wait_for_reply(page)
+
+
+def reply_text(page) -> str:
+    """The answer of the last reply, while it streams or after."""
+    answer = last_message(page).locator(".st-key-live_answer, [class*='st-key-answer_']")
+    return answer.first.inner_text() if answer.count() else ""
+
+
+def test_wrong_password_is_refused_and_chinese_is_the_default(new_page, server: str) -> None:
+    page = new_page(locale="zh-CN")
+    page.goto(server)
+    page.get_by_text("Qwen GPTQ 本地聊天").wait_for()  # the browser asks for Chinese
+    page.locator("input[type=password]").fill("wrong horse")
+    page.keyboard.press("Enter")
+    page.get_by_text("密码错误。").wait_for()
+    expect(page.locator(CHAT_INPUT)).to_have_count(0)
+    expect(page.locator(MESSAGE)).to_have_count(0)
+    shot(page, "01-wrong-password-refused")
+
+
+def test_a_reply_streams_then_stop_keeps_it_and_regenerate_replaces_it(new_page, server: str) -> None:
+    page = new_page()
+    log_in(page, server)
+    shot(page, "02-logged-in")
+    send(page, LONG_ASK)
+    seen: list[str] = []
+    stop = page.locator(".st-key-stop button")
+    stop.wait_for()
+    deadline = time.monotonic() + 60
+    while len(seen) < 3 or len(seen[-1]) < 40:  # watch it grow, piece by piece
+        assert time.monotonic() < deadline and stop.count(), f"the reply did not stream: {seen}"
+        text = reply_text(page)
+        if text and (not seen or text != seen[-1]):
+            seen.append(text)
+        page.wait_for_timeout(50)
+    assert all(b.startswith(a.rstrip(" ▌")) for a, b in itertools.pairwise(seen)), seen
+    assert "▌" in seen[-1]  # the streaming cursor
+    shot(page, "03-streaming")
+
+    stop.click()
+    last_message(page).get_by_text("(stopped)").wait_for()
+    kept = reply_text(page)
+    assert len(kept) >= len(seen[-1].rstrip(" ▌")) - 1 and "▌" not in kept
+    expect(page.locator(".st-key-stop")).to_have_count(0)
+    shot(page, "04-stopped")
+
+    page.locator(".st-key-regenerate button").click()
+    page.locator(".st-key-stop button").wait_for()
+    stop_after(page, 20)  # no need to wait for a whole story twice
+    expect(page.locator(MESSAGE)).to_have_count(3)  # greeting, question, one reply: replaced, not added
+    shot(page, "05-regenerated")
+
+
+def test_a_reload_finds_the_conversation(new_page, server: str) -> None:
+    page = new_page()
+    log_in(page, server)
+    send(page, QUESTION)
+    answer = stop_after(page, 20)
+    assert answer
+    page.wait_for_url(re.compile(r"\?chat=\d+"))
+    shot(page, "06-answered")
+    page.reload()
+    log_in(page, page.url)  # each new session logs in again
+    page.get_by_text(QUESTION).first.wait_for()
+    assert wait_for_reply(page) == answer
+    listed = page.locator('.st-key-chat_list button [data-testid="stMarkdownContainer"]').first.inner_text()
+    assert QUESTION.startswith(listed.rstrip("…")) and len(listed) > 10  # listed, newest first
+    shot(page, "07-after-reload")
+
+
+def test_two_pages_at_once_queue_and_never_mix(new_page, server: str) -> None:
+    first, second = new_page(), new_page()
+    log_in(first, server)
+    log_in(second, server)
+    send(first, LONG_ASK)
+    first.locator(".st-key-stop button").wait_for()
+    first.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=stChatMessage]')].pop().innerText.length > 20"
+    )
+    send(second, QUESTION)
+    second.get_by_text("Another chat is generating").wait_for()
+    shot(second, "08-second-page-waits")
+    shot(first, "08-first-page-streams")
+    first.locator(".st-key-stop button").click()
+    last_message(first).get_by_text("(stopped)").wait_for()
+    assert stop_after(second, 10)  # its turn came: it streams
+    shot(second, "09-second-page-answered")
+    assert QUESTION not in first.locator(MAIN).inner_text()
+    assert "dragon" not in second.locator(MAIN).inner_text()
+
+
+RICH_CHAT = {
+    "title": "Circle area",
+    "messages": [
+        {"role": "user", "content": "The area of a circle, as a formula and in Python?"},
+        {
+            "role": "assistant",
+            "content": "<think>\nThey want a formula and code.\n</think>\n\nThe area is \\(A = \\pi r^2\\):\n\n"
+            "\\[\nA = \\pi r^2\n\\]\n\n```python\nimport math\n\n\ndef area(r: float) -> float:\n"
+            "    return math.pi * r**2\n```\n\n| r | A |\n|---|---|\n| 1 | 3.14 |",
+        },
+    ],
+}
+
+
+def test_an_imported_chat_renders_math_code_and_reasoning(new_page, server: str, tmp_path: Path) -> None:
+    page = new_page()
+    log_in(page, server)
+    exported = tmp_path / "circle.json"
+    exported.write_text(json.dumps(RICH_CHAT))
+    page.locator("summary", has_text="Import a JSON chat").click()
+    page.locator("input[type=file]").set_input_files(str(exported))
+    reply = last_message(page)
+    reply.locator("pre code").first.wait_for()
+    assert "def area(r: float)" in reply.locator("pre code").first.inner_text()
+    assert reply.locator(".katex").count() >= 2  # inline and display math, typeset
+    assert "\\(" not in reply.inner_text() and "<think>" not in reply.inner_text()
+    reasoning = reply.locator("details")
+    assert reasoning.count() == 1 and reasoning.get_attribute("open") is None  # collapsed
+    assert reply.locator("table").count() == 1
+    shot(page, "10-imported-math-code-reasoning")
+
+    reasoning.locator("summary").click()
+    reply.get_by_text("They want a formula and code.").wait_for()
+    page.locator(".st-key-copy_1 button").click()
+    page.locator('[data-testid="stPopoverBody"]').get_by_text("def area").first.wait_for()
+    shot(page, "11-copy-and-reasoning-open")
+    page.keyboard.press("Escape")
+
+    page.locator(".st-key-edit button").click()
+    editor = page.locator(".st-key-edit_text textarea")
+    expect(editor).to_have_value(RICH_CHAT["messages"][0]["content"])
+    shot(page, "12-editing")
+    page.locator(".st-key-cancel_edit button").click()
+    expect(editor).to_have_count(0)

@@ -1,0 +1,207 @@
+"""The conversation store (SQLite), export and import: what makes chats last."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from conversations import (
+    DATA_ENV,
+    ChatRef,
+    Conflict,
+    ConversationStore,
+    data_dir,
+    from_json,
+    save_chat,
+    title_from,
+    to_json,
+    to_markdown,
+)
+
+STATS = {"prompt_tokens": 20, "new_tokens": 5, "tokens_per_s": 12.5, "first_token_s": 0.1}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ConversationStore:
+    return ConversationStore(tmp_path / "chats.sqlite3")
+
+
+def exchange(question: str = "What is the capital of France?", answer: str = "Paris.") -> list[dict]:
+    return [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": answer, "stats": STATS},
+    ]
+
+
+def test_a_chat_survives_a_restart_with_its_settings_and_stats(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "chats.sqlite3"
+    created = ConversationStore(path).create("France", exchange(), {"temperature": 0.2, "system_prompt": "Be brief."})
+    reopened = ConversationStore(path).get(created.id)  # a new store object: what an app restart sees
+    assert reopened is not None
+    assert reopened.title == "France"
+    assert reopened.messages == exchange()
+    assert reopened.settings == {"temperature": 0.2, "system_prompt": "Be brief."}
+
+
+def test_page_only_keys_are_not_stored_but_stopped_and_errors_are(store: ConversationStore) -> None:
+    messages = [
+        {"role": "user", "content": "Hi", "error": "too long"},
+        {"role": "assistant", "content": "Hel", "stopped": True, "streaming": True, "widget": 3},
+    ]
+    saved = store.get(store.create("t", messages).id)
+    assert saved is not None
+    assert saved.messages == [
+        {"role": "user", "content": "Hi", "error": "too long"},
+        {"role": "assistant", "content": "Hel", "stopped": True},
+    ]
+
+
+def test_list_is_newest_first_with_message_counts(store: ConversationStore) -> None:
+    first = store.create("first", exchange())
+    second = store.create("second", [])
+    store.save_messages(first.id, [*exchange(), *exchange("And Spain?", "Madrid.")], first.revision)
+    listed = store.summaries()
+    assert [(s.title, s.messages) for s in listed] == [("first", 4), ("second", 0)]
+    assert listed[0].id == first.id and listed[1].id == second.id
+
+
+def test_rename_and_delete(store: ConversationStore) -> None:
+    kept = store.create("kept", exchange())
+    gone = store.create("gone", exchange())
+    store.rename(kept.id, "  Renamed  ")
+    store.delete(gone.id)
+    assert [s.title for s in store.summaries()] == ["Renamed"]
+    assert store.get(gone.id) is None
+    with store.connect() as db:  # the messages went with it
+        assert db.execute("SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (gone.id,)).fetchone() == (0,)
+    with pytest.raises(ValueError):
+        store.rename(kept.id, "   ")
+
+
+def test_saving_over_another_tabs_newer_save_is_refused(store: ConversationStore) -> None:
+    conversation = store.create("shared", exchange())
+    tab_a = tab_b = conversation.revision
+    tab_a = store.save_messages(conversation.id, [*exchange(), {"role": "user", "content": "from A"}], tab_a)
+    with pytest.raises(Conflict):
+        store.save_messages(conversation.id, [*exchange(), {"role": "user", "content": "from B"}], tab_b)
+    saved = store.get(conversation.id)
+    assert saved is not None and saved.messages[-1]["content"] == "from A" and saved.revision == tab_a
+
+
+def test_saving_a_deleted_chat_is_a_conflict(store: ConversationStore) -> None:
+    conversation = store.create("x", exchange())
+    store.delete(conversation.id)
+    with pytest.raises(Conflict):
+        store.save_messages(conversation.id, exchange(), conversation.revision)
+
+
+def test_settings_do_not_bump_the_revision(store: ConversationStore) -> None:
+    conversation = store.create("x", exchange())
+    store.save_settings(conversation.id, {"top_k": 5})
+    saved = store.get(conversation.id)
+    assert saved is not None and saved.settings == {"top_k": 5} and saved.revision == conversation.revision
+
+
+def test_many_tabs_writing_at_once_never_fail_or_mix(store: ConversationStore) -> None:
+    """Streamlit runs each tab in its own thread; each saves its own chat after every reply."""
+    failures: list[BaseException] = []
+
+    def tab(name: str) -> None:
+        try:
+            conversation = store.create(name, [])
+            messages, revision = [], conversation.revision
+            for i in range(25):
+                messages += exchange(f"{name} question {i}", f"{name} answer {i}")
+                revision = store.save_messages(conversation.id, messages, revision)
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=tab, args=(f"tab{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    for summary in store.summaries():
+        saved = store.get(summary.id)
+        assert saved is not None and len(saved.messages) == 50
+        assert all(m["content"].startswith(summary.title) for m in saved.messages)
+
+
+def test_a_tabs_chat_is_created_on_its_first_message_and_forked_on_a_conflict(store: ConversationStore) -> None:
+    tab_a, tab_b = ChatRef(), ChatRef()
+    assert not save_chat(store, tab_a, [], {}) and tab_a.id is None  # nothing said yet: nothing saved
+    assert not save_chat(store, tab_a, exchange(), {"top_k": 3})
+    assert tab_a.id is not None and store.get(tab_a.id).settings == {"top_k": 3}
+    tab_b.id, tab_b.revision = tab_a.id, tab_a.revision  # the same chat opened in a second tab
+    assert not save_chat(store, tab_a, [*exchange(), *exchange("A?", "a")], {})
+    forked = save_chat(store, tab_b, [*exchange(), *exchange("B?", "b")], {})
+    assert forked and tab_b.id != tab_a.id
+    assert store.get(tab_a.id).messages[-2]["content"] == "A?"  # neither tab's messages were lost
+    assert store.get(tab_b.id).messages[-2]["content"] == "B?"
+
+
+def test_markdown_export_reads_as_a_transcript(store: ConversationStore) -> None:
+    conversation = store.create("Capitals", exchange(), {"system_prompt": "You are a geography teacher."})
+    text = to_markdown(conversation)
+    assert text.startswith("# Capitals\n")
+    assert "## System prompt\n\nYou are a geography teacher." in text
+    assert text.index("## User\n\nWhat is the capital of France?") < text.index("## Assistant\n\nParis.")
+    chinese = to_markdown(conversation, {"user": "用户", "assistant": "助手", "system": "系统提示词"})
+    assert "## 用户" in chinese
+
+
+def test_json_export_imports_back_unchanged(store: ConversationStore) -> None:
+    conversation = store.create("往返 round trip", exchange("你好", "你好！"), {"temperature": 0.0})
+    document = to_json(conversation)
+    assert "你好" in document  # readable, not \\u-escaped
+    title, messages, settings = from_json(document)
+    assert (title, messages, settings) == ("往返 round trip", conversation.messages, {"temperature": 0.0})
+
+
+def test_import_takes_a_plain_message_list_from_other_apps() -> None:
+    other_app = json.dumps(
+        [
+            {"role": "system", "content": "Be terse."},
+            {"role": "user", "content": "Name a color\nplease"},
+            {"role": "assistant", "content": "Blue."},
+        ]
+    )
+    title, messages, settings = from_json(other_app)
+    assert title == "Name a color"
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert settings == {"system_prompt": "Be terse."}
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("{not json", "not a JSON file"),
+        ('{"title": "x"}', '"messages" list'),
+        ('{"messages": [{"role": "tool", "content": "x"}]}', "message 1: a message role"),
+        ('{"messages": [{"role": "user", "content": 3}]}', "must be text"),
+        ('{"messages": ["hi"]}', "message 1 is not an object"),
+    ],
+)
+def test_bad_imports_are_refused_with_a_reason(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        from_json(text)
+
+
+def test_data_folder_is_configurable_and_beside_the_models_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "mine"))
+    assert data_dir() == tmp_path / "mine"
+    monkeypatch.delenv(DATA_ENV)
+    monkeypatch.setenv("GPTQ_CHAT_HOME", str(tmp_path / "models"))
+    assert data_dir() == tmp_path / "chat-data"
+
+
+def test_titles_come_from_the_first_line_cut_short() -> None:
+    assert title_from("\n  Hello there  \nsecond line") == "Hello there"
+    long = title_from("word " * 40)
+    assert len(long) <= 48 and long.endswith("…")
