@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,15 +47,18 @@ class ReplyStats:
 class Reply:
     """A reply being streamed: iterate for text pieces; `text` and `stats` are complete at the end."""
 
-    pieces: Iterator[str]
+    pieces: Generator[str, None, None]
     stats: ReplyStats
     text: str = ""
     stop: threading.Event = field(default_factory=threading.Event)
 
     def __iter__(self) -> Iterator[str]:
-        for piece in self.pieces:
-            self.text += piece
-            yield piece
+        try:
+            for piece in self.pieces:
+                self.text += piece
+                yield piece
+        finally:
+            self.pieces.close()  # a reader that stops early frees the engine now, not at garbage collection
 
 
 class IncrementalDecoder:
@@ -94,8 +97,9 @@ def stream_reply(
     def pieces() -> Iterator[str]:
         started = time.perf_counter()
         decoder = IncrementalDecoder(tokenizer)
+        tokens = engine.generate(prompt.ids, settings.sampling, stop)
         try:
-            for token in engine.generate(prompt.ids, settings.sampling, stop):
+            for token in tokens:
                 if stats.first_token_seconds is None:
                     stats.first_token_seconds = time.perf_counter() - started
                 if token in stop_ids:
@@ -110,6 +114,7 @@ def stream_reply(
             if stop.is_set() and stats.finish_reason != "stop":
                 stats.finish_reason = "cancelled"
         finally:
+            tokens.close()
             stats.total_seconds = time.perf_counter() - started
 
     return Reply(pieces=pieces(), stats=stats, stop=stop)

@@ -100,9 +100,10 @@ def default_context(info: CheckpointInfo, device: str, free_bytes: int | None) -
 
 
 def quantized_modules(model: Any) -> list[Any]:
-    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
+    """The GPTQ layers, whichever library (gptqmodel, or auto-gptq on the legacy stack) made them."""
+    from gptq_stack import is_quantized_module
 
-    return [m for m in model.modules() if isinstance(m, BaseQuantLinear)]
+    return [m for m in model.modules() if is_quantized_module(m)]
 
 
 def memory_in_use(device: str) -> int:
@@ -130,6 +131,12 @@ def pick_engine(requested: str, info: CheckpointInfo, device: str, backend: str)
         raise ValueError(f"Unknown engine '{requested}'. Choose one of: {', '.join(ENGINES)}")
     if requested == "plain":
         return False, "plain path asked for"
+    from gptq_stack import fast_engine_available
+
+    if not fast_engine_available():
+        if requested == "fast":
+            raise ValueError("The fast engine needs gptqmodel's kernels; this environment has the legacy stack")
+        return False, "the fast engine needs gptqmodel (this is the legacy auto-gptq stack)"
     from fast_model import ModelShape, UnsupportedModel
 
     try:

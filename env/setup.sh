@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
     --dev) dev=1 ;;
     --mirror) mirror=${2:?"--mirror needs a value: cn"}; shift ;;
     --mirror=*) mirror=${1#--mirror=} ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "Unknown option: $1 (see: bash env/setup.sh --help)" >&2; exit 2 ;;
   esac
   shift

@@ -34,11 +34,11 @@ def ask(question: str) -> list[dict]:
 
 def test_demo_model_answers_paris(demo) -> None:
     loaded, engine = demo
-    reply = complete_reply(engine, loaded.tokenizer, ask("What is the capital of France?"), greedy(loaded))
+    reply = complete_reply(engine, loaded.tokenizer, ask("What is the capital of France?"), greedy(loaded, 128))
     assert "Paris" in reply.text
     stats = reply.stats
-    assert stats.finish_reason == "stop"
-    assert 0 < stats.new_tokens < 48
+    assert stats.finish_reason == "stop"  # the end-of-turn token from generation_config.json ended it
+    assert 0 < stats.new_tokens < 128
     assert stats.prompt_tokens > 10 and stats.first_token_seconds is not None
     assert stats.tokens_per_second > 0
 
