@@ -42,6 +42,14 @@ def window_buckets(length: int) -> list[int]:
     return [*buckets, length]
 
 
+def record(work: Callable[[], None], pool: object) -> torch.cuda.CUDAGraph:
+    """Capture `work` as a CUDA graph in the shared memory pool."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        work()
+    return graph
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -124,23 +132,17 @@ class FastEngine:
             for window, greedy in keys[:2]:  # warm up kernels (compilation, lazy init) outside capture
                 self.step(window, greedy)
             for chunk in self.chunks:
-                self.prefill_forward(chunk, next(w for w in self.windows if w >= chunk))
+                self.prefill_forward(chunk, self.window_for(chunk))
         torch.cuda.current_stream().wait_stream(stream)
         for i, (window, greedy) in enumerate(keys):
             if progress:
                 progress(f"Capturing decode graph {i + 1} of {len(keys)} (window {window})", (i + 1) / len(keys))
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.step(window, greedy)
-            self.graphs[(window, greedy)] = graph
+            self.graphs[(window, greedy)] = record(lambda: self.step(window, greedy), pool)  # noqa: B023
         pieces = [(c, w) for c in self.chunks for w in self.windows if w >= c]
         for i, (chunk, window) in enumerate(pieces):
             if progress:
                 progress(f"Capturing prompt graph {i + 1} of {len(pieces)} ({chunk} tokens)", (i + 1) / len(pieces))
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.prefill_forward(chunk, window)
-            self.prefill_graphs[(chunk, window)] = graph
+            self.prefill_graphs[(chunk, window)] = record(lambda: self.prefill_forward(chunk, window), pool)  # noqa: B023
         torch.cuda.synchronize()
         self.cached_ids = []  # warm-up wrote into the cache
         self.stats.graphs = len(self.graphs) + len(self.prefill_graphs)
@@ -152,8 +154,11 @@ class FastEngine:
         if not self.use_graphs:
             self.step(length, greedy, exact=self.slots == 1)
             return
-        window = next(w for w in self.windows if w >= length)
-        self.graphs[(window, greedy)].replay()
+        self.graphs[(self.window_for(length), greedy)].replay()
+
+    def window_for(self, length: int) -> int:
+        """The smallest captured attention window that holds `length` cache entries."""
+        return next(w for w in self.windows if w >= length)
 
     # -- prefill ---------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -171,7 +176,7 @@ class FastEngine:
         new, total = len(prompt) - reuse, len(prompt)
         chunk = next((c for c in self.chunks if c >= new), None)
         if self.use_graphs and chunk and reuse + chunk <= self.context_length:
-            window = next(w for w in self.windows if w >= reuse + chunk)
+            window = self.window_for(reuse + chunk)
             self.prefill_tokens[0, :new].copy_(prompt[reuse:])
             self.prefill_positions[0, :chunk].copy_(torch.arange(reuse, reuse + chunk))
             self.prefill_pick.fill_(new - 1)
