@@ -585,7 +585,7 @@ def answer(loaded: LoadedModel, settings: ChatSettings, store: ConversationStore
     state.pending = False
     messages = state.messages
     try:
-        reply = stream_reply(loaded.engine, loaded.tokenizer, sent_history(messages), settings)
+        reply = stream_reply(loaded.scheduler, loaded.tokenizer, sent_history(messages), settings)
     except PromptTooLong as error:
         messages[-1]["error"] = f"{t('too_long', lang)}: {error}"
         persist(store)
@@ -603,7 +603,7 @@ def answer(loaded: LoadedModel, settings: ChatSettings, store: ConversationStore
 
         def wait() -> None:
             icon = ":material/hourglass_top:"
-            wait_turn(loaded.engine, lambda s: waiting.info(f"{t('waiting', lang)} ({s:.0f} s)", icon=icon))
+            wait_turn(loaded.scheduler, lambda s: waiting.info(f"{t('waiting', lang)} ({s:.0f} s)", icon=icon))
             waiting.empty()
 
         def finish() -> None:

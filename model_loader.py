@@ -19,6 +19,7 @@ from typing import Any
 from checkpoint import CheckpointInfo, find_checkpoint
 from generation import Engine, PlainEngine
 from kernels import KernelChoice, choose_kernel
+from scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class LoadedModel:
     facts: ModelFacts
     engine: Engine
     generation_config: Any
+    scheduler: Scheduler  # what the page and the API call: queues, and batches where the engine can
 
 
 def pick_device(device: str | None) -> str:
@@ -226,7 +228,13 @@ def load_uncached(
     )
     log.info("Loaded %s in %.1f s: %s", info.name, facts.load_seconds, facts)
     return LoadedModel(
-        model=model, tokenizer=tokenizer, info=info, facts=facts, engine=runner, generation_config=generation_config
+        model=model,
+        tokenizer=tokenizer,
+        info=info,
+        facts=facts,
+        engine=runner,
+        generation_config=generation_config,
+        scheduler=Scheduler(runner),
     )
 
 
