@@ -72,14 +72,14 @@ class EngineStats:
 class FastEngine:
     """One sequence at a time for now; the cache and the step already take a batch of slots."""
 
-    def __init__(self, model: Transformer, context_length: int, use_graphs: bool | None = None) -> None:
+    def __init__(self, model: Transformer, context_length: int, use_graphs: bool | None = None, slots: int = 1) -> None:
         self.model = model
         self.device = model.device
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
         if self.device.type == "cuda":
             model.compile_small_ops()
         self.name = "fast engine (CUDA graphs)" if self.use_graphs else "fast engine (eager)"
-        self.slots = 1
+        self.slots = slots
         context_length = min(context_length, model.shape.max_position_embeddings)
         model.setup_caches(self.slots, context_length)
         self.context_length = context_length
@@ -261,10 +261,11 @@ def load_engine(
     use_graphs: bool | None = None,
     progress: Progress | None = None,
     decode_attention: str = "sdpa",
+    slots: int = 1,
 ) -> FastEngine:
     """Build the network from a checkpoint and capture its decode graphs."""
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.bfloat16)
     model = load_transformer(folder, backend, device, dtype, progress, decode_attention)
-    engine = FastEngine(model, context_length, use_graphs)
+    engine = FastEngine(model, context_length, use_graphs, slots)
     engine.capture(progress)
     return engine

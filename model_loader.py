@@ -90,12 +90,12 @@ def device_capability(device: str) -> tuple[int, int] | None:
     return tuple(torch.cuda.get_device_capability(torch.device(device)))  # type: ignore[return-value]
 
 
-def default_context(info: CheckpointInfo, device: str, free_bytes: int | None) -> int:
-    """A context length that fits comfortably: never the model's whole window by default."""
+def default_context(info: CheckpointInfo, device: str, free_bytes: int | None, slots: int = 1) -> int:
+    """A context length per sequence that fits comfortably: never the model's whole window by default."""
     limit = info.max_position_embeddings
     if free_bytes is None:
         return min(limit, CPU_CONTEXT_TOKENS)
-    budget = free_bytes * (1 - VRAM_HEADROOM)
+    budget = free_bytes * (1 - VRAM_HEADROOM) / slots
     fits = int(budget // max(info.kv_bytes_per_token, 1))
     tokens = min(limit, DEFAULT_GPU_CONTEXT_CAP, max(fits // 1024 * 1024, 1024))
     return tokens
@@ -161,6 +161,7 @@ def load_uncached(
     engine: str = "auto",
     context_length: int | None = None,
     progress: Progress | None = None,
+    slots: int = 1,
 ) -> LoadedModel:
     """Validate, choose device, kernel and engine, load; `load` is the cached version callers want."""
     import torch
@@ -179,7 +180,7 @@ def load_uncached(
     dtype = torch.float16 if device.startswith("cuda") else torch.bfloat16
     before = memory_in_use(device)
     free = torch.cuda.mem_get_info(torch.device(device))[0] - info.weight_bytes if device.startswith("cuda") else None
-    context = min(context_length or default_context(info, device, free), info.max_position_embeddings)
+    context = min(context_length or default_context(info, device, free, slots), info.max_position_embeddings)
 
     report("Loading the tokenizer", 0.05)
     tokenizer = AutoTokenizer.from_pretrained(info.path)
@@ -190,7 +191,9 @@ def load_uncached(
     if fast:
         from engine import load_engine
 
-        runner = load_engine(info.path, choice.backend, torch.device(device), context, dtype, progress=report)
+        runner = load_engine(
+            info.path, choice.backend, torch.device(device), context, dtype, progress=report, slots=slots
+        )
         model = runner.model
         max_context = runner.context_length
     else:
@@ -249,10 +252,11 @@ def load(
     engine: str = "auto",
     context_length: int | None = None,
     progress: Progress | None = None,
+    slots: int = 1,
 ) -> LoadedModel:
     """Load once per process: the same arguments return the same model object."""
-    key = (str(find_checkpoint(name_or_path).path), backend, pick_device(device), engine, context_length)
+    key = (str(find_checkpoint(name_or_path).path), backend, pick_device(device), engine, context_length, slots)
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = load_uncached(name_or_path, backend, device, engine, context_length, progress)
+            _cache[key] = load_uncached(name_or_path, backend, device, engine, context_length, progress, slots)
         return _cache[key]
