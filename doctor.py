@@ -36,9 +36,11 @@ import catalog
 import gptq_stack
 import model_store
 from checkpoint import CheckpointError, CheckpointInfo, find_checkpoint, resolve_model_dir
+from gpu_memory import usage
 from installed import MODEL_ENV, installed_models
 from kernels import KERNELS, KernelChoice, KernelError, choose_kernel, why_not
 from paths import REPO_ROOT, demo_model_dir, models_home
+from placement import GpuSpec, PlacementRefused, largest_context, plan_placement
 from vram_planner import GIB, ModelShape, plan
 
 OK, WARN, FAIL = "✓", "⚠", "✗"
@@ -380,7 +382,7 @@ def check_gpus(machine: Machine) -> list[Check]:
             f"GPU {gpu.index}",
             OK if gpu.capability >= (6, 0) else WARN,
             f"{gpu.name}, compute capability {gpu.capability[0]}.{gpu.capability[1]}, "
-            f"{gpu.total_bytes / GIB:.1f} GiB ({gpu.free_bytes / GIB:.1f} GiB free)",
+            f"{usage(gpu.total_bytes, gpu.free_bytes)}",
             "" if gpu.capability >= (6, 0) else "GPTQ kernels need compute capability 6.0+; use --device cpu",
         )
         for gpu in machine.gpus
@@ -612,10 +614,11 @@ def generation_path(machine: Machine, chosen: Chosen, choice: KernelChoice | Non
 
 def models_that_fit(context: int, cards: Sequence[int], path: str, exclude: str) -> list[str]:
     """Known models (largest first) that fit these cards at this context: the other way out."""
+    gpus = [GpuSpec(i, size, size) for i, size in enumerate(cards)]
     fitting = [
         entry
         for entry in catalog.KNOWN_MODELS
-        if entry.name != exclude and plan(entry.model_shape(), context, cards, path=path).fits
+        if entry.name != exclude and largest_context(entry.model_shape(), gpus, path=path) >= context
     ]
     fitting.sort(key=lambda entry: entry.model_shape().weights, reverse=True)
     return [entry.key for entry in fitting[:2]]
@@ -651,21 +654,27 @@ def check_memory(machine: Machine, chosen: Chosen, context: int | None, vram: Se
     result = plan(shape, context, cards, path=path)
     head = f"{shape.name} at {context:,} tokens ({path} path) needs {result.total / GIB:.1f} GiB"
     cards_text = ", ".join(f"GPU {i}: {size / GIB:.1f} GiB {stated}" for i, size in enumerate(cards))
-    if result.single_card:
-        card = result.cards[0]
+    if result.card is not None:
+        card = result.card
         return Check("memory", OK, f"{head}; fits on GPU {card.index} ({card.spare / GIB:.1f} GiB to spare)")
-    if result.fits:
-        split = "; ".join(f"GPU {c.index} layers {c.first_layer}-{c.first_layer + c.layers - 1}" for c in result.cards)
-        return Check(
-            "memory",
-            WARN,
-            f"{head}: too big for one card ({cards_text}); fits split over {len(result.cards)} cards ({split})",
-            "the app loads onto one card today: use a shorter context or a smaller model",
-        )
+    gpus = [GpuSpec(i, size, size) for i, size in enumerate(cards)]
+    longest = result.max_context
+    if len(gpus) > 1:
+        try:
+            placed = plan_placement(shape, gpus, context, path=path)
+        except PlacementRefused as refused:
+            longest = refused.largest_context
+        else:
+            split = "; ".join(card.describe() for card in placed.cards)
+            return Check(
+                "memory",
+                OK,
+                f"{head}, more than one card holds ({cards_text}); split over {len(placed.cards)}: {split}",
+            )
     others = models_that_fit(context, cards, path, shape.name)
     fixes = []
-    if result.max_context > 0:
-        fixes.append(f"set the context length to {result.max_context // 256 * 256:,} tokens or less")
+    if longest > 0:
+        fixes.append(f"set the context length to {longest // 256 * 256:,} tokens or less")
     if others:
         fixes.append(f"or a model that fits at {context:,} tokens: {', '.join(others)}")
     fixes.append(f"or free VRAM (another program may hold it: nvidia-smi); this needs {result.total / GIB:.1f} GiB")

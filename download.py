@@ -121,10 +121,11 @@ def fetch(args: argparse.Namespace) -> int:
 
 
 def catalog_table(context: int) -> str:
-    """The known models with download size, VRAM at `context`, and a verdict per common card size."""
-    from vram_planner import CARD_SIZES_GIB, card_verdict, gib, plan
+    """The known models with download size, VRAM at `context`, and how many cards of each common size hold it."""
+    from placement import CARD_SIZES_GIB, needs_row
+    from vram_planner import gib, plan
 
-    cards = "".join(f"{f'{size} GiB':>9}" for size in CARD_SIZES_GIB)
+    cards = "".join(f"{f'{size} GiB':>10}" for size in CARD_SIZES_GIB)
     lines = [
         f"Known GPTQ-Int4 chat models; VRAM for {context:,} tokens of context on one card "
         "(python download.py KEY fetches one):",
@@ -136,18 +137,21 @@ def catalog_table(context: int) -> str:
         shape = entry.model_shape()
         mark = "*" if entry.download_size_is_published else " "
         if context > shape.max_position_embeddings:
-            need, verdicts = "n/a", [f"{'>max ctx':>9}"] * len(CARD_SIZES_GIB)
+            need, verdicts = "n/a", [f"{'>max ctx':>10}"] * len(CARD_SIZES_GIB)
         else:
             need = gib(plan(shape, context, []).total)
-            verdicts = [f"{card_verdict(shape, context, size):>9}" for size in CARD_SIZES_GIB]
+            row = needs_row(shape, context, path="plain")
+            verdicts = [f"{row.compact(size):>10}" for size in CARD_SIZES_GIB]
         size = f"{entry.download_bytes / 1e9:.2f} GB{mark}"
         lines.append(f"{entry.key:<14}{entry.modelscope_id:<40}{size:>11}{need:>11}{''.join(verdicts)}")
         if entry.download_size_is_published:
             sources.append(f"  {entry.key}: {entry.size_source}")
     lines += [
         "",
-        "yes: fits; <=Nk: fits with at most N thousand tokens of context; no: not even the weights fit.",
-        "VRAM = weights + fp16 KV cache + prefill activations + CUDA context + overhead (see vram_planner.py).",
+        "yes: one card holds it; x2, x4: it needs that many cards of that size (its layers split over them);",
+        "x4 <=Nk: four cards hold at most N thousand tokens of context; no: not even the weights fit on four.",
+        "VRAM = weights + fp16 KV cache + prefill activations + CUDA context + overhead (see vram_planner.py);",
+        "each card of a split holds its layers' KV cache. Every setup of 1, 2, 4 cards: python placement.py",
         "Download sizes marked * are the hub's published file sizes (+ tokenizer files), the rest are computed",
         "from the model's shape (within 1 % of every published size). Published sizes from:",
         *sources,

@@ -34,11 +34,10 @@ allocates the cache once for the whole `context` and runs its own prefill: fused
 (prompt * (2*hidden + 4*intermediate) * 2 bytes at the MLP's peak: residual, normed input, gate|up, silu(gate),
 silu*up), SDPA without a mask, logits for the last position only; plus its static buffers (rope tables, fp32
 logits and the sampling state's seen-token mask) and the private memory pool of its captured CUDA graphs
-(FAST_GRAPH_POOL_BYTES, a named constant to calibrate on a GPU). It runs on one card, never split.
+(FAST_GRAPH_POOL_BYTES, a named constant to calibrate on a GPU).
 
-Several cards: the decoder layers are split in proportion to each card's free memory (after its fixed
-share), each card holding the KV cache of its own layers; the embedding sits on the first card, the final
-norm, lm_head and logits on the last (like `device_map="auto"`).
+This module answers for one card. A model that no single card holds is spread over several by
+`placement.py`, from the same per-part terms (`requirement`, `ModelShape.layer_weight_bytes`, ...).
 """
 
 from __future__ import annotations
@@ -58,7 +57,6 @@ FP16 = 2
 CUDA_CONTEXT_BYTES = 512 * 1024**2  # ~0.5 GB per card for the CUDA context
 OVERHEAD_BYTES = 512 * 1024**2  # allocator slack and small buffers per card: calibrate on a GPU
 ATTENTION_SCORE_BYTES = {"sdpa": 0, "sdpa-masked": FP16, "eager": FP16 + 4}  # per head and query-key pair
-CARD_SIZES_GIB = (24, 48, 80)  # the single cards `download.py --list` checks
 PATHS = ("plain", "fast")  # generation paths: transformers `generate`, or the fast engine (CUDA graphs)
 FAST_GRAPH_POOL_BYTES = 64 * 1024**2  # the fast engine's CUDA-graph memory pool (one decode step's temporaries)
 FAST_MLP_WIDTH = (2, 4)  # the fast prefill's peak per token: 2 x hidden + 4 x intermediate fp16 values
@@ -200,12 +198,10 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class CardShare:
-    """What one card holds in a plan."""
+    """The card that holds the whole model in a plan."""
 
     index: int
     capacity: int
-    first_layer: int
-    layers: int
     weights: int
     kv_cache: int
     activations: int
@@ -222,7 +218,7 @@ class CardShare:
 
 @dataclass(frozen=True)
 class Plan:
-    """Where a model fits at a context length, with the numbers behind the answer."""
+    """Whether one card holds a model at a context length, with the numbers behind the answer."""
 
     shape: ModelShape
     context: int
@@ -232,8 +228,8 @@ class Plan:
     activations: int
     cuda_context: int
     overhead: int
-    cards: tuple[CardShare, ...] = ()  # empty when it does not fit
-    max_context: int = 0  # the longest context these cards hold (0: not even the weights)
+    card: CardShare | None = None  # None when no single card holds it
+    max_context: int = 0  # the longest context one of these cards holds (0: not even the weights)
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -243,11 +239,7 @@ class Plan:
 
     @property
     def fits(self) -> bool:
-        return bool(self.cards)
-
-    @property
-    def single_card(self) -> bool:
-        return len(self.cards) == 1
+        return self.card is not None
 
     def summary(self) -> str:
         """A few human lines: the requirement, then where it goes or what would fit instead."""
@@ -258,18 +250,11 @@ class Plan:
         )
         if not self.gpus:
             return head
+        if self.card is not None:
+            return (
+                f"{head}\nFits on GPU {self.card.index} ({gib(self.card.capacity)}), {gib(self.card.spare)} to spare."
+            )
         cards = ", ".join(f"GPU {i}: {gib(size)}" for i, size in enumerate(self.gpus))
-        if self.single_card:
-            card = self.cards[0]
-            return f"{head}\nFits on GPU {card.index} ({gib(card.capacity)}), {gib(card.spare)} to spare."
-        if self.fits:
-            lines = [f"{head}\nToo big for one card; split over {len(self.cards)} cards ({cards}):"]
-            for card in self.cards:
-                last = card.first_layer + card.layers - 1
-                lines.append(
-                    f"  GPU {card.index}: layers {card.first_layer}-{last}, {gib(card.total)} of {gib(card.capacity)}"
-                )
-            return "\n".join(lines)
         if self.max_context > 0:
             return f"{head}\nDoes not fit on {cards}. The longest context that fits there: {self.max_context:,} tokens."
         return f"{head}\nDoes not fit on {cards}: not even the weights ({gib(self.weights)}) fit."
@@ -279,62 +264,21 @@ def gib(size: float) -> str:
     return f"{size / GIB:.1f} GiB"
 
 
-def _requirement(
-    shape: ModelShape, context: int, prompt_tokens: int | None, attention: str, full_logits: bool, path: str = "plain"
-):
+def requirement(
+    shape: ModelShape,
+    context: int,
+    prompt_tokens: int | None = None,
+    attention: str = "sdpa",
+    full_logits: bool = False,
+    path: str = "plain",
+) -> tuple[int, int, int]:
+    """Weights, KV cache and activations (the prefill's peak plus the path's static buffers), in bytes."""
     prompt = context if prompt_tokens is None else min(prompt_tokens, context)
     if path == "fast":
         activations = shape.fast_prefill_activation_bytes(prompt) + shape.fast_static_bytes(context)
     else:
         activations = shape.prefill_activation_bytes(prompt, attention) + shape.logits_bytes(prompt, full_logits)
     return shape.weights, context * shape.kv_bytes_per_token, activations
-
-
-def _split(shape: ModelShape, context: int, gpus: Sequence[int], activations: int) -> tuple[CardShare, ...]:
-    """Layers in proportion to each card's room after its fixed share; empty if they do not fit."""
-    scale = shape.layer_share()
-    per_layer = int(shape.layer_weight_bytes * scale) + context * shape.kv_bytes_per_token // shape.num_layers
-    fixed, extra, room = [], [], []
-    for i, size in enumerate(gpus):
-        own = 0
-        if i == 0:
-            own += int(shape.embedding_bytes * scale)
-        if i == len(gpus) - 1:
-            own += int(shape.lm_head_bytes * scale)
-        fixed.append(CUDA_CONTEXT_BYTES + OVERHEAD_BYTES)
-        extra.append(own + activations)
-        room.append(max(size - fixed[i] - extra[i], 0))
-    if room[0] == 0 or room[-1] == 0:  # the embedding and the head have nowhere to go
-        return ()
-    capacity = [r // per_layer for r in room]
-    if sum(capacity) < shape.num_layers:
-        return ()
-    wanted = [shape.num_layers * r / sum(room) for r in room]
-    layers = [min(int(w), c) for w, c in zip(wanted, capacity, strict=True)]
-    # hand out what rounding left, largest remainder first, never beyond a card's capacity
-    order = sorted(range(len(gpus)), key=lambda i: wanted[i] - int(wanted[i]), reverse=True)
-    while sum(layers) < shape.num_layers:
-        for i in order:
-            if sum(layers) < shape.num_layers and layers[i] < capacity[i]:
-                layers[i] += 1
-    shares, first = [], 0
-    for i, size in enumerate(gpus):
-        if layers[i] == 0 and 0 < i < len(gpus) - 1:
-            continue
-        shares.append(
-            CardShare(
-                index=i,
-                capacity=size,
-                first_layer=first,
-                layers=layers[i],
-                weights=layers[i] * int(shape.layer_weight_bytes * scale) + (extra[i] - activations),
-                kv_cache=layers[i] * context * shape.kv_bytes_per_token // shape.num_layers,
-                activations=activations,
-                fixed=fixed[i],
-            )
-        )
-        first += layers[i]
-    return tuple(shares)
 
 
 def _place(
@@ -345,17 +289,15 @@ def _place(
     attention: str,
     full_logits: bool,
     path: str = "plain",
-) -> tuple[CardShare, ...]:
-    weights, kv, activations = _requirement(shape, context, prompt_tokens, attention, full_logits, path)
+) -> CardShare | None:
+    """The card that holds the whole model: GPU 0 first (the app's default device), then the largest."""
+    weights, kv, activations = requirement(shape, context, prompt_tokens, attention, full_logits, path)
     fixed = CUDA_CONTEXT_BYTES + OVERHEAD_BYTES
     need = weights + kv + activations + fixed
-    # GPU 0 first (the app's default device), then any other card that holds it alone
     for i in sorted(range(len(gpus)), key=lambda i: (i != 0, -gpus[i])):
         if need <= gpus[i]:
-            return (CardShare(i, gpus[i], 0, shape.num_layers, weights, kv, activations, fixed),)
-    if len(gpus) > 1 and path == "plain":  # the fast engine runs on one card
-        return _split(shape, context, gpus, activations)
-    return ()
+            return CardShare(i, gpus[i], weights, kv, activations, fixed)
+    return None
 
 
 def max_context(
@@ -367,13 +309,13 @@ def max_context(
     full_logits: bool = False,
     path: str = "plain",
 ) -> int:
-    """The longest context (up to the model's own limit) that the cards hold; 0 if not even one token."""
-    if not _place(shape, 1, gpus, prompt_tokens, attention, full_logits, path):
+    """The longest context (up to the model's own limit) that one of the cards holds; 0 if not even one token."""
+    if _place(shape, 1, gpus, prompt_tokens, attention, full_logits, path) is None:
         return 0
     low, high = 1, shape.max_position_embeddings
     while low < high:
         middle = (low + high + 1) // 2
-        if _place(shape, middle, gpus, prompt_tokens, attention, full_logits, path):
+        if _place(shape, middle, gpus, prompt_tokens, attention, full_logits, path) is not None:
             low = middle
         else:
             high = middle - 1
@@ -390,17 +332,17 @@ def plan(
     full_logits: bool = False,
     path: str = "plain",
 ) -> Plan:
-    """Whether `shape` at `context` tokens fits on one of `gpus` (bytes each), else a split, else the max context.
+    """Whether `shape` at `context` tokens fits on one of `gpus` (bytes each), else the longest context that does.
 
     `prompt_tokens` defaults to the whole context (the worst case: a long chat truncated to fit). `path` is the
-    generation path: "plain" (transformers `generate`, may split over cards) or "fast" (the fast engine, one card).
+    generation path: "plain" (transformers `generate`) or "fast" (the fast engine). Several cards together:
+    `placement.plan_placement`.
     """
     if attention not in ATTENTION_SCORE_BYTES:
         raise ValueError(f"attention must be one of {', '.join(ATTENTION_SCORE_BYTES)}, not {attention!r}")
     if path not in PATHS:
         raise ValueError(f"path must be one of {', '.join(PATHS)}, not {path!r}")
-    weights, kv, activations = _requirement(shape, context, prompt_tokens, attention, full_logits, path)
-    cards = _place(shape, context, gpus, prompt_tokens, attention, full_logits, path)
+    weights, kv, activations = requirement(shape, context, prompt_tokens, attention, full_logits, path)
     return Plan(
         shape=shape,
         context=context,
@@ -410,20 +352,9 @@ def plan(
         activations=activations,
         cuda_context=CUDA_CONTEXT_BYTES,
         overhead=OVERHEAD_BYTES,
-        cards=cards,
+        card=_place(shape, context, gpus, prompt_tokens, attention, full_logits, path),
         max_context=max_context(
             shape, gpus, prompt_tokens=prompt_tokens, attention=attention, full_logits=full_logits, path=path
         ),
         options={"prompt_tokens": prompt_tokens, "attention": attention, "full_logits": full_logits, "path": path},
     )
-
-
-def card_verdict(shape: ModelShape, context: int, card_gib: int) -> str:
-    """`--list`'s cell for one card size: "yes", "<=12k" (only a shorter context fits) or "no"."""
-    card = card_gib * GIB
-    if _place(shape, context, [card], None, "sdpa", False):
-        return "yes"
-    longest = max_context(shape, [card])
-    if longest == 0:
-        return "no"
-    return f"<={longest // 1024}k" if longest >= 1024 else f"<={longest}"

@@ -22,6 +22,7 @@ import torch
 import doctor
 from doctor import FAIL, OK, WARN, Gpu, Machine, exit_code, run_checks
 from paths import DEMO_MODEL_NAME, REPO_ROOT
+from placement import largest_context, standard_gpus
 from vram_planner import FAST_GRAPH_POOL_BYTES, GIB, plan
 
 ON_CPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report of a machine without a GPU")
@@ -243,7 +244,7 @@ def test_cpu_build_of_torch_on_a_gpu_machine(tmp_path: Path, models: Path) -> No
 def test_gpu_line_names_the_card_its_capability_and_vram(tmp_path: Path, models: Path) -> None:
     gpu = by_name(run_checks(rtx_4090(tmp_path, tmp_path), root=models), "GPU 0")
     assert gpu.status == OK
-    assert gpu.message == "NVIDIA GeForce RTX 4090, compute capability 8.9, 24.0 GiB (23.0 GiB free)"
+    assert gpu.message == "NVIDIA GeForce RTX 4090, compute capability 8.9, 1.0 GiB used of 24.0 GiB, 23.0 GiB free"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -351,14 +352,17 @@ def test_7b_at_32k_on_24_gib_names_the_context_and_the_models_that_fit(models: P
     assert "qwen2.5-" in check.fix  # grouped-query attention: a 7B Qwen2.5 holds 32k tokens on this card
 
 
-def test_a_model_too_big_for_one_card_is_split_on_the_plain_path_only(models: Path) -> None:
+@pytest.mark.parametrize("path", ["plain", "fast"])
+def test_a_model_too_big_for_one_card_is_split_over_the_cards(models: Path, path: str) -> None:
     entry = doctor.catalog.find("qwen1.5-72b")
     chosen = doctor.Chosen("qwen1.5-72b", entry=entry)
     machine = rtx_4090(models, models)
-    plain = doctor.check_memory(machine, chosen, 8192, [48 * GIB, 48 * GIB], "plain")
-    assert plain.status == WARN and "fits split over 2 cards" in plain.message and "layers 0-39" in plain.message
-    fast = doctor.check_memory(machine, chosen, 8192, [48 * GIB, 48 * GIB], "fast")
-    assert fast.status == FAIL  # the fast engine runs on one card
+    split = doctor.check_memory(machine, chosen, 8192, [48 * GIB, 48 * GIB], path)
+    assert split.status == OK and "split over 2" in split.message
+    assert "GPU 0: embedding, layers 0-39" in split.message and "GPU 1: layers 40-79, norm + lm_head" in split.message
+    short = doctor.check_memory(machine, chosen, 8192, [24 * GIB, 24 * GIB], path)
+    longest = largest_context(entry.model_shape(), standard_gpus(2, 24), path=path)
+    assert short.status == FAIL and f"context length to {longest // 256 * 256:,} tokens or less" in short.fix
 
 
 def test_the_fast_engine_figure_has_a_static_cache_graph_pool_and_last_row_logits() -> None:

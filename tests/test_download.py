@@ -313,6 +313,9 @@ def test_list_shows_sizes_vram_and_cards_for_a_context(capsys: pytest.CaptureFix
     rows = {line.split()[0]: line.split() for line in table.splitlines() if line.startswith(("qwen1", "qwen2"))}
     assert len(rows) == 18
     assert rows["qwen1.5-7b"][2:4] == ["5.87", "GB*"]  # published size + tokenizer files
-    assert rows["qwen1.5-72b"][-3:] == ["no", "<=3k", "<=15k"]  # 2.5 MiB of KV cache per token
-    assert rows["qwen2.5-72b"][-3:] == ["no", "<=15k", "yes"]  # grouped-query attention: 320 KiB per token
+    # 2.5 MiB of KV cache per token: 80 GiB at 32k on top of 38 GiB of weights. Four 24 GiB cards hold half of
+    # that context; two 80 GiB cards hold all of it.
+    assert rows["qwen1.5-72b"][-4:] == ["x4", "<=16k", "x4", "x2"]
+    assert rows["qwen2.5-72b"][-3:] == ["x4", "x2", "yes"]  # grouped-query attention: 320 KiB per token
+    assert rows["qwen1.5-7b"][-3:] == ["x2", "yes", "yes"]  # 16 GiB of KV cache at 32k: two 24 GiB cards
     assert "huggingface.co/Qwen/Qwen1.5-7B-Chat-GPTQ-Int4" in table

@@ -1,0 +1,268 @@
+"""Placements over several GPUs, with the shapes of Qwen's real configs (random_checkpoint.QWEN_SHAPES)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+import catalog
+from placement import (
+    PCIE_BYTES_PER_S,
+    GpuSpec,
+    Placement,
+    PlacementRefused,
+    largest_context,
+    needs_row,
+    plan_placement,
+    standard_gpus,
+)
+from vram_planner import CUDA_CONTEXT_BYTES, FAST_GRAPH_POOL_BYTES, GIB, OVERHEAD_BYTES, ModelShape
+
+KIB, MIB = 1024, 1024**2
+FIXED = CUDA_CONTEXT_BYTES + OVERHEAD_BYTES
+
+
+def shape(key: str) -> ModelShape:
+    return catalog.find(key).model_shape()
+
+
+def layer_counts(placement: Placement) -> list[int]:
+    return [card.layers for card in placement.cards]
+
+
+def assert_fits(placement: Placement) -> None:
+    """Every layer exactly once, in order, and no card over its free memory."""
+    assert (
+        placement.layer_devices()
+        == [d for card in placement.cards for d in [card.gpu.index] * card.layers] + ["cpu"] * placement.cpu_layers
+    )
+    assert len(placement.layer_devices()) == placement.shape.num_layers
+    first = 0
+    for card in placement.cards:
+        assert card.first_layer == first and card.total <= card.gpu.free_bytes
+        first += card.layers
+    assert sum(card.embedding for card in placement.cards) == sum(card.head for card in placement.cards) == 1
+
+
+def test_72b_on_two_24_gib_cards_holds_only_the_context_its_free_bytes_allow() -> None:
+    """The longest context, from first principles: the head's card (40 layers, lm_head and norm) has 24 GiB;
+    what is left after its weights and fixed buffers, over what one more token costs it, is the answer."""
+    qwen72b = shape("qwen1.5-72b")
+    hidden, intermediate, vocab, head_dim = 8192, 24576, 152064, 128
+    matrix = vocab * hidden * 2  # the fp16 embedding, and the untied lm_head of the same shape
+    layers_half = (qwen72b.weights - 2 * matrix - hidden * 2) // 2  # 40 of 80 identical layers
+    weights_on_head_card = layers_half + matrix + hidden * 2
+    per_token = (
+        40 * 2 * hidden * 2  # fp16 K and V of its 40 layers (64 heads x 128 = 8192, no GQA)
+        + (2 * hidden + 4 * intermediate) * 2  # the fast prefill's peak per token (fused gate|up)
+        + 2 * head_dim * 2  # rope cos and sin
+    )
+    fixed = FIXED + weights_on_head_card + vocab * (4 + 1 + 2 + 4) + FAST_GRAPH_POOL_BYTES  # + sampling buffers
+    expected = (24 * GIB - fixed) // per_token
+    gpus = standard_gpus(2, 24)
+
+    assert largest_context(qwen72b, gpus) == expected
+    assert 2048 < expected < 4096  # a short chat only
+    placed = plan_placement(qwen72b, gpus, expected)
+    assert layer_counts(placed) == [40, 40] and placed.cards[0].embedding and placed.cards[1].head
+    assert_fits(placed)
+    assert placed.cards[1].kv_cache == 40 * expected * 32 * KIB  # 2.5 MiB per token over 80 layers
+    with pytest.raises(PlacementRefused) as refused:
+        plan_placement(qwen72b, gpus, expected + 1)
+    assert refused.value.largest_context == expected
+    assert f"at most {expected // 256 * 256:,} tokens" in refused.value.fix
+
+
+def test_72b_on_one_24_gib_card_is_refused_with_the_numbers() -> None:
+    qwen72b = shape("qwen1.5-72b")
+    with pytest.raises(PlacementRefused) as refused:
+        plan_placement(qwen72b, [GpuSpec(0, 24 * GIB, 23 * GIB, "RTX 4090")], 8192)
+    error = refused.value
+    assert error.largest_context == 0 and error.available == {0: 23 * GIB}
+    assert error.needed[0] > qwen72b.weights + 8192 * 5 * MIB // 2  # weights + 20 GiB of KV cache, and more
+    assert f"weights {qwen72b.weights / GIB:.1f} GiB + KV cache 20.0 GiB" in error.problem
+    assert "has 23.0 GiB free" in error.problem and "Not even the weights fit" in error.problem
+    assert "one 80 GiB card holds 8,192 tokens" in error.fix and "--tensor-parallel-size 2" in error.fix
+    assert error.problem in str(error) and error.fix in str(error)  # shown like a CheckpointError
+
+
+def test_72b_on_two_80_gib_cards_holds_its_whole_window() -> None:
+    qwen72b = shape("qwen1.5-72b")
+    gpus = standard_gpus(2, 80)
+    at_8k = plan_placement(qwen72b, gpus, 8192)
+    assert at_8k.single_card and at_8k.cards[0].gpu.index == 0  # 61 GiB: one card holds it
+    assert largest_context(qwen72b, gpus) == qwen72b.max_position_embeddings == 32768
+    at_32k = plan_placement(qwen72b, gpus, 32768)  # 80 GiB of KV cache alone: split
+    assert layer_counts(at_32k) == [40, 40] and all(card.kv_cache == 40 * GIB for card in at_32k.cards)
+    assert_fits(at_32k)
+
+
+def test_7b_on_one_24_gib_card_is_not_split() -> None:
+    qwen7b = shape("qwen1.5-7b")
+    alone = plan_placement(qwen7b, standard_gpus(1, 24), 8192)
+    assert alone.single_card and set(alone.device_map().values()) == {0}
+    two = plan_placement(qwen7b, [GpuSpec(0, 24 * GIB, 20 * GIB), GpuSpec(1, 24 * GIB, 22 * GIB)], 8192)
+    assert two.single_card and two.cards[0].gpu.index == 0  # GPU 0, the app's default, holds it
+    busy = plan_placement(qwen7b, [GpuSpec(0, 24 * GIB, 4 * GIB), GpuSpec(1, 24 * GIB, 22 * GIB)], 8192)
+    assert busy.single_card and busy.cards[0].gpu.index == 1
+
+
+def test_a_forced_split_of_7b_gives_each_card_as_many_layers() -> None:
+    qwen7b = shape("qwen1.5-7b")
+    two = plan_placement(qwen7b, standard_gpus(2, 24), 8192, split=True)
+    assert layer_counts(two) == [16, 16] and two.cards[0].embedding and two.cards[1].head
+    four = plan_placement(qwen7b, standard_gpus(4, 24), 8192, split=True)
+    # the end cards also hold a 1.2 GB fp16 matrix (about 5 layers with their KV cache): fewer layers there,
+    # and no two cards further apart than one layer
+    per_layer = qwen7b.layer_weight_bytes + 8192 * 16 * KIB
+    totals = [card.total for card in four.cards]
+    assert max(totals) - min(totals) <= per_layer and sum(layer_counts(four)) == 32
+    assert four.cards[0].layers < four.cards[1].layers and four.cards[3].layers < four.cards[2].layers
+    assert_fits(two)
+    assert_fits(four)
+
+
+def test_uneven_cards_get_layers_until_moving_one_would_make_the_fullest_card_fuller() -> None:
+    qwen72b = shape("qwen1.5-72b")
+    placed = plan_placement(qwen72b, [GpuSpec(0, 80 * GIB, 80 * GIB), GpuSpec(1, 24 * GIB, 24 * GIB)], 16384)
+    assert_fits(placed)
+    big, small = placed.cards
+    assert big.layers > 3 * small.layers
+    per_layer = qwen72b.layer_weight_bytes + 16384 * 32 * KIB  # its weights and its 16k tokens of K and V
+    fullest = max(placed.cards, key=lambda card: card.total / card.gpu.free_bytes)
+    other = small if fullest is big else big
+    # one layer fewer on the fullest card would make the other one fuller than the fullest is now
+    assert (other.total + per_layer) / other.gpu.free_bytes > fullest.total / fullest.gpu.free_bytes
+
+
+def test_a_tied_model_keeps_its_head_with_the_embedding() -> None:
+    """Qwen2.5-0.5B ties lm_head to embed_tokens: they are one tensor, so one card holds both."""
+    placed = plan_placement(shape("qwen2.5-0.5b"), standard_gpus(2, 24), 8192, split=True)
+    assert_fits(placed)
+    assert [card.embedding for card in placed.cards] == [card.head for card in placed.cards]
+    assert placed.device_map()["lm_head"] == placed.device_map()["model.embed_tokens"]
+
+
+def meta_model(key: str) -> torch.nn.Module:
+    """Qwen2ForCausalLM built from the real config, on the meta device (no memory)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    real = catalog.find(key).shape
+    config = Qwen2Config(
+        hidden_size=real.hidden_size,
+        intermediate_size=real.intermediate_size,
+        num_hidden_layers=real.num_hidden_layers,
+        num_attention_heads=real.num_attention_heads,
+        num_key_value_heads=real.num_key_value_heads,
+        vocab_size=real.vocab_size,
+        tie_word_embeddings=real.tie_word_embeddings,
+    )
+    with torch.device("meta"):
+        return Qwen2ForCausalLM(config)
+
+
+@pytest.mark.parametrize(
+    ("key", "gpus", "offload"),
+    [("qwen1.5-72b", standard_gpus(4, 24), False), ("qwen1.5-72b", standard_gpus(2, 24), True)],
+    ids=["4x24", "2x24+cpu"],
+)
+def test_the_device_map_names_every_parameter_and_buffer_of_the_real_model(
+    key: str, gpus: list[GpuSpec], offload: bool
+) -> None:
+    from accelerate.utils import check_device_map
+    from transformers.integrations.accelerate import expand_device_map
+
+    placed = plan_placement(shape(key), gpus, 8192, path="plain", allow_cpu_offload=offload)
+    assert bool(placed.cpu_layers) == offload
+    device_map = placed.device_map()
+    model = meta_model(key)
+    names = [name for name, _ in model.named_parameters()] + [name for name, _ in model.named_buffers()]
+    assert any("rotary_emb" in name for name in names)
+    # transformers sends a name the map does not match to device_map[""] (else the CPU): here, nowhere
+    assert "unmapped" not in expand_device_map({**device_map, "": "unmapped"}, names).values()
+    check_device_map(model, device_map)
+    layers = [name for name in device_map if name.startswith("model.layers.")]
+    assert layers == [f"model.layers.{i}" for i in range(80)]
+
+
+def test_the_tiny_checkpoint_loads_with_a_per_module_map_as_with_one_device(tiny_gptq_dir: Path) -> None:
+    """transformers takes every key of the map (rotary_emb included) for a real GPTQ checkpoint; on a machine
+    without GPUs both "cards" are the CPU, so the two loads must compute the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    from checkpoint import inspect_checkpoint
+    from gptq_stack import from_pretrained_kwargs
+    from kernels import choose_kernel
+
+    info = inspect_checkpoint(tiny_gptq_dir)
+    placed = plan_placement(info, standard_gpus(2, 24), 1024, path="plain", split=True)
+    assert set(placed.device_map().values()) == {0, 1}  # its tied 78 MB embedding on one card, layers on the other
+    kwargs = from_pretrained_kwargs(info.bits, choose_kernel(info, None), torch.float32)
+    per_module = {name: "cpu" for name in placed.device_map()}
+    tokens = torch.tensor([[1, 2, 3, 4]])
+    logits = []
+    for device_map in (per_module, {"": "cpu"}):
+        model = AutoModelForCausalLM.from_pretrained(tiny_gptq_dir, device_map=device_map, **kwargs)
+        with torch.no_grad():
+            logits.append(model(tokens).logits)
+    torch.testing.assert_close(logits[0], logits[1])
+
+
+def test_cpu_offload_only_when_asked_and_then_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    qwen72b = shape("qwen1.5-72b")
+    gpus = standard_gpus(2, 24)
+    with pytest.raises(PlacementRefused) as refused:
+        plan_placement(qwen72b, gpus, 8192, path="plain")
+    assert "CPU offload" in refused.value.fix
+    with caplog.at_level(logging.WARNING, logger="placement"):
+        placed = plan_placement(qwen72b, gpus, 8192, path="plain", allow_cpu_offload=True)
+    assert_fits(placed)
+    assert placed.layer_devices()[-placed.cpu_layers :] == ["cpu"] * placed.cpu_layers  # the last layers
+    assert placed.cpu_bytes == placed.cpu_layers * qwen72b.layer_weight_bytes
+    # every token copies the offloaded weights over PCIe: that bounds the speed
+    assert f"at most {PCIE_BYTES_PER_S / placed.cpu_bytes:.1f} tokens/s" in placed.warning
+    assert placed.warning in caplog.text and placed.warning in placed.summary()
+    # accelerate runs the offloaded layers on the lowest-numbered GPU: their KV cache is there
+    first = placed.cards[0]
+    assert first.kv_cache == (first.layers + placed.cpu_layers) * 8192 * 32 * KIB
+    fits_anyway = plan_placement(qwen72b, standard_gpus(2, 48), 8192, path="plain", allow_cpu_offload=True)
+    assert fits_anyway.cpu_layers == 0 and not fits_anyway.warning
+    with pytest.raises(ValueError, match="plain path"):
+        plan_placement(qwen72b, gpus, 8192, path="fast", allow_cpu_offload=True)
+
+
+def test_needs_table_rows_for_7b_14b_and_72b() -> None:
+    seven, fourteen, seventy_two = (needs_row(shape(key), 8192) for key in ("qwen1.5-7b", "qwen1.5-14b", "qwen1.5-72b"))
+    assert [s.cell() for s in seven.setups] == ["yes"] * 9  # 5.9 GB of weights, 4 GiB of KV cache at 8k
+    assert [s.cell() for s in fourteen.setups] == ["yes"] * 9  # 9.9 GB, 6.25 GiB at 8k (40 layers x 5120)
+    cells = {(s.cards, s.card_gib): s.cell() for s in seventy_two.setups}
+    assert cells[(1, 24)] == "no"  # 38.4 GiB of weights
+    two_by_24 = largest_context(shape("qwen1.5-72b"), standard_gpus(2, 24))  # first principles: the test above
+    assert cells[(2, 24)] == f"<={two_by_24 // 1024}k"
+    # 4 x 24 GiB, 2 x 48 GiB, 1 x 80 GiB: 38.4 GiB + 20 GiB of KV cache + a few GiB of workspace fit in each
+    assert cells[(4, 24)] == cells[(2, 48)] == cells[(1, 80)] == "yes"
+    assert cells[(1, 48)] == "<=3k"  # (48 - 38.4 - 1 fixed) GiB over 2.5 MiB KV + 0.2 MiB prefill per token: ~3.2k
+    assert [seventy_two.compact(size) for size in (24, 48, 80)] == ["x4", "x2", "yes"]
+    assert seven.compact(24) == "yes"
+    # 16 GiB of KV cache at 32k on top of 5.5 GiB of weights: one 24 GiB card holds (24 - 5.5 - 1 fixed) GiB over
+    # 512 KiB of K and V + 82 KiB of plain prefill per token, about 30.8k tokens
+    long_chat = needs_row(shape("qwen1.5-7b"), 32768, path="plain")
+    assert long_chat.compact(24) == "x2" and long_chat.setups[0].cell() == "<=30k"
+
+
+def test_gpu_memory_rows_show_used_total_and_free_per_card() -> None:
+    from gpu_memory import gpu_memory_rows, usage, visible_gpus
+
+    gpus = [GpuSpec(0, 24 * GIB, 23 * GIB, "NVIDIA GeForce RTX 4090"), GpuSpec(1, 80 * GIB, 20 * GIB, "NVIDIA H100")]
+    first, second = gpu_memory_rows(gpus)
+    assert (first.gpu, first.name, first.used, first.total, first.free) == (
+        "GPU 0", "NVIDIA GeForce RTX 4090", "1.0 GiB", "24.0 GiB", "23.0 GiB",
+    )  # fmt: skip
+    assert second.used == "60.0 GiB" and second.used_fraction == 0.75
+    assert usage(80 * GIB, 20 * GIB) == "60.0 GiB used of 80.0 GiB, 20.0 GiB free"
+    live = visible_gpus()  # this machine: its real GPUs, or none
+    assert len(live) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    assert len(gpu_memory_rows()) == len(live)
