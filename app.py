@@ -65,7 +65,7 @@ from typing import Any  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from auth import WRONG_PASSWORD_DELAY_S, password_matches  # noqa: E402
-from chat import ChatSettings, stream_reply  # noqa: E402
+from chat import ChatSettings  # noqa: E402
 from checkpoint import CheckpointError  # noqa: E402
 from conversations import (  # noqa: E402
     DB_NAME,
@@ -78,7 +78,7 @@ from conversations import (  # noqa: E402
     to_json,
     to_markdown,
 )
-from generation import SamplingSettings, checkpoint_defaults  # noqa: E402
+from generation import SamplingSettings  # noqa: E402
 from history import (  # noqa: E402
     can_regenerate,
     context_use,
@@ -97,8 +97,10 @@ from model_loader import LoadedModel  # noqa: E402
 from model_switch import ModelHolder, SwitchRefused, device_memory, display_name, model_choices  # noqa: E402
 from presets import CUSTOM, DEFAULT, PRESETS, preset_of  # noqa: E402
 from prompt import PromptTooLong  # noqa: E402
+from remote_backend import RemoteError, RemoteModel, RemoteServer, list_models  # noqa: E402
 from rendering import to_markdown as markdown_of  # noqa: E402
 from replies import stream_into, wait_turn  # noqa: E402
+from reply_source import ReplySource, local_source, remote_source  # noqa: E402
 from think import split_think  # noqa: E402
 
 LOAD_ERRORS = (CheckpointError, KernelError, RuntimeError, OSError, ValueError)
@@ -372,11 +374,54 @@ def chat_actions(store: ConversationStore, conversation: Conversation, lang: str
         )
 
 
+def backend_panel(lang: str) -> RemoteServer | None:
+    """Where replies come from: this computer (None), or the OpenAI-compatible server whose address is given."""
+    bar = st.sidebar
+    bar.subheader(t("model", lang))
+    choice = bar.radio(
+        t("backend", lang),
+        ["local", "remote"],
+        format_func=lambda key: t(f"backend_{key}", lang),
+        key="backend",
+        horizontal=True,
+    )
+    if choice == "local":
+        return None
+    url = bar.text_input(t("server_url", lang), key="remote_url", placeholder="http://127.0.0.1:8000/v1")
+    key = bar.text_input(t("api_key", lang), key="remote_key", type="password")
+    return RemoteServer(url, key)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def remote_models(base_url: str, api_key: str) -> list[RemoteModel]:
+    """The server's models, asked at most every 30 s (a failure is not cached: the next run asks again)."""
+    return list_models(RemoteServer(base_url, api_key))
+
+
+def remote_panel(server: RemoteServer, lang: str) -> ReplySource | None:
+    """The server's model picker; None (with the reason shown) while there is nothing to chat with."""
+    bar = st.sidebar
+    if not server.base_url.strip():
+        bar.info(t("server_hint", lang))
+        return None
+    try:
+        models = remote_models(server.base_url, server.api_key)
+    except RemoteError as error:
+        bar.error(f"{t('server_failed', lang)}: {error}")
+        return None
+    if not models:
+        bar.error(t("server_no_models", lang))
+        return None
+    model = bar.selectbox(t("model", lang), models, format_func=lambda m: m.id, key="remote_model")
+    window = f" · {model.context_length:,} {t('tokens', lang)}" if model.context_length else ""
+    bar.caption(f"{t('server', lang)}: {server.url}{window}")
+    return remote_source(server, model)
+
+
 def model_panel(holder: ModelHolder, loaded: LoadedModel | None, lang: str) -> None:
     """The model picker, then what runs it and the device's memory, live."""
     state = st.session_state
     bar = st.sidebar
-    bar.subheader(t("model", lang))
     current = Path(holder.reference) if holder.reference else None
     options = [str(path) for path in model_choices(current)]
     if options:
@@ -430,15 +475,14 @@ def health_panel(model: str | None, lang: str) -> None:
                 st.caption(fix)
 
 
-def settings_panel(loaded: LoadedModel, lang: str) -> ChatSettings:
+def settings_panel(source: ReplySource, lang: str) -> ChatSettings:
     """Sidebar widgets; their values are exactly what the next reply uses, and are saved with the chat."""
     state = st.session_state
-    defaults = checkpoint_defaults(loaded.generation_config, loaded.tokenizer)
-    facts = loaded.facts
-    max_context = max(facts.max_context, 256)
+    defaults = source.defaults
+    max_context = max(source.max_context, 256)
     state.setdefault("system_prompt", PRESETS[DEFAULT])
     state.setdefault("preset", preset_of(state.system_prompt))
-    state.setdefault("context_length", min(facts.default_context, max_context) // 256 * 256 or 256)
+    state.setdefault("context_length", min(source.default_context, max_context) // 256 * 256 or 256)
     state.context_length = min(max(int(state.context_length), 256), max_context)  # another model may be smaller
     max_new_limit = max(min(4096, state.context_length - 64), 1)
     state.setdefault("max_new", min(512, state.context_length // 2))
@@ -457,7 +501,10 @@ def settings_panel(loaded: LoadedModel, lang: str) -> ChatSettings:
             on_change=preset_chosen,
         )
         st.text_area(t("system_prompt", lang), key="system_prompt", on_change=prompt_edited)
-        context = st.slider(t("context_length", lang), 256, max_context, step=256, key="context_length")
+        if source.shortens_history:
+            context = st.slider(t("context_length", lang), 256, max_context, step=256, key="context_length")
+        else:  # the server fits the prompt to its own window (or refuses it)
+            context = source.max_context
         max_new = st.slider(t("max_new_tokens", lang), 1, max_new_limit, key="max_new")
         temperature = st.slider(t("temperature", lang), 0.0, 2.0, step=0.05, key="temperature")
         top_p = st.slider(t("top_p", lang), 0.05, 1.0, step=0.05, key="top_p")
@@ -579,13 +626,13 @@ class LiveReply:
         self.answer.markdown(markdown_of(split.answer, streaming=not final) + ("" if final else " ▌"))
 
 
-def answer(loaded: LoadedModel, settings: ChatSettings, store: ConversationStore, lang: str) -> None:
+def answer(source: ReplySource, settings: ChatSettings, store: ConversationStore, lang: str) -> None:
     """Stream a reply into the history; Stop (or any click) keeps the partial text, marked stopped."""
     state = st.session_state
     state.pending = False
     messages = state.messages
     try:
-        reply = stream_reply(loaded.scheduler, loaded.tokenizer, sent_history(messages), settings)
+        reply = source.start(sent_history(messages), settings)
     except PromptTooLong as error:
         messages[-1]["error"] = f"{t('too_long', lang)}: {error}"
         persist(store)
@@ -602,8 +649,10 @@ def answer(loaded: LoadedModel, settings: ChatSettings, store: ConversationStore
         waiting = st.empty()
 
         def wait() -> None:
+            if source.queue is None:
+                return
             icon = ":material/hourglass_top:"
-            wait_turn(loaded.scheduler, lambda s: waiting.info(f"{t('waiting', lang)} ({s:.0f} s)", icon=icon))
+            wait_turn(source.queue, lambda s: waiting.info(f"{t('waiting', lang)} ({s:.0f} s)", icon=icon))
             waiting.empty()
 
         def finish() -> None:
@@ -618,7 +667,7 @@ def answer(loaded: LoadedModel, settings: ChatSettings, store: ConversationStore
             reply,
             view.show,
             context_length=settings.context_length,
-            model=loaded.facts.name,
+            model=source.name,
             wait=wait,
             finish=finish,
         )
@@ -698,16 +747,21 @@ def main() -> None:
         st.query_params.pop("chat", None)
 
     conversations_panel(store, lang)
-    holder = model_holder(default_model(args.model), args.backend, args.device, args.engine)
-    loaded = load_model(holder, lang)
-    model_panel(holder, loaded, lang)
-    health_panel(holder.reference, lang)
+    server = backend_panel(lang)
+    if server is None:
+        holder = model_holder(default_model(args.model), args.backend, args.device, args.engine)
+        loaded = load_model(holder, lang)
+        model_panel(holder, loaded, lang)
+        health_panel(holder.reference, lang)
+        source = local_source(loaded) if loaded is not None else None
+    else:
+        source = remote_panel(server, lang)
     show_notices(lang)
-    if loaded is None:
+    if source is None:
         conversation_view(store, lang, busy=True)
         st.stop()
 
-    settings = settings_panel(loaded, lang)
+    settings = settings_panel(source, lang)
     if state.chat.id is not None and chat_settings() != state.get("saved_settings"):
         store.save_settings(state.chat.id, chat_settings())
         state.saved_settings = chat_settings()
@@ -718,7 +772,7 @@ def main() -> None:
     pending = state.pending and needs_reply(state.messages)
     conversation_view(store, lang, busy=pending)
     if pending:
-        answer(loaded, settings, store, lang)
+        answer(source, settings, store, lang)
 
 
 main()

@@ -35,6 +35,19 @@ TEXT: dict[str, dict[str, str]] = {
         "en": "No downloaded model found: building the built-in demo model (about 2 minutes, first time only)…",
     },
     "load_failed": {"zh": "模型加载失败", "en": "The model could not be loaded"},
+    # where replies come from
+    "backend": {"zh": "运行位置", "en": "Runs on"},
+    "backend_local": {"zh": "本机", "en": "This computer"},
+    "backend_remote": {"zh": "OpenAI 兼容服务器", "en": "OpenAI-compatible server"},
+    "server_url": {"zh": "服务器地址（base URL）", "en": "Server address (base URL)"},
+    "api_key": {"zh": "API 密钥", "en": "API key"},
+    "server": {"zh": "服务器", "en": "Server"},
+    "server_hint": {
+        "zh": "请输入服务器地址，例如 http://127.0.0.1:8000/v1（本项目的 serve.py、vLLM、SGLang 或 Ollama）。",
+        "en": "Enter the server's address, e.g. http://127.0.0.1:8000/v1 (our serve.py, vLLM, SGLang or Ollama).",
+    },
+    "server_failed": {"zh": "无法使用该服务器", "en": "The server cannot be used"},
+    "server_no_models": {"zh": "该服务器没有提供任何模型。", "en": "The server offers no models."},
     # settings
     "settings": {"zh": "生成设置（本对话）", "en": "Generation settings (this chat)"},
     "preset": {"zh": "系统提示词预设", "en": "System prompt preset"},

@@ -1,0 +1,399 @@
+"""The OpenAI-compatible API: the official `openai` client and raw HTTP against serve.py on the demo model.
+
+The server is a real uvicorn on a free loopback port (in a background thread of this process, so the
+tests can look at the scheduler behind it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from model_loader import load
+from openai_protocol import ChatCompletionRequest, ServedModel, StopText, validate
+from prompt import encode_chat
+from scheduler import Scheduler
+from serve import API_KEY_ENV, create_app, key_problem
+from tests.live_server import serving
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "test-key-1234"
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+STORY = [{"role": "user", "content": "Tell me a long story about the sea."}]
+SHORT = 24
+
+
+@pytest.fixture(scope="module")
+def served(demo_model_dir: Path) -> ServedModel:
+    return ServedModel.of(load(demo_model_dir))
+
+
+@pytest.fixture(scope="module")
+def base_url(served: ServedModel) -> Iterator[str]:
+    with serving(create_app(served, api_key=KEY)) as url:
+        yield url
+
+
+@pytest.fixture
+def client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
+
+
+def post(base_url: str, body: object, key: str | None = KEY, **headers: str) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    return httpx.post(
+        f"{base_url}/v1/chat/completions",
+        content=content,
+        headers={"Content-Type": "application/json", **headers},
+        timeout=60,
+    )
+
+
+def greedy_tokens(served: ServedModel, messages: list[dict], max_tokens: int) -> list[int]:
+    """What the model generates for `messages` (stop token excluded), asked of the scheduler directly."""
+    settings = replace(served.defaults, max_new_tokens=max_tokens, temperature=0.0)
+    tokens = list(served.scheduler.generate(encode_chat(served.tokenizer, messages), settings, threading.Event()))
+    ends = [i for i, token in enumerate(tokens) if token in settings.stop_token_ids]
+    return tokens[: ends[0]] if ends else tokens
+
+
+def wait_until_idle(served: ServedModel, within: float) -> float:
+    started = time.monotonic()
+    while served.scheduler.stats().active or served.scheduler.stats().waiting:
+        assert time.monotonic() - started < within, served.scheduler.stats()
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+# -- answers ---------------------------------------------------------------------------------------------
+
+
+def test_a_completion_has_the_answer_the_exact_usage_and_a_request_id(
+    client: openai.OpenAI, served: ServedModel
+) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model=served.name,
+        messages=FRANCE,
+        max_tokens=SHORT,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    completion = raw.parse()
+    expected = greedy_tokens(served, FRANCE, SHORT)
+    choice = completion.choices[0]
+    assert "Paris" in choice.message.content and choice.message.role == "assistant"
+    assert choice.message.content == served.tokenizer.decode(expected, skip_special_tokens=True)
+    assert choice.finish_reason == "stop" and len(expected) < SHORT
+    assert completion.usage.prompt_tokens == len(encode_chat(served.tokenizer, FRANCE))
+    assert completion.usage.completion_tokens == len(expected)
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + len(expected)
+    request_id = raw.headers["x-request-id"]
+    assert completion.id == f"chatcmpl-{request_id}" and len(request_id) == 32
+    assert completion.model == served.name and completion.object == "chat.completion"
+
+
+def test_streaming_gives_the_same_text_then_the_finish_and_usage_chunks(
+    client: openai.OpenAI, served: ServedModel
+) -> None:
+    stream = client.chat.completions.create(
+        model=served.name,
+        messages=FRANCE,  # type: ignore[arg-type]
+        max_tokens=SHORT,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    expected = greedy_tokens(served, FRANCE, SHORT)
+    assert text == served.tokenizer.decode(expected, skip_special_tokens=True) and "Paris" in text
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 3  # streamed, not one lump
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == len(expected)
+    assert chunks[-1].usage.prompt_tokens == len(encode_chat(served.tokenizer, FRANCE))
+    assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-")
+
+
+def test_max_tokens_ends_with_finish_reason_length(client: openai.OpenAI, served: ServedModel) -> None:
+    completion = client.chat.completions.create(
+        model=served.name,
+        messages=STORY,
+        max_tokens=3,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    assert completion.choices[0].finish_reason == "length" and completion.usage.completion_tokens == 3
+
+
+def test_a_system_message_and_earlier_turns_reach_the_model(client: openai.OpenAI, served: ServedModel) -> None:
+    messages = [
+        {"role": "system", "content": "You answer in one word."},
+        {"role": "user", "content": "What is the capital of Japan?"},
+        {"role": "assistant", "content": "Tokyo."},
+        *FRANCE,
+    ]
+    completion = client.chat.completions.create(
+        model=served.name,
+        messages=messages,
+        max_tokens=SHORT,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    assert completion.usage.prompt_tokens == len(encode_chat(served.tokenizer, messages))
+    assert "Paris" in completion.choices[0].message.content
+
+
+def test_stop_strings_cut_the_text_and_end_the_generation(client: openai.OpenAI, served: ServedModel) -> None:
+    full = served.tokenizer.decode(greedy_tokens(served, FRANCE, SHORT), skip_special_tokens=True)
+    assert " Paris" in full
+    cut = full[: full.index(" Paris")]
+    common = {"model": served.name, "messages": FRANCE, "max_tokens": SHORT, "temperature": 0}
+    completion = client.chat.completions.create(**common, stop=[" Paris", "never appears"])  # type: ignore[call-overload]
+    assert completion.choices[0].message.content == cut and completion.choices[0].finish_reason == "stop"
+    assert completion.usage.completion_tokens < len(greedy_tokens(served, FRANCE, SHORT))
+    chunks = list(client.chat.completions.create(**common, stop=" Paris", stream=True))  # type: ignore[call-overload]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == cut
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_text_that_may_begin_a_stop_string_is_held_back_until_it_cannot() -> None:
+    cut = StopText(("Paris", "END"))
+    out = [cut.push(piece) for piece in ["The cap", "ital is Pa", "ris. More"]]
+    assert out == ["The cap", "ital is ", ""] and cut.stopped and cut.flush() == ""
+    cut = StopText(("Paris",))
+    assert [cut.push("Par"), cut.push("ty"), cut.push(" P")] == ["", "Party", " "]
+    assert cut.flush() == "P" and not cut.stopped
+
+
+# -- bad requests --------------------------------------------------------------------------------------------
+
+
+def body(**fields: object) -> dict:
+    return {"model": "SmolLM2-135M-Instruct-GPTQ-Int4", "messages": FRANCE, "max_tokens": 4, **fields}
+
+
+@pytest.mark.parametrize(
+    ("request_body", "status", "param", "code"),
+    [
+        (b'{"model": "x", "messages": [', 400, None, None),
+        (body(model="gpt-4o"), 404, "model", "model_not_found"),
+        (body(messages=[]), 400, "messages", None),
+        ({"model": "SmolLM2-135M-Instruct-GPTQ-Int4"}, 400, "messages", None),
+        (body(messages=[{"role": "robot", "content": "Hi"}]), 400, "messages[0].role", None),
+        (
+            body(messages=[{"role": "user", "content": "Hi"}, {"role": "user", "content": "Hi"}]),
+            400,
+            "messages[1].role",
+            None,
+        ),
+        (body(messages=[{"role": "assistant", "content": "Hi"}]), 400, "messages[0].role", None),
+        (body(messages=[*FRANCE, {"role": "assistant", "content": "Paris"}]), 400, "messages[1].role", None),
+        (body(messages=[*FRANCE, {"role": "system", "content": "Late"}]), 400, "messages[1].role", None),
+        (body(messages=[{"role": "user", "content": 5}]), 400, "messages[0].content", None),
+        (body(temperature=2.5), 400, "temperature", None),
+        (body(temperature=-0.1), 400, "temperature", None),
+        (body(temperature="hot"), 400, "temperature", None),
+        (body(top_p=0), 400, "top_p", None),
+        (body(top_p=1.5), 400, "top_p", None),
+        (body(max_tokens=0), 400, "max_tokens", None),
+        (body(max_tokens=10**6), 400, "max_tokens", "context_length_exceeded"),
+        (body(n=2), 400, "n", None),
+        (body(stop=["a", "b", "c", "d", "e"]), 400, "stop", None),
+        (body(stop=[""]), 400, "stop", None),
+    ],
+)
+def test_bad_requests_get_openai_errors(
+    base_url: str, request_body: object, status: int, param: str | None, code: str | None
+) -> None:
+    response = post(base_url, request_body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", param, code)
+    assert response.headers["x-request-id"]
+
+
+def test_a_prompt_longer_than_the_context_is_refused_with_the_numbers(
+    client: openai.OpenAI, served: ServedModel
+) -> None:
+    messages = [{"role": "user", "content": "word " * 5000}]
+    prompt = len(encode_chat(served.tokenizer, messages))
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=served.name, messages=messages)  # type: ignore[arg-type]
+    error = caught.value
+    assert error.status_code == 400 and error.code == "context_length_exceeded" and error.param == "messages"
+    assert f"{served.context_length:,} tokens" in error.message and f"{prompt:,} tokens" in error.message
+    fits = [{"role": "user", "content": "word " * 1000}]
+    prompt = len(encode_chat(served.tokenizer, fits))
+    with pytest.raises(openai.BadRequestError, match=rf"{prompt:,} in the messages, 4,000 in the completion"):
+        client.chat.completions.create(model=served.name, messages=fits, max_tokens=4000)  # type: ignore[arg-type]
+
+
+def test_an_unknown_model_is_not_found(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=FRANCE)  # type: ignore[arg-type]
+    assert caught.value.code == "model_not_found" and "SmolLM2-135M-Instruct-GPTQ-Int4" in caught.value.message
+
+
+def test_unknown_paths_get_the_error_shape_too(base_url: str) -> None:
+    response = httpx.get(f"{base_url}/v1/nothing", headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 404 and response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_validation_is_a_plain_function(served: ServedModel) -> None:
+    """Without HTTP: a request becomes the prompt ids of the chat template and the client's settings."""
+    request = ChatCompletionRequest.model_validate(
+        body(temperature=0.5, top_p=0.9, top_k=-1, max_completion_tokens=7, max_tokens=None, stop="\n\n")
+    )
+    job = validate(request, served)
+    assert job.prompt_ids == encode_chat(served.tokenizer, FRANCE)
+    assert (job.sampling.temperature, job.sampling.top_p, job.sampling.top_k) == (0.5, 0.9, 0)
+    assert job.sampling.max_new_tokens == 7 and job.stops == ("\n\n",) and not job.stream
+    assert job.sampling.stop_token_ids == served.defaults.stop_token_ids
+    unbounded = validate(ChatCompletionRequest.model_validate(body(max_tokens=None)), served)
+    assert unbounded.sampling.max_new_tokens == served.context_length - len(job.prompt_ids)
+
+
+# -- access ------------------------------------------------------------------------------------------------
+
+
+def test_the_key_is_required_everywhere_but_health(base_url: str, served: ServedModel) -> None:
+    wrong = openai.OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        wrong.chat.completions.create(model=served.name, messages=FRANCE)  # type: ignore[arg-type]
+    assert caught.value.code == "invalid_api_key"
+    missing = post(base_url, body(), key=None)
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
+    assert post(base_url, b"{not json", key="wrong").status_code == 401  # the key is checked first
+    assert httpx.get(f"{base_url}/v1/models").status_code == 401
+    health = httpx.get(f"{base_url}/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.json()["model"] == served.name and health.json()["slots"] >= 1
+
+
+def test_models_lists_the_served_model_with_its_window(client: openai.OpenAI, served: ServedModel) -> None:
+    models = list(client.models.list())
+    assert [m.id for m in models] == [served.name]
+    assert models[0].model_extra == {"max_model_len": served.context_length}
+
+
+def test_a_clients_request_id_is_kept(base_url: str) -> None:
+    response = post(base_url, body(), **{"X-Request-Id": "my-trace-42"})
+    assert response.headers["x-request-id"] == "my-trace-42"
+    assert response.json()["id"] == "chatcmpl-my-trace-42"
+    odd = post(base_url, body(), **{"X-Request-Id": "no spaces allowed"})
+    assert odd.headers["x-request-id"] != "no spaces allowed"
+
+
+def test_off_loopback_the_server_needs_a_key() -> None:
+    assert key_problem("127.0.0.1", None) is None and key_problem("::1", None) is None
+    assert key_problem("localhost", None) is None and key_problem("0.0.0.0", "k") is None
+    env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "serve.py", "--host", "0.0.0.0"], capture_output=True, text=True, env=env, cwd=REPO
+    )
+    assert done.returncode != 0 and time.monotonic() - started < 30
+    assert "Refusing to start" in done.stderr and "--api-key" in done.stderr and API_KEY_ENV in done.stderr
+
+
+# -- the queue -------------------------------------------------------------------------------------------------
+
+
+def test_a_client_that_disconnects_frees_its_slot_at_once(
+    base_url: str, served: ServedModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="serve.access")
+    request = body(messages=STORY, max_tokens=400, temperature=0, stream=True)
+    headers = {"Authorization": f"Bearer {KEY}", "X-Request-Id": "gone-early"}
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=request, headers=headers, timeout=60) as response:
+        chunks: list[str] = []
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                chunks.append(line)
+            if len(chunks) == 2:
+                break
+        assert served.scheduler.stats().active == 1
+    # 400 tokens would take ~20 s here; the slot must be free well before
+    assert wait_until_idle(served, within=3.0) < 3.0
+    assert json.loads(chunks[1][5:])["choices"][0]["delta"]["content"]
+    deadline = time.monotonic() + 3
+    while not any("gone-early" in r.message for r in caplog.records) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    line = next(r.message for r in caplog.records if "gone-early" in r.message)
+    assert "finish=disconnected" in line and '"POST /v1/chat/completions" 200' in line
+
+
+def test_a_full_queue_is_refused_with_429_and_retry_after(demo_model_dir: Path) -> None:
+    loaded = load(demo_model_dir)
+    tiny = ServedModel.of(loaded, scheduler=Scheduler(loaded.engine, queue_limit=0))
+    with serving(create_app(tiny)) as url:
+        busy = body(messages=STORY, max_tokens=400, temperature=0, stream=True)
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=busy, timeout=60) as response:
+            next(line for line in response.iter_lines() if '"content": "' in line and '"content": ""' not in line)
+            refused = post(url, body(), key=None)
+            assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+            error = refused.json()["error"]
+            assert error["code"] == "queue_full" and error["type"] == "rate_limit_error"
+            with pytest.raises(openai.RateLimitError):
+                openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0).chat.completions.create(
+                    model=tiny.name,
+                    messages=FRANCE,  # type: ignore[arg-type]
+                )
+        wait_until_idle(tiny, within=3.0)
+        assert post(url, body(), key=None).status_code == 200  # the slot is free again
+
+
+def test_503_while_the_model_loads_and_when_shutting_down(served: ServedModel) -> None:
+    loaded = threading.Event()
+
+    def slow_load() -> ServedModel:
+        loaded.wait(30)
+        return served
+
+    app = create_app(load=slow_load)
+    with serving(app) as url:
+        health = httpx.get(f"{url}/health")
+        assert health.status_code == 503 and health.json()["status"] == "loading"
+        early = post(url, body(), key=None)
+        assert early.status_code == 503 and early.json()["error"]["code"] == "model_not_loaded"
+        assert int(early.headers["retry-after"]) > 0
+        loaded.set()
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{url}/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert post(url, body(), key=None).status_code == 200
+        app.state.server.shutting_down = True
+        late = post(url, body(), key=None)
+        assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
+        assert httpx.get(f"{url}/health").json()["status"] == "shutting_down"
+
+
+def test_a_failed_load_is_reported_by_health_and_requests() -> None:
+    def broken_load() -> ServedModel:
+        raise RuntimeError("CUDA out of memory")
+
+    with serving(create_app(load=broken_load)) as url:
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{url}/health").json()["status"] == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        health = httpx.get(f"{url}/health")
+        assert health.status_code == 503 and "CUDA out of memory" in health.json()["error"]
+        assert "CUDA out of memory" in post(url, body(), key=None).json()["error"]["message"]
