@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from generation import Engine, SamplingSettings
+from scheduler import Scheduler
 
 # Peak memory bandwidth by card (vendor datasheets, SXM parts), bytes/s.
 PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "4090": 1.01e12}
@@ -54,6 +55,20 @@ def embedding_bytes(info) -> int:
 def bytes_per_token(weight_bytes: int, kv_bytes_per_token: int, context: int) -> int:
     """What one decode step must read: every weight once, and the K/V of the whole context."""
     return weight_bytes + kv_bytes_per_token * context
+
+
+def prepare_checkpoint(folder: Path | None, shape: str) -> tuple[Path, float | None]:
+    """The folder to measure; a random-weight checkpoint of `shape` is written there first if it is empty."""
+    from qwen_tokenizer import save_qwen_tokenizer
+    from random_checkpoint import write_random_gptq_checkpoint
+
+    folder = folder or Path(f"/tmp/bench-{shape}")
+    if (folder / "config.json").is_file():
+        return folder, None
+    started = time.perf_counter()
+    write_random_gptq_checkpoint(folder, shape, device="cuda", eos_token_id=None)
+    save_qwen_tokenizer(folder)
+    return folder, time.perf_counter() - started
 
 
 def random_prompt(length: int, seed: int) -> list[int]:
@@ -113,16 +128,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     from checkpoint import find_checkpoint
-    from qwen_tokenizer import save_qwen_tokenizer
-    from random_checkpoint import write_random_gptq_checkpoint
 
-    folder = args.dir or Path(f"/tmp/bench-{args.shape}")
-    written = None
-    if not (folder / "config.json").is_file():
-        started = time.perf_counter()
-        write_random_gptq_checkpoint(folder, args.shape, device="cuda", eos_token_id=None)
-        save_qwen_tokenizer(folder)
-        written = time.perf_counter() - started
+    folder, written = prepare_checkpoint(args.dir, args.shape)
     info = find_checkpoint(folder)
     prompts = [int(p) for p in args.prompts.split(",")]
     results: list[Measurement] = []
@@ -171,11 +178,13 @@ def time_engine(folder: Path, variant: str, prompts: list[int], args, report: di
     report[f"engine_{variant}_load_s"] = time.perf_counter() - started - engine.stats.warmup_seconds
     report[f"engine_{variant}_warmup_s"] = engine.stats.warmup_seconds
     report[f"engine_{variant}_graphs"] = engine.stats.graphs
+    scheduler = Scheduler(engine)  # what the page and the API use
     greedy = SamplingSettings(max_new_tokens=args.new_tokens, temperature=0.0, repetition_penalty=1.0)
-    results = [measure(engine, f"engine ({variant})", length, greedy) for length in prompts]
+    results = [measure(scheduler, f"engine ({variant})", length, greedy) for length in prompts]
     if args.sampled:
         sampled = SamplingSettings(max_new_tokens=args.new_tokens, temperature=0.7, top_p=0.8, top_k=20)
-        results.append(measure(engine, f"engine ({variant}, sampled)", prompts[0], sampled))
+        results.append(measure(scheduler, f"engine ({variant}, sampled)", prompts[0], sampled))
+    scheduler.close()
     for result in results:
         print(result)
     return results

@@ -168,10 +168,15 @@ class ModelHolder:
 
     def _unload(self, current: LoadedModel) -> None:
         """Forget `current`, waiting for no reply: one being written makes the switch refuse instead."""
-        engine_lock = getattr(current.engine, "lock", None)
+        busy = "A reply is being written (maybe in another tab); switch when it has finished."
+        queue = current.scheduler.stats()
+        if queue.active or queue.waiting:
+            raise SwitchRefused(busy)
+        engine_lock = getattr(current.engine, "lock", None)  # the plain path's
         if engine_lock is not None and not engine_lock.acquire(blocking=False):
-            raise SwitchRefused("A reply is being written (maybe in another tab); switch when it has finished.")
+            raise SwitchRefused(busy)
         try:
+            current.scheduler.close()
             self.loaded = None
             forget(current)
             clear_finished_frames(current.model, current.engine)

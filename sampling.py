@@ -7,7 +7,7 @@ repetition penalty, temperature, top-k, top-p.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -36,6 +36,10 @@ class SamplingState:
             penalty=floats(1.0),
             seen=torch.zeros(slots, vocab, dtype=torch.bool, device=device),
         )
+
+    def row(self, slot: int) -> SamplingState:
+        """One sequence's settings as a batch of one (views, not copies)."""
+        return SamplingState(*(getattr(self, f.name)[slot : slot + 1] for f in fields(self)))
 
     def configure(self, slot: int, settings: SamplingSettings, prompt: torch.Tensor) -> None:
         """Set one sequence's settings; its prompt tokens count as seen."""

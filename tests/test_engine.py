@@ -1,9 +1,10 @@
-"""The fast engine's own decode loop on the CPU (no graph capture): same greedy text as the plain path."""
+"""The fast engine and its scheduler on the CPU (no graph capture): same greedy text as the plain path."""
 
 from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 import pytest
 import torch
@@ -23,6 +24,16 @@ def paths(demo_model_dir):
     plain = load(demo_model_dir, device="cpu", engine="plain")
     fast = load(demo_model_dir, device="cpu", engine="fast", context_length=1024)
     return plain, fast
+
+
+def wait_until_idle(scheduler, seconds: float = 5.0) -> bool:
+    """The worker frees a slot between two steps; give it that long."""
+    deadline = time.monotonic() + seconds
+    while scheduler.stats().active or scheduler.stats().waiting:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def greedy(loaded, max_new_tokens: int = 32) -> ChatSettings:
@@ -46,8 +57,8 @@ def test_engine_is_the_fast_path_and_says_so(paths) -> None:
 @pytest.mark.parametrize("question", QUESTIONS)
 def test_engine_gives_the_plain_paths_greedy_text(paths, question) -> None:
     plain, fast = paths
-    expected = complete_reply(plain.engine, plain.tokenizer, ask(question), greedy(plain)).text
-    reply = complete_reply(fast.engine, fast.tokenizer, ask(question), greedy(fast))
+    expected = complete_reply(plain.scheduler, plain.tokenizer, ask(question), greedy(plain)).text
+    reply = complete_reply(fast.scheduler, fast.tokenizer, ask(question), greedy(fast))
     assert reply.text == expected
     assert reply.stats.finish_reason in ("stop", "length")
 
@@ -55,14 +66,14 @@ def test_engine_gives_the_plain_paths_greedy_text(paths, question) -> None:
 def test_second_turn_reuses_the_first_turns_cache(paths) -> None:
     _, fast = paths
     engine, tokenizer = fast.engine, fast.tokenizer
-    first = complete_reply(engine, tokenizer, ask(QUESTIONS[0]), greedy(fast))
+    first = complete_reply(fast.scheduler, tokenizer, ask(QUESTIONS[0]), greedy(fast))
     history = [*ask(QUESTIONS[0]), {"role": "assistant", "content": first.text}, *ask("And of Japan?")]
     prompt = encode_chat(tokenizer, with_system(greedy(fast).system_prompt, history))
     engine.prefill(prompt, greedy(fast).sampling)
     assert engine.stats.reused_prompt_tokens > first.stats.prompt_tokens
     assert engine.stats.prefill_tokens < 20
     reused = engine.logits[0].clone()
-    engine.cached_ids = []  # the reference: the whole prompt computed at once
+    engine.cached[0] = []  # the reference: the whole prompt computed at once
     engine.prefill(prompt, greedy(fast).sampling)
     fresh = engine.logits[0]
     # Cached K/V were computed token by token, the reference in one batch: bf16 rounding differs a little.
@@ -73,13 +84,13 @@ def test_second_turn_reuses_the_first_turns_cache(paths) -> None:
 def test_stop_and_length_limit(paths) -> None:
     _, fast = paths
     stop = threading.Event()
-    reply = stream_reply(fast.engine, fast.tokenizer, ask("Write a long story."), greedy(fast, 100), stop)
+    reply = stream_reply(fast.scheduler, fast.tokenizer, ask("Write a long story."), greedy(fast, 100), stop)
     for i, _ in enumerate(reply):
         if i == 2:
             stop.set()
     assert reply.stats.finish_reason == "cancelled" and reply.stats.new_tokens <= 4
-    assert not fast.engine.busy
-    short = complete_reply(fast.engine, fast.tokenizer, ask("Tell me about the sea."), greedy(fast, 5))
+    assert wait_until_idle(fast.scheduler)
+    short = complete_reply(fast.scheduler, fast.tokenizer, ask("Tell me about the sea."), greedy(fast, 5))
     assert short.stats.new_tokens == 5 and short.stats.finish_reason == "length"
 
 
@@ -91,17 +102,46 @@ def test_sampling_follows_top_k_and_temperature(paths) -> None:
     top3 = set(engine.logits[0].topk(3).indices.tolist())
     settings = SamplingSettings(max_new_tokens=1, temperature=1.0, top_k=3, top_p=1.0, repetition_penalty=1.0)
     torch.manual_seed(0)
-    seen = {next(iter(engine.generate(list(prompt), settings, threading.Event()))) for _ in range(30)}
+    seen = {next(iter(fast.scheduler.generate(list(prompt), settings, threading.Event()))) for _ in range(30)}
     assert seen <= top3 and len(seen) >= 2
 
 
 def test_prompt_longer_than_the_cache_is_refused(paths) -> None:
     _, fast = paths
     with pytest.raises(ValueError, match="context holds 1024"):
-        next(iter(fast.engine.generate(list(range(5, 1100)), SamplingSettings(), threading.Event())))
+        fast.scheduler.generate(list(range(5, 1100)), SamplingSettings(), threading.Event())
 
 
 def test_window_buckets_and_prefix() -> None:
     assert window_buckets(8192) == [256, 512, 1024, 2048, 4096, 6144, 8192]
     assert window_buckets(300) == [256, 300]
     assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2 and common_prefix([], [1]) == 0
+
+
+@pytest.fixture(scope="module")
+def batched(demo_model_dir):
+    return load(demo_model_dir, device="cpu", engine="fast", context_length=512, slots=4)
+
+
+def test_batched_requests_each_get_their_own_answer(paths, batched) -> None:
+    """Four questions decoded together, joining at different times, give the texts each gets alone."""
+    _, fast = paths
+    alone = {q: complete_reply(fast.scheduler, fast.tokenizer, ask(q), greedy(fast, 24)).text for q in QUESTIONS}
+    questions = [*QUESTIONS, "What is the capital of Japan?"]
+    alone[questions[-1]] = complete_reply(fast.scheduler, fast.tokenizer, ask(questions[-1]), greedy(fast, 24)).text
+    answers: dict[str, str] = {}
+
+    def ask_in_thread(question: str, delay: float) -> None:
+        time.sleep(delay)
+        answers[question] = complete_reply(batched.scheduler, batched.tokenizer, ask(question), greedy(fast, 24)).text
+
+    threads = [threading.Thread(target=ask_in_thread, args=(q, 0.3 * i)) for i, q in enumerate(questions)]
+    for thread in threads:
+        thread.start()
+    together = 0
+    while any(thread.is_alive() for thread in threads):
+        together = max(together, batched.scheduler.stats().active)
+        time.sleep(0.005)
+    assert answers == alone
+    assert together >= 3  # they really were decoded in the same steps
+    assert batched.scheduler.stats().served >= len(questions) and wait_until_idle(batched.scheduler)

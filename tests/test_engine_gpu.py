@@ -12,6 +12,7 @@ from generation import SamplingSettings
 from model_loader import load_uncached
 from qwen_tokenizer import save_qwen_tokenizer
 from random_checkpoint import write_random_gptq_checkpoint
+from scheduler import Scheduler
 
 pytestmark = [
     pytest.mark.gpu,
@@ -45,18 +46,26 @@ def plain_logits(qwen_shaped: Path, tokens: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def teacher_forced(engine, tokens: torch.Tensor) -> torch.Tensor:
-    """The engine's logits for each next position when fed `tokens` one by one after the prompt."""
-    ids = tokens.tolist()
-    engine.cached_ids = []
-    engine.prefill(ids[:PROMPT], GREEDY)
-    rows = [engine.logits[0].clone()]
-    for i in range(PROMPT, PROMPT + FORCED - 1):
-        engine.tokens[0, 0] = ids[i]
-        engine.positions[0, 0] = i
-        engine.run_step(i + 1, greedy=True)
-        rows.append(engine.logits[0].clone())
-    return torch.stack(rows)
+def teacher_forced(engine, sequences: list[list[int]], prompts: list[int]) -> list[torch.Tensor]:
+    """The engine's logits for each next position when each sequence (one per slot, decoded together) is fed
+    token by token after its prompt."""
+    rows = len(sequences)
+    for slot, (ids, prompt) in enumerate(zip(sequences, prompts, strict=True)):
+        engine.cached[slot] = []
+        engine.prefill(ids[:prompt], GREEDY, slot=slot)
+    logits = [[engine.logits[slot].clone()] for slot in range(rows)]
+    for step in range(FORCED - 1):
+        for slot, (ids, prompt) in enumerate(zip(sequences, prompts, strict=True)):
+            engine.tokens[slot, 0] = ids[prompt + step]
+            engine.positions[slot, 0] = prompt + step
+        engine.decode(rows, max(prompts) + step + 1, greedy=True)
+        for slot in range(rows):
+            logits[slot].append(engine.logits[slot].clone())
+    return [torch.stack(rows) for rows in logits]
+
+
+def forced_alone(engine, tokens: torch.Tensor) -> torch.Tensor:
+    return teacher_forced(engine, [tokens.tolist()], [PROMPT])[0]
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "matmul"])
@@ -65,7 +74,7 @@ def test_engine_logits_match_the_plain_path(qwen_shaped, tokens, plain_logits, a
 
     engine = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024, decode_attention=attention)
     assert engine.use_graphs and len(engine.graphs) == 2 * len(engine.windows) and engine.prefill_graphs
-    ours = teacher_forced(engine, tokens)
+    ours = forced_alone(engine, tokens)
     scale = plain_logits.abs().max().item()
     tolerance = 0.02 * scale  # fp16 activations, fp32 reductions, another attention kernel: ~1e-3 relative seen
     diff = (ours - plain_logits).abs().max().item()
@@ -82,7 +91,7 @@ def test_graphs_replay_what_the_eager_step_computes(qwen_shaped, tokens) -> None
 
     graphs = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024)
     eager = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024, use_graphs=False)
-    a, b = teacher_forced(graphs, tokens), teacher_forced(eager, tokens)
+    a, b = forced_alone(graphs, tokens), forced_alone(eager, tokens)
     assert (a - b).abs().max().item() <= 0.02 * b.abs().max().item()
 
 
@@ -91,7 +100,7 @@ def test_generate_streams_and_reuses_the_prompt_prefix(qwen_shaped, tokens) -> N
 
     engine = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024)
     prompt = tokens[:PROMPT].tolist()
-    first = list(engine.generate(prompt, GREEDY, threading.Event()))
+    first = list(Scheduler(engine).generate(prompt, GREEDY, threading.Event()))
     assert len(first) == FORCED
     follow_up = prompt + first + tokens[PROMPT : PROMPT + 10].tolist()
     engine.prefill(follow_up, GREEDY)  # the next turn of a chat: only the new tokens are computed
@@ -109,7 +118,32 @@ def test_sampling_respects_top_k_on_the_gpu(qwen_shaped, tokens) -> None:
     engine = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024)
     prompt = tokens[:PROMPT].tolist()
     settings = SamplingSettings(max_new_tokens=1, temperature=1.0, top_k=3, top_p=1.0, repetition_penalty=1.0)
-    seen = {next(iter(engine.generate(prompt, settings, threading.Event()))) for _ in range(40)}
+    scheduler = Scheduler(engine)
+    seen = {next(iter(scheduler.generate(prompt, settings, threading.Event()))) for _ in range(40)}
     engine.prefill(prompt, GREEDY)
     allowed = set(engine.logits[0].topk(3).indices.tolist())
     assert seen <= allowed and len(seen) >= 2
+
+
+def test_sequences_decoded_together_match_each_decoded_alone(qwen_shaped) -> None:
+    """Four slots in one batched step (different prompt lengths, prompts in slots 1-3 prefilled eagerly)
+    give each sequence the logits it gets alone, within the tolerance above."""
+    from engine import load_engine
+
+    engine = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024, slots=4)
+    assert engine.rows == [1, 2, 4] and len(engine.graphs) == 2 * 3 * len(engine.windows)
+    prompts = [PROMPT, 60, 150, 90]
+    sequences = [
+        torch.randint(1000, 100_000, (p + FORCED,), generator=torch.Generator().manual_seed(i)).tolist()
+        for i, p in enumerate(prompts)
+    ]
+    together = teacher_forced(engine, sequences, prompts)
+    for slot, (ids, prompt) in enumerate(zip(sequences, prompts, strict=True)):
+        alone = teacher_forced(engine, [ids], [prompt])[0]
+        scale = alone.abs().max().item()
+        diff = (together[slot] - alone).abs().max().item()
+        print(f"slot {slot}: max |logit| {scale:.3f}, max |diff| batched vs alone {diff:.4f}")
+        assert diff <= 0.02 * scale
+        top2 = alone.topk(2, dim=-1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 0.04 * scale
+        assert torch.equal(together[slot].argmax(-1)[clear], alone.argmax(-1)[clear])
