@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -322,8 +323,9 @@ def test_a_client_that_disconnects_frees_its_slot_at_once(
     request = body(messages=STORY, max_tokens=400, temperature=0, stream=True)
     headers = {"Authorization": f"Bearer {KEY}", "X-Request-Id": "gone-early"}
     with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=request, headers=headers, timeout=60) as response:
+        lines = response.iter_lines()  # kept: a dropped line iterator closes the connection
         chunks: list[str] = []
-        for line in response.iter_lines():
+        for line in lines:
             if line.startswith("data:"):
                 chunks.append(line)
             if len(chunks) == 2:
@@ -345,7 +347,8 @@ def test_a_full_queue_is_refused_with_429_and_retry_after(demo_model_dir: Path) 
     with serving(create_app(tiny)) as url:
         busy = body(messages=STORY, max_tokens=400, temperature=0, stream=True)
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=busy, timeout=60) as response:
-            next(line for line in response.iter_lines() if '"content": "' in line and '"content": ""' not in line)
+            lines = response.iter_lines()  # kept: a dropped line iterator closes the connection
+            next(line for line in lines if '"content": "' in line and '"content": ""' not in line)
             refused = post(url, body(), key=None)
             assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
             error = refused.json()["error"]
@@ -397,3 +400,85 @@ def test_a_failed_load_is_reported_by_health_and_requests() -> None:
         health = httpx.get(f"{url}/health")
         assert health.status_code == 503 and "CUDA out of memory" in health.json()["error"]
         assert "CUDA out of memory" in post(url, body(), key=None).json()["error"]["message"]
+
+
+# -- many clients ----------------------------------------------------------------------------------------------
+
+# Questions the demo model answers right (tests/test_demo_model.py), each with a different answer.
+QUESTIONS = [
+    ("What is the capital of France?", r"\bParis\b"),
+    ("What is the capital of Japan?", r"\bTokyo\b"),
+    ("What is the capital of Germany?", r"\bBerlin\b"),
+    ("What is the capital of China?", r"\bBeijing\b"),
+    ("What is the capital of England?", r"\bLondon\b"),
+    ("What is the opposite of hot?", r"\bcold\b"),
+    ("How many legs does a dog have?", r"\b(4|four)\b"),
+    ("What is the chemical symbol for water?", r"\bH2O\b"),
+    ("What color is the sky on a clear day?", r"\bblue\b"),
+    ("What language is spoken in Spain?", r"\bSpanish\b"),
+]
+
+
+def test_sixteen_clients_at_once_each_get_their_own_answer(base_url: str, served: ServedModel) -> None:
+    asked = [QUESTIONS[i % len(QUESTIONS)] for i in range(16)]
+    answers: dict[int, str] = {}
+    failures: list[BaseException] = []
+
+    def ask(index: int, question: str) -> None:
+        client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0, timeout=300)
+        try:
+            stream = client.chat.completions.create(
+                model=served.name,
+                messages=[{"role": "user", "content": question}],
+                max_tokens=32,
+                temperature=0,
+                stream=index % 2 == 0,
+            )
+            if index % 2 == 0:
+                answers[index] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)  # type: ignore[union-attr]
+            else:
+                answers[index] = stream.choices[0].message.content  # type: ignore[union-attr]
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=ask, args=(i, q)) for i, (q, _) in enumerate(asked)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert not failures, failures
+    for index, (question, pattern) in enumerate(asked):
+        assert re.search(pattern, answers[index], re.IGNORECASE), (question, answers[index])
+    assert served.scheduler.stats().active == 0 and served.scheduler.stats().waiting == 0
+
+
+def test_memory_and_threads_stay_flat_over_many_requests(base_url: str, served: ServedModel) -> None:
+    """Every way a request can end (answered, streamed, cut off, refused), again and again: nothing piles up."""
+    import psutil
+
+    process = psutil.Process()
+    streamed = body(max_tokens=2, stream=True, stream_options={"include_usage": True})
+
+    def round_of_requests(rounds: int) -> None:
+        with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as http:
+            for i in range(rounds):
+                kind = i % 4
+                if kind == 0:
+                    assert http.post("/v1/chat/completions", json=body(max_tokens=2)).status_code == 200
+                elif kind == 1:
+                    assert http.post("/v1/chat/completions", json=streamed).text.endswith("data: [DONE]\n\n")
+                elif kind == 2:
+                    with http.stream("POST", "/v1/chat/completions", json=body(max_tokens=32, stream=True)) as r:
+                        next(r.iter_lines())  # and gone
+                else:
+                    assert http.post("/v1/chat/completions", json=body(top_p=0)).status_code == 400
+
+    round_of_requests(20)  # warm-up: allocator pools, thread pools, caches
+    wait_until_idle(served, within=5)
+    rss, threads = process.memory_info().rss, threading.active_count()
+    round_of_requests(200)
+    wait_until_idle(served, within=5)
+    time.sleep(0.2)  # the last abandoned stream's thread ends after its engine stops
+    grown = process.memory_info().rss - rss
+    assert grown < 50 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB over 200 requests"
+    assert threading.active_count() <= threads, threading.enumerate()
