@@ -49,6 +49,20 @@ def base_url(served: ServedModel) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def batched(demo_model_dir: Path) -> Iterator[tuple[ServedModel, str]]:
+    """The fast engine (eager on the CPU) decoding 4 sequences at once behind the scheduler."""
+    served = ServedModel.of(load(demo_model_dir, engine="fast", slots=4))
+    with serving(create_app(served, api_key=KEY)) as url:
+        yield served, url
+
+
+@pytest.fixture(params=["plain", "batched"])
+def api(request: pytest.FixtureRequest, served: ServedModel, base_url: str) -> tuple[ServedModel, str]:
+    """The API over one request at a time (transformers generate), then over continuous batching."""
+    return (served, base_url) if request.param == "plain" else request.getfixturevalue("batched")
+
+
 @pytest.fixture
 def client(base_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
@@ -317,8 +331,9 @@ def test_off_loopback_the_server_needs_a_key() -> None:
 
 
 def test_a_client_that_disconnects_frees_its_slot_at_once(
-    base_url: str, served: ServedModel, caplog: pytest.LogCaptureFixture
+    api: tuple[ServedModel, str], caplog: pytest.LogCaptureFixture
 ) -> None:
+    served, base_url = api
     caplog.set_level(logging.INFO, logger="serve.access")
     request = body(messages=STORY, max_tokens=400, temperature=0, stream=True)
     headers = {"Authorization": f"Bearer {KEY}", "X-Request-Id": "gone-early"}
@@ -419,7 +434,8 @@ QUESTIONS = [
 ]
 
 
-def test_sixteen_clients_at_once_each_get_their_own_answer(base_url: str, served: ServedModel) -> None:
+def test_sixteen_clients_at_once_each_get_their_own_answer(api: tuple[ServedModel, str]) -> None:
+    served, base_url = api
     asked = [QUESTIONS[i % len(QUESTIONS)] for i in range(16)]
     answers: dict[int, str] = {}
     failures: list[BaseException] = []
