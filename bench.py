@@ -78,11 +78,12 @@ def random_prompt(length: int, seed: int) -> list[int]:
 def measure(engine: Engine, name: str, prompt_len: int, settings: SamplingSettings) -> Measurement:
     """Time to first token and steady decode speed of one generation; the first token is not counted in decode.
 
-    A generation with another prompt of the same length runs first, so one-time work (lazy
-    initialisation, compiling for a new shape) is not counted, and no prompt prefix is reused.
+    A generation with another prompt runs first, so one-time work (lazy initialisation) is not
+    counted; it is a few tokens shorter, so what a new prompt length costs (as every user's
+    prompt is new) is counted, and no prompt prefix is reused.
     """
     warm = SamplingSettings(max_new_tokens=2, temperature=settings.temperature)
-    list(engine.generate(random_prompt(prompt_len, seed=prompt_len + 1), warm, threading.Event()))
+    list(engine.generate(random_prompt(prompt_len - 3, seed=prompt_len + 1), warm, threading.Event()))
     prompt = random_prompt(prompt_len, seed=prompt_len)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()

@@ -137,7 +137,7 @@ class FastEngine:
         with torch.cuda.stream(stream), torch.inference_mode():
             for steps in (8, 13):  # compile the fused ops for prompts (the second length makes them dynamic)
                 tokens = self.tokens.new_zeros(1, steps)
-                self.model(tokens, torch.arange(steps, device=self.device).unsqueeze(0), steps, exact=True)
+                self.model(tokens, torch.arange(steps, device=self.device).unsqueeze(0), steps, exact=True, start=0)
             for rows in self.rows:  # warm up kernels (compilation, lazy init) outside capture
                 for greedy in (True, False):
                     self.step(rows, self.windows[0], greedy)
@@ -207,7 +207,7 @@ class FastEngine:
         positions = torch.arange(reuse, total, device=self.device).unsqueeze(0)
         exact = reuse == 0 or reuse == total - 1
         tokens = prompt[reuse:].unsqueeze(0)
-        logits = self.model(tokens, positions, window=total, first_row=slot, exact=exact)[:, -1]
+        logits = self.model(tokens, positions, window=total, first_row=slot, exact=exact, start=reuse)[:, -1]
         self.logits[slot].copy_(logits[0])
         return logits
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from quant_linear import GPTQ_PARTS, GPTQSettings, build_quant_linear, fuse_gptq_tensors
 
@@ -148,16 +149,22 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(size, device=device, dtype=dtype), persistent=False)
 
 
+# cuDNN's attention builds a plan for every new prompt length (~60-100 ms on an H100/H200, measured):
+# prompts seldom repeat their length, so they use flash attention. Decode steps have fixed shapes per graph.
+PROMPT_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 def attend_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """PyTorch's fused attention called as transformers calls it, so eager runs match the plain path.
 
     `mask` None means the keys are exactly the tokens up to the last query: causal for a prompt,
     nothing to mask for a single new token.
     """
-    causal = mask is None and q.shape[2] > 1
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=q.shape[1] != k.shape[1]
-    )
+    steps, grouped = q.shape[2], q.shape[1] != k.shape[1]
+    if steps == 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=grouped)
+    with sdpa_kernel(PROMPT_BACKENDS):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=grouped)
 
 
 def attend_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -183,6 +190,14 @@ def attend_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
 ATTENTION = {"sdpa": attend_sdpa, "matmul": attend_matmul}
 
 
+@dataclass(frozen=True)
+class CacheRows:
+    """Where a forward writes K/V: cache rows `first`.. (one per sequence), at `positions`, or from `start` on."""
+
+    first: int = 0
+    start: int | None = None
+
+
 class Attention(nn.Module):
     def __init__(self, shape: ModelShape, qkv: nn.Module, o: nn.Module, decode_attention: str = "sdpa") -> None:
         super().__init__()
@@ -199,16 +214,20 @@ class Attention(nn.Module):
         positions: torch.Tensor,
         mask: torch.Tensor,
         window: int,
-        first_row: int,
+        rows: CacheRows,
         ops: SmallOps,
     ) -> torch.Tensor:
         batch, steps, _ = x.shape
         s = self.shape
         q, k, v = ops.rotate(self.qkv(x), rope, positions, s.num_heads, s.num_kv_heads, s.head_dim)
-        keys, values = cache.k[first_row : first_row + batch], cache.v[first_row : first_row + batch]
-        rows = torch.arange(batch, device=x.device).unsqueeze(-1)
-        keys[rows, :, positions] = k.transpose(1, 2)
-        values[rows, :, positions] = v.transpose(1, 2)
+        keys, values = cache.k[rows.first : rows.first + batch], cache.v[rows.first : rows.first + batch]
+        if rows.start is not None:  # a run of positions: a plain copy, ~3x faster than the scatter below
+            keys[:, :, rows.start : rows.start + steps] = k
+            values[:, :, rows.start : rows.start + steps] = v
+        else:
+            index = torch.arange(batch, device=x.device).unsqueeze(-1)
+            keys[index, :, positions] = k.transpose(1, 2)
+            values[index, :, positions] = v.transpose(1, 2)
         attend = self.decode_attend if steps == 1 else attend_sdpa
         out = attend(q, keys[:, :, :window], values[:, :, :window], mask)
         return self.o(out.transpose(1, 2).reshape(batch, steps, -1))
@@ -230,9 +249,9 @@ class Block(nn.Module):
         super().__init__()
         self.attention, self.mlp, self.norm1, self.norm2 = attention, mlp, norm1, norm2
 
-    def forward(self, x, normed, next_norm, ops, rope, cache, positions, mask, window, first_row):
+    def forward(self, x, normed, next_norm, ops, rope, cache, positions, mask, window, rows):
         """`normed` is this block's input already normalised; returns the output and it normalised by `next_norm`."""
-        attended = self.attention(normed, rope, cache, positions, mask, window, first_row, ops)
+        attended = self.attention(normed, rope, cache, positions, mask, window, rows, ops)
         x, normed = ops.add_norm(x, attended, self.norm2.weight, self.norm2.eps)
         return ops.add_norm(x, self.mlp(normed, ops), next_norm.weight, next_norm.eps)
 
@@ -276,6 +295,7 @@ class Transformer(nn.Module):
         last_only: bool = True,
         exact: bool = False,
         pick: torch.Tensor | None = None,
+        start: int | None = None,
     ) -> torch.Tensor:
         """Logits for `tokens` [B, T] at `positions` [B, T] of cache rows `first_row`..`first_row+B-1`.
 
@@ -283,7 +303,9 @@ class Transformer(nn.Module):
         each token's position; a smaller window makes short chats cheaper. `exact` says the window
         ends at the last token and the tokens are all new or just one, so no mask is needed. `pick`
         (a device tensor of one index) chooses the position to return logits for instead of the last.
+        `start` says the positions are start, start+1, ... in every row (a prompt), known on the host.
         """
+        rows = CacheRows(first_row, start)
         mask = None
         if not exact:  # additive, made once per step: a boolean mask would be converted again in every layer
             keys = torch.arange(window, device=tokens.device)
@@ -295,7 +317,7 @@ class Transformer(nn.Module):
         normed = self.ops.norm(x, first.weight, first.eps)
         next_norms = [block.norm1 for block in self.blocks[1:]] + [self.norm]
         for block, cache, next_norm in zip(self.blocks, self.caches, next_norms, strict=True):
-            x, normed = block(x, normed, next_norm, self.ops, self.rope, cache, positions, mask, window, first_row)
+            x, normed = block(x, normed, next_norm, self.ops, self.rope, cache, positions, mask, window, rows)
         if pick is not None:
             normed = normed.index_select(1, pick)
         elif last_only:
