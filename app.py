@@ -28,6 +28,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--backend", default="auto", help="GPTQ kernel: auto, marlin, exllama_v2, triton, torch")
     parser.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
     parser.add_argument("--engine", default="auto", help="auto, fast (CUDA graphs) or plain (transformers generate)")
+    parser.add_argument(
+        "--slots", type=int, default=1, help="replies the fast engine writes at once; each has its own KV cache"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=6006)
     parser.add_argument(
@@ -116,9 +119,9 @@ PAGE_CSS = (
 
 
 @st.cache_resource(show_spinner=False)
-def model_holder(reference: str | None, backend: str, device: str | None, engine: str) -> ModelHolder:
-    """One per process: every tab shares the model."""
-    return ModelHolder(reference, backend, device, engine)
+def model_holder(reference: str | None, backend: str, device: str | None, engine: str, slots: int) -> ModelHolder:
+    """One per process: every tab shares the model (and its scheduler)."""
+    return ModelHolder(reference, backend, device, engine, slots)
 
 
 @st.cache_resource(show_spinner=False)
@@ -749,7 +752,7 @@ def main() -> None:
     conversations_panel(store, lang)
     server = backend_panel(lang)
     if server is None:
-        holder = model_holder(default_model(args.model), args.backend, args.device, args.engine)
+        holder = model_holder(default_model(args.model), args.backend, args.device, args.engine, args.slots)
         loaded = load_model(holder, lang)
         model_panel(holder, loaded, lang)
         health_panel(holder.reference, lang)

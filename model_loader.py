@@ -6,6 +6,7 @@ not minutes later with a traceback from deep inside transformers.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from typing import Any
 from checkpoint import CheckpointInfo, find_checkpoint
 from generation import Engine, PlainEngine
 from kernels import KernelChoice, choose_kernel
-from scheduler import Scheduler
+from scheduler import DEFAULT_QUEUE_LIMIT, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ def load_uncached(
     context_length: int | None = None,
     progress: Progress | None = None,
     slots: int = 1,
+    queue_limit: int = DEFAULT_QUEUE_LIMIT,
 ) -> LoadedModel:
     """Validate, choose device, kernel and engine, load; `load` is the cached version callers want."""
     import torch
@@ -237,7 +239,7 @@ def load_uncached(
         facts=facts,
         engine=runner,
         generation_config=generation_config,
-        scheduler=Scheduler(runner),
+        scheduler=Scheduler(runner, queue_limit),
     )
 
 
@@ -245,18 +247,14 @@ _cache: dict[tuple, LoadedModel] = {}
 _cache_lock = threading.Lock()
 
 
-def load(
-    name_or_path: str | Path,
-    backend: str = "auto",
-    device: str | None = None,
-    engine: str = "auto",
-    context_length: int | None = None,
-    progress: Progress | None = None,
-    slots: int = 1,
-) -> LoadedModel:
-    """Load once per process: the same arguments return the same model object."""
-    key = (str(find_checkpoint(name_or_path).path), backend, pick_device(device), engine, context_length, slots)
+def load(name_or_path: str | Path, progress: Progress | None = None, **options: Any) -> LoadedModel:
+    """Load once per process: the same checkpoint and options (those of `load_uncached`) return the same object."""
+    chosen = inspect.signature(load_uncached).bind(name_or_path, **options)
+    chosen.apply_defaults()  # so that leaving an option out and passing its default are the same key
+    arguments = chosen.arguments | {"name_or_path": str(find_checkpoint(name_or_path).path)}
+    arguments["device"] = pick_device(arguments["device"])
+    key = tuple(sorted((k, v) for k, v in arguments.items() if k != "progress"))
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = load_uncached(name_or_path, backend, device, engine, context_length, progress, slots)
+            _cache[key] = load_uncached(**(arguments | {"progress": progress}))
         return _cache[key]

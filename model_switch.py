@@ -127,11 +127,12 @@ def release_memory(device: str) -> None:
 class ModelHolder:
     """The model every tab of this app process uses; made once per process by the page."""
 
-    def __init__(self, reference: str | None, backend: str, device: str | None, engine: str) -> None:
+    def __init__(self, reference: str | None, backend: str, device: str | None, engine: str, slots: int = 1) -> None:
         self.reference = reference  # None: the built-in demo model (built on first use)
         self.backend = backend
         self.device = device
         self.engine = engine
+        self.slots = slots
         self.loaded: LoadedModel | None = None
         self.lock = threading.Lock()
 
@@ -185,4 +186,5 @@ class ModelHolder:
                 engine_lock.release()
 
     def _load(self, reference: str, progress: Progress | None) -> LoadedModel:
-        return load(reference, backend=self.backend, device=self.device, engine=self.engine, progress=progress)
+        options = {"backend": self.backend, "device": self.device, "engine": self.engine, "slots": self.slots}
+        return load(reference, progress, **options)

@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +88,28 @@ class Launched:
     ready: Any  # CUDA event (None on the CPU)
 
 
+class TokenStream(Iterator[int]):
+    """A request's tokens. Closing it (or dropping it) before reading anything still frees its place:
+    a generator that never started would not run its clean-up."""
+
+    def __init__(self, tokens: Generator[int, None, None], cancel: Callable[[], None]) -> None:
+        self.tokens = tokens
+        self.cancel: Callable[[], None] | None = cancel
+
+    def __next__(self) -> int:
+        self.cancel = None  # started: the generator's own clean-up takes over
+        return next(self.tokens)
+
+    def close(self) -> None:
+        if self.cancel is not None:
+            self.cancel, cancel = None, self.cancel
+            cancel()
+        self.tokens.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
 class Scheduler:
     """Implements the `generation.Engine` interface over any engine; see the module docstring."""
 
@@ -152,9 +174,23 @@ class Scheduler:
             if self.batched:
                 self.pending.append(request)
                 self.wake.notify()
-        return self.drain(request) if self.batched else self.serve_one(request)
+        return TokenStream(self.drain(request) if self.batched else self.serve_one(request), self.withdraw(request))
 
-    def drain(self, request: Request) -> Iterator[int]:
+    def withdraw(self, request: Request) -> Callable[[], None]:
+        """What closing a stream that was never read does: the request leaves the queue (its count too)."""
+
+        def cancel() -> None:
+            request.stop.set()
+            with self.lock:
+                if self.batched:
+                    self.wake.notify()  # the worker drops it when it comes to it
+                else:
+                    self.waiting -= 1
+                    self.served += 1
+
+        return cancel
+
+    def drain(self, request: Request) -> Generator[int, None, None]:
         """The caller's side of a batched request."""
         try:
             while (item := request.tokens.get()) is not None:
@@ -167,7 +203,7 @@ class Scheduler:
                 with self.lock:
                     self.wake.notify()
 
-    def serve_one(self, request: Request) -> Iterator[int]:
+    def serve_one(self, request: Request) -> Generator[int, None, None]:
         """One request at a time, in the caller's thread: the engine's own lock keeps the order."""
         started = False
         try:

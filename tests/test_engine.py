@@ -145,3 +145,15 @@ def test_batched_requests_each_get_their_own_answer(paths, batched) -> None:
     assert answers == alone
     assert together >= 3  # they really were decoded in the same steps
     assert batched.scheduler.stats().served >= len(questions) and wait_until_idle(batched.scheduler)
+
+
+@pytest.mark.parametrize("which", ["plain", "batched"])
+def test_a_stream_closed_before_reading_leaves_the_queue(paths, batched, which) -> None:
+    scheduler = paths[0].scheduler if which == "plain" else batched.scheduler
+    prompt = paths[0].tokenizer.apply_chat_template(ask("Hi"), add_generation_prompt=True)["input_ids"]
+    served = scheduler.stats().served
+    stream = scheduler.generate(list(prompt), SamplingSettings(max_new_tokens=50), threading.Event())
+    assert scheduler.stats().waiting + scheduler.stats().active == 1
+    stream.close()
+    assert wait_until_idle(scheduler) and scheduler.stats().served == served + 1
+    assert not scheduler.busy
