@@ -82,6 +82,7 @@ from conversations import (  # noqa: E402
     to_markdown,
 )
 from generation import SamplingSettings  # noqa: E402
+from gpu_memory import gpu_memory_rows  # noqa: E402
 from history import (  # noqa: E402
     can_regenerate,
     context_use,
@@ -421,6 +422,22 @@ def remote_panel(server: RemoteServer, lang: str) -> ReplySource | None:
     return remote_source(server, model)
 
 
+def memory_lines(device: str, lang: str) -> str:
+    """Live memory: a line per GPU (every visible card: a split model uses several), else the RAM."""
+    if device.startswith("cuda"):
+        rows = gpu_memory_rows()
+        return "  \n".join(
+            f"{row.gpu} VRAM: {row.used} {t('used', lang)} · {row.free} {t('free', lang)} ({t('of_total', lang)} "
+            f"{row.total})"
+            for row in rows
+        )
+    memory = device_memory(device)
+    return (
+        f"{memory.kind}: {memory.used / 2**30:.2f} GiB {t('used', lang)} · "
+        f"{memory.free / 2**30:.2f} GiB {t('free', lang)} ({t('of_total', lang)} {memory.total / 2**30:.1f} GiB)"
+    )
+
+
 def model_panel(holder: ModelHolder, loaded: LoadedModel | None, lang: str) -> None:
     """The model picker, then what runs it and the device's memory, live."""
     state = st.session_state
@@ -440,12 +457,10 @@ def model_panel(holder: ModelHolder, loaded: LoadedModel | None, lang: str) -> N
     if loaded is None:
         return
     facts = loaded.facts
-    memory = device_memory(facts.device)
     bar.caption(
         f"{t('device', lang)}: **{facts.device_name}** · {facts.dtype}  \n"
         f"{t('kernel', lang)}: {facts.kernel_class} ({facts.backend})  \n"
-        f"{memory.kind}: {memory.used / 2**30:.2f} GiB {t('used', lang)} · "
-        f"{memory.free / 2**30:.2f} GiB {t('free', lang)} ({t('of_total', lang)} {memory.total / 2**30:.1f} GiB)  \n"
+        f"{memory_lines(facts.device, lang)}  \n"
         f"{t('memory', lang)}: {facts.memory_bytes / 2**30:.2f} GiB · "
         f"{t('load_time', lang)}: {facts.load_seconds:.1f} s  \n"
         f"{t('engine', lang)}: {facts.engine}",

@@ -38,7 +38,8 @@ class Measurement:
     new_tokens: int
     first_token_ms: float
     decode_tokens_per_s: float
-    peak_vram_gb: float
+    peak_vram_gb: float  # the largest of the cards'
+    peak_per_card_gb: list[float] | None = None
     bandwidth_fraction: float | None = None
 
 
@@ -75,7 +76,14 @@ def random_prompt(length: int, seed: int) -> list[int]:
     return torch.randint(1000, 100_000, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def measure(engine: Engine, name: str, prompt_len: int, settings: SamplingSettings) -> Measurement:
+def card_indices(device: str) -> list[int]:
+    """ "cuda" → the current card; "cuda:0,1" → [0, 1]."""
+    if ":" not in device:
+        return [torch.cuda.current_device()]
+    return [int(i) for i in device.split(":", 1)[1].split(",")]
+
+
+def measure(engine: Engine, name: str, prompt_len: int, settings: SamplingSettings, cards: list[int]) -> Measurement:
     """Time to first token and steady decode speed of one generation; the first token is not counted in decode.
 
     A generation with another prompt runs first, so one-time work (lazy initialisation) is not
@@ -85,22 +93,42 @@ def measure(engine: Engine, name: str, prompt_len: int, settings: SamplingSettin
     warm = SamplingSettings(max_new_tokens=2, temperature=settings.temperature)
     list(engine.generate(random_prompt(prompt_len - 3, seed=prompt_len + 1), warm, threading.Event()))
     prompt = random_prompt(prompt_len, seed=prompt_len)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    for card in cards:
+        torch.cuda.synchronize(card)
+        torch.cuda.reset_peak_memory_stats(card)
     started = time.perf_counter()
     stamps = []
     for _ in engine.generate(prompt, settings, threading.Event()):
         stamps.append(time.perf_counter())
-    torch.cuda.synchronize()
+    for card in cards:
+        torch.cuda.synchronize(card)
     decode = (stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1)
+    peaks = [torch.cuda.max_memory_allocated(card) / 1e9 for card in cards]
     return Measurement(
         path=name,
         prompt_tokens=prompt_len,
         new_tokens=len(stamps),
         first_token_ms=(stamps[0] - started) * 1e3,
         decode_tokens_per_s=1.0 / decode,
-        peak_vram_gb=torch.cuda.max_memory_allocated() / 1e9,
+        peak_vram_gb=max(peaks),
+        peak_per_card_gb=peaks if len(cards) > 1 else None,
     )
+
+
+def memory_limit(args) -> int | None:
+    """--cap-gb in bytes (GiB, as cards are sold: a "24 GB" RTX 4090 has 24 GiB)."""
+    return int(args.cap_gb * 1024**3) if args.cap_gb else None
+
+
+def fitting_context(info, args) -> int:
+    """The longest context both paths hold on these cards (capped), in steps of 256 tokens."""
+    from gpu_memory import cap_gpus, visible_gpus
+    from placement import largest_context
+
+    gpus = visible_gpus(card_indices(args.device))
+    if memory_limit(args):
+        gpus = cap_gpus(gpus, memory_limit(args))
+    return min(largest_context(info, gpus, path=path) for path in ("fast", "plain")) // 256 * 256
 
 
 def free_memory() -> None:
@@ -112,10 +140,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="qwen1.5-7b", help="a key of random_checkpoint.QWEN_SHAPES")
     parser.add_argument("--dir", type=Path, help="checkpoint folder (written there if missing, with --shape)")
-    parser.add_argument("--prompts", default="128,4096,7936", help="prompt lengths for decode speed")
+    parser.add_argument("--prompts", default="128,4096,7936", help='prompt lengths ("max": fill the context)')
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--plain-new-tokens", type=int, default=48, help="the plain path is slow: fewer tokens")
-    parser.add_argument("--context", type=int, default=8192, help="the engine's KV cache length")
+    parser.add_argument("--context", type=int, default=8192, help="KV cache length (0: the longest that fits)")
+    parser.add_argument("--device", default="cuda", help='"cuda", or cards to split the model over: "cuda:0,1"')
+    parser.add_argument("--cap-gb", type=float, help="use at most this much of each card (24: stand for RTX 4090s)")
     parser.add_argument(
         "--variants",
         default="sdpa",
@@ -132,13 +162,20 @@ def main() -> None:
 
     folder, written = prepare_checkpoint(args.dir, args.shape)
     info = find_checkpoint(folder)
-    prompts = [int(p) for p in args.prompts.split(",")]
+    if args.context == 0:
+        args.context = fitting_context(info, args)
+    room = args.context - args.new_tokens - 16  # "max": the longest prompt that leaves room for the reply
+    prompts = [room if p == "max" else int(p) for p in args.prompts.split(",")]
+    args.prompts = ",".join(map(str, prompts))  # for the plain path's process
     results: list[Measurement] = []
+    cards = card_indices(args.device)
     report: dict = {
-        "gpu": torch.cuda.get_device_name(),
+        "gpu": " + ".join(torch.cuda.get_device_name(card) for card in cards),
         "checkpoint": str(folder),
         "weight_gb": info.weight_bytes / 1e9,
         "checkpoint_write_s": written,
+        "context": args.context,
+        "cap_gb": args.cap_gb,
     }
     print(f"GPU: {report['gpu']}; checkpoint {folder} ({info.weight_bytes / 1e9:.2f} GB)")
 
@@ -162,13 +199,32 @@ def main() -> None:
 
 
 def time_engine(folder: Path, variant: str, prompts: list[int], args, report: dict) -> list[Measurement]:
+    from checkpoint import find_checkpoint
     from engine import load_engine
+    from model_loader import place_on_gpus
+    from vram_planner import CUDA_CONTEXT_BYTES, OVERHEAD_BYTES
 
     attention, _, reduce = variant.partition("-")
     free_memory()
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    engine = load_engine(folder, "marlin", torch.device("cuda"), args.context, decode_attention=attention)
+    info = find_checkpoint(folder)
+    device, placement, _ = place_on_gpus(info, args.device, args.context, "fast", 1, memory_limit(args))
+    if placement:
+        print(placement.summary())
+        # What the planner expects torch's allocator to hold on each card (its total less context and slack).
+        report["planned_per_card_gb"] = [
+            (card.total - CUDA_CONTEXT_BYTES - OVERHEAD_BYTES) / 1e9 for card in placement.cards
+        ]
+    layer_devices = [torch.device(f"cuda:{i}") for i in placement.layer_devices()] if placement else None
+    engine = load_engine(
+        folder,
+        "marlin",
+        torch.device(device),
+        args.context,
+        decode_attention=attention,
+        layer_devices=layer_devices,
+    )
     if reduce == "fp16reduce":
         for module in engine.model.modules():
             if hasattr(module, "fp32"):
@@ -181,10 +237,11 @@ def time_engine(folder: Path, variant: str, prompts: list[int], args, report: di
     report[f"engine_{variant}_graphs"] = engine.stats.graphs
     scheduler = Scheduler(engine)  # what the page and the API use
     greedy = SamplingSettings(max_new_tokens=args.new_tokens, temperature=0.0, repetition_penalty=1.0)
-    results = [measure(scheduler, f"engine ({variant})", length, greedy) for length in prompts]
+    cards = card_indices(args.device)
+    results = [measure(scheduler, f"engine ({variant})", length, greedy, cards) for length in prompts]
     if args.sampled:
         sampled = SamplingSettings(max_new_tokens=args.new_tokens, temperature=0.7, top_p=0.8, top_k=20)
-        results.append(measure(scheduler, f"engine ({variant}, sampled)", prompts[0], sampled))
+        results.append(measure(scheduler, f"engine ({variant}, sampled)", prompts[0], sampled, cards))
     scheduler.close()
     for result in results:
         print(result)
@@ -195,10 +252,18 @@ def time_plain(folder: Path, prompts: list[int], args, report: dict) -> list[Mea
     from model_loader import load_uncached
 
     started = time.perf_counter()
-    plain = load_uncached(folder, backend="marlin", device="cuda", engine="plain")
+    plain = load_uncached(
+        folder,
+        backend="marlin",
+        device=args.device,
+        engine="plain",
+        context_length=args.context,
+        gpu_memory_limit=memory_limit(args),
+    )
     report["plain_load_s"] = time.perf_counter() - started
     few = SamplingSettings(max_new_tokens=args.plain_new_tokens, temperature=0.0, repetition_penalty=1.0)
-    results = [measure(plain.engine, "plain (transformers generate)", length, few) for length in prompts]
+    cards = card_indices(args.device)
+    results = [measure(plain.engine, "plain (transformers generate)", length, few, cards) for length in prompts]
     for result in results:
         print(result)
     return results
@@ -208,7 +273,9 @@ def plain_in_child(folder: Path, args, report: dict) -> list[Measurement]:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "plain.json"
         command = [sys.executable, __file__, "--dir", str(folder), "--prompts", args.prompts, "--plain-only"]
-        subprocess.run([*command, "--plain-new-tokens", str(args.plain_new_tokens), "--json", str(out)], check=True)
+        command += ["--device", args.device, "--context", str(args.context), "--json", str(out)]
+        command += ["--plain-new-tokens", str(args.plain_new_tokens)]
+        subprocess.run(command + (["--cap-gb", str(args.cap_gb)] if args.cap_gb else []), check=True)
         child = json.loads(out.read_text())
     report["plain_load_s"] = child.get("plain_load_s")
     return [Measurement(**r) for r in child["results"]]
@@ -224,10 +291,14 @@ def table(results: list[Measurement], report: dict) -> str:
     for r in results:
         ratio = f"{r.decode_tokens_per_s / plain[r.prompt_tokens]:.1f}" if r.prompt_tokens in plain else "-"
         fraction = f"{r.bandwidth_fraction:.0%}" if r.bandwidth_fraction else "-"
+        peaks = " / ".join(f"{p:.2f}" for p in r.peak_per_card_gb or [r.peak_vram_gb])
         lines.append(
             f"| {r.path} | {r.prompt_tokens} | {r.new_tokens} | {r.first_token_ms:.1f} | "
-            f"{r.decode_tokens_per_s:.1f} | {ratio} | {r.peak_vram_gb:.2f} | {fraction} |"
+            f"{r.decode_tokens_per_s:.1f} | {ratio} | {peaks} | {fraction} |"
         )
+    if "planned_per_card_gb" in report:
+        planned = " / ".join(f"{gb:.2f}" for gb in report["planned_per_card_gb"])
+        lines.append(f"planner, per card (allocator bytes, for the engine at {report['context']} tokens): {planned} GB")
     extras = {k: v for k, v in report.items() if k.endswith(("_s", "_graphs")) and v is not None}
     lines.append("; ".join(f"{k} = {v:.1f}" if isinstance(v, float) else f"{k} = {v}" for k, v in extras.items()))
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from fast_model import Transformer, load_transformer
+from fast_model import CacheRows, Transformer, load_transformer
 from generation import SamplingSettings
 from sampling import SamplingState, sample
 
@@ -85,11 +85,14 @@ class FastEngine:
 
     def __init__(self, model: Transformer, context_length: int, use_graphs: bool | None = None, slots: int = 1) -> None:
         self.model = model
-        self.device = model.device
+        self.device = model.device  # tokens go in here
+        out = model.output_device  # logits, sampling and the chosen tokens live here
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
         if self.device.type == "cuda":
             model.compile_small_ops()
         self.name = "fast engine (CUDA graphs)" if self.use_graphs else "fast engine (eager)"
+        if len(model.segments) > 1:
+            self.name += f", layers split over {len(model.segments)} devices"
         self.slots = slots
         context_length = min(context_length, model.shape.max_position_embeddings)
         model.setup_caches(slots, context_length)
@@ -97,13 +100,22 @@ class FastEngine:
         self.parked_position = context_length - 1
         self.windows = window_buckets(context_length)
         self.rows = row_buckets(slots)
-        self.sampling = SamplingState.allocate(slots, model.shape.vocab_size, self.device)
+        self.sampling = SamplingState.allocate(slots, model.shape.vocab_size, out)
         self.tokens = torch.zeros(slots, 1, dtype=torch.long, device=self.device)
-        self.positions = torch.full((slots, 1), self.parked_position, dtype=torch.long, device=self.device)
-        self.next_tokens = torch.zeros(slots, dtype=torch.long, device=self.device)
-        self.logits = torch.zeros(slots, model.shape.vocab_size, dtype=torch.float32, device=self.device)
-        self.graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}
-        self.chunks = [c for c in PREFILL_CHUNKS if c <= context_length]
+        # Each segment's card keeps its own copy of the positions, and receives the hidden state in `carried`.
+        self.positions = [
+            torch.full((slots, 1), self.parked_position, dtype=torch.long, device=seg.device) for seg in model.segments
+        ]
+        hidden = (slots, 1, model.shape.hidden_size)
+        self.carried = [
+            tuple(torch.zeros(hidden, dtype=model.embed.dtype, device=seg.device) for _ in range(2))
+            for seg in model.segments
+        ]  # [i]: segment i's output (x, normed), on its card; the next segment's input is carried[i + 1]
+        self.next_tokens = torch.zeros(slots, dtype=torch.long, device=out)
+        self.logits = torch.zeros(slots, model.shape.vocab_size, dtype=torch.float32, device=out)
+        self.graphs: dict[tuple[int, int, int, bool], torch.cuda.CUDAGraph] = {}  # (segment, rows, window, greedy)
+        one_device = len(model.segments) == 1
+        self.chunks = [c for c in PREFILL_CHUNKS if c <= context_length] if one_device else []
         longest = max(self.chunks, default=1)
         self.prefill_tokens = torch.zeros(1, longest, dtype=torch.long, device=self.device)
         self.prefill_positions = torch.zeros(1, longest, dtype=torch.long, device=self.device)
@@ -114,47 +126,96 @@ class FastEngine:
 
     # -- the decode step -------------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self, rows: int, window: int, greedy: bool, exact: bool = False) -> None:
-        """One decode step for slots 0..rows-1: feed `tokens` at `positions`, leave the next tokens in place."""
-        tokens, positions = self.tokens[:rows], self.positions[:rows]
-        logits = self.model(tokens, positions, window, exact=exact)[:, -1]
+    def stage(self, index: int, rows: int, window: int, greedy: bool, exact: bool = False) -> None:
+        """Segment `index` of one decode step for slots 0..rows-1 (the whole step on a single device).
+
+        The first segment feeds `tokens`; the last leaves the chosen tokens in `next_tokens` (and, when
+        it is also the first, in `tokens` for the next step); each advances its copy of the positions.
+        """
+        positions = self.positions[index][:rows]
+        last = index + 1 == len(self.model.segments)
+        x = self.tokens[:rows] if index == 0 else self.carried[index][0][:rows]
+        normed = None if index == 0 else self.carried[index][1][:rows]
+        x, normed = self.model.run_segment(index, x, normed, positions, window, CacheRows(), exact)
+        positions.add_(1).clamp_(max=self.parked_position)
+        if not last:
+            self.carried[index][0][:rows].copy_(x)
+            self.carried[index][1][:rows].copy_(normed)
+            return
+        logits = self.model.logits(normed)[:, -1]
         self.logits[:rows].copy_(logits)  # kept for tests and teacher forcing
         chosen = sample(logits, self.sampling, greedy)
         self.next_tokens[:rows].copy_(chosen)
-        tokens.copy_(chosen.unsqueeze(-1))
-        positions.add_(1).clamp_(max=self.parked_position)
         self.sampling.seen[:rows].scatter_(1, chosen.unsqueeze(-1), True)
+        if index == 0:
+            self.tokens[:rows].copy_(chosen.unsqueeze(-1))
+
+    def hand_over(self, index: int, rows: int) -> None:
+        """After segment `index` of several: its output to the next card, or the chosen tokens back to the first.
+
+        Outside any graph: a copy between cards orders the two cards' streams (PyTorch makes each wait).
+        """
+        segments = len(self.model.segments)
+        if index + 1 < segments:
+            for sent, received in zip(self.carried[index], self.carried[index + 1], strict=True):
+                received[:rows].copy_(sent[:rows])
+        elif segments > 1:
+            self.tokens[:rows].copy_(self.next_tokens[:rows].unsqueeze(-1))
+
+    def step(self, rows: int, window: int, greedy: bool, exact: bool = False) -> None:
+        """One whole decode step, eagerly."""
+        for index in range(len(self.model.segments)):
+            self.stage(index, rows, window, greedy, exact)
+            self.hand_over(index, rows)
 
     def capture(self, progress: Progress | None = None) -> None:
-        """Record one CUDA graph per (rows, window, greedy or sampled); warm-up runs change nothing kept."""
+        """Record one CUDA graph per (segment, rows, window, greedy or sampled); warm-up runs change nothing kept."""
         if not self.use_graphs:
             return
+        with torch.cuda.device(self.device):  # the first card, which may not be the process's current one
+            self.capture_on_cards(progress)
+
+    def capture_on_cards(self, progress: Progress | None) -> None:
         started = time.perf_counter()
-        pool = torch.cuda.graph_pool_handle()
-        keys = [(r, w, g) for r in self.rows for w in self.windows for g in (True, False)]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream), torch.inference_mode():
             for steps in (8, 13):  # compile the fused ops for prompts (the second length makes them dynamic)
                 tokens = self.tokens.new_zeros(1, steps)
-                self.model(tokens, torch.arange(steps, device=self.device).unsqueeze(0), steps, exact=True, start=0)
+                positions = torch.arange(steps, device=self.device).unsqueeze(0)
+                self.model(tokens, positions, steps, exact=True, start=0)
             for rows in self.rows:  # warm up kernels (compilation, lazy init) outside capture
                 for greedy in (True, False):
                     self.step(rows, self.windows[0], greedy)
             for chunk in self.chunks:
                 self.prefill_forward(chunk, self.window_for(chunk))
         torch.cuda.current_stream().wait_stream(stream)
-        for i, (rows, window, greedy) in enumerate(keys):
+        keys = [
+            (i, r, w, g)
+            for i in range(len(self.model.segments))
+            for r in self.rows
+            for w in self.windows
+            for g in (True, False)
+        ]
+        pools = {}  # one memory pool per card
+        for n, (index, rows, window, greedy) in enumerate(keys):
             if progress:
-                message = f"Capturing decode graph {i + 1} of {len(keys)} ({rows} × window {window})"
-                progress(message, (i + 1) / len(keys))
-            self.graphs[(rows, window, greedy)] = record(lambda: self.step(rows, window, greedy), pool)  # noqa: B023
+                message = f"Capturing decode graph {n + 1} of {len(keys)} ({rows} × window {window})"
+                progress(message, (n + 1) / len(keys))
+            with torch.cuda.device(self.model.segments[index].device):
+                if index not in pools:
+                    pools[index] = torch.cuda.graph_pool_handle()
+                self.graphs[(index, rows, window, greedy)] = record(
+                    lambda: self.stage(index, rows, window, greedy),  # noqa: B023
+                    pools[index],
+                )
         pieces = [(c, w) for c in self.chunks for w in self.windows if w >= c]
         for i, (chunk, window) in enumerate(pieces):
             if progress:
                 progress(f"Capturing prompt graph {i + 1} of {len(pieces)} ({chunk} tokens)", (i + 1) / len(pieces))
-            self.prefill_graphs[(chunk, window)] = record(lambda: self.prefill_forward(chunk, window), pool)  # noqa: B023
-        torch.cuda.synchronize()
+            self.prefill_graphs[(chunk, window)] = record(lambda: self.prefill_forward(chunk, window), pools[0])  # noqa: B023
+        for segment in self.model.segments:
+            torch.cuda.synchronize(segment.device)
         self.reset()  # warm-up wrote into the cache and moved the positions
         self.stats.graphs = len(self.graphs) + len(self.prefill_graphs)
         self.stats.warmup_seconds = time.perf_counter() - started
@@ -162,8 +223,13 @@ class FastEngine:
 
     def reset(self) -> None:
         """Every slot parked and empty."""
-        self.positions.fill_(self.parked_position)
+        for positions in self.positions:
+            positions.fill_(self.parked_position)
         self.cached = [[] for _ in range(self.slots)]
+
+    def set_position(self, slot: int, position: int) -> None:
+        for positions in self.positions:
+            positions[slot, 0] = position
 
     def decode(self, rows: int, length: int, greedy: bool) -> None:
         """One step for the first `rows` slots, the longest holding `length` cache entries after it."""
@@ -171,7 +237,11 @@ class FastEngine:
             self.step(rows, length, greedy, exact=rows == 1)
             return
         bucket = next(r for r in self.rows if r >= rows)
-        self.graphs[(bucket, self.window_for(length), greedy)].replay()
+        window = self.window_for(length)
+        for index, segment in enumerate(self.model.segments):
+            with torch.cuda.device(segment.device):  # a graph replays on the current device's stream
+                self.graphs[(index, bucket, window, greedy)].replay()
+            self.hand_over(index, bucket)
 
     def window_for(self, length: int) -> int:
         """The smallest captured attention window that holds `length` cache entries."""
@@ -179,7 +249,7 @@ class FastEngine:
 
     def park(self, slot: int, fed: list[int]) -> None:
         """Retire a slot whose cache holds K/V for `fed`: kept for the next prompt that starts the same way."""
-        self.positions[slot, 0] = self.parked_position
+        self.set_position(slot, self.parked_position)
         self.cached[slot] = fed
 
     # -- prefill ---------------------------------------------------------------------------------
@@ -221,13 +291,13 @@ class FastEngine:
         reuse = min(common_prefix(self.cached[slot], prompt_ids), len(prompt_ids) - 1)
         self.cached[slot] = []  # set again by park(); stays empty if this call fails half-way
         prompt = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
-        self.sampling.configure(slot, settings, prompt)
+        self.sampling.configure(slot, settings, prompt.to(self.next_tokens.device))
         logits = self.prefill_logits(prompt, reuse, slot)
         first = sample(logits, self.sampling.row(slot), greedy=settings.temperature == 0)
         self.next_tokens[slot : slot + 1].copy_(first)
         self.tokens[slot : slot + 1, 0].copy_(first)
-        self.positions[slot, 0] = len(prompt_ids)
-        self.sampling.seen[slot, first[0]] = True
+        self.set_position(slot, len(prompt_ids))
+        self.sampling.seen[slot].scatter_(0, first, True)
         self.stats.reused_prompt_tokens = reuse
         self.stats.prefill_tokens = len(prompt_ids) - reuse
 
@@ -242,10 +312,11 @@ def load_engine(
     progress: Progress | None = None,
     decode_attention: str = "sdpa",
     slots: int = 1,
+    layer_devices: list[torch.device] | None = None,
 ) -> FastEngine:
-    """Build the network from a checkpoint and capture its decode graphs."""
+    """Build the network from a checkpoint (over several GPUs with `layer_devices`) and capture its graphs."""
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.bfloat16)
-    model = load_transformer(folder, backend, device, dtype, progress, decode_attention)
+    model = load_transformer(folder, backend, device, dtype, progress, decode_attention, layer_devices)
     engine = FastEngine(model, context_length, use_graphs, slots)
     engine.capture(progress)
     return engine

@@ -256,16 +256,61 @@ class Block(nn.Module):
         return ops.add_norm(x, self.mlp(normed, ops), next_norm.weight, next_norm.eps)
 
 
+@dataclass(frozen=True)
+class Segment:
+    """Consecutive layers on one device: what a model split over GPUs runs (and captures) per card."""
+
+    device: torch.device
+    first: int
+    end: int  # one past the last layer
+
+
+def segments_of(layer_devices: list[torch.device]) -> list[Segment]:
+    """Runs of consecutive layers on the same device, in order."""
+    segments: list[Segment] = []
+    for i, device in enumerate(layer_devices):
+        if segments and segments[-1].device == device:
+            segments[-1] = Segment(device, segments[-1].first, i + 1)
+        else:
+            segments.append(Segment(device, i, i + 1))
+    return segments
+
+
+def additive_mask(positions: torch.Tensor, window: int, dtype: torch.dtype) -> torch.Tensor:
+    """0 where a key (of the first `window` cache entries) is at or before the query's position, else -inf.
+
+    Made once per step and device: a boolean mask would be converted again in every layer.
+    """
+    keys = torch.arange(window, device=positions.device)
+    visible = keys.view(1, 1, 1, window) <= positions.unsqueeze(-1).unsqueeze(1)
+    mask = torch.zeros(visible.shape, dtype=dtype, device=positions.device)
+    return mask.masked_fill(~visible, float("-inf"))
+
+
 class Transformer(nn.Module):
-    def __init__(self, shape: ModelShape, embed: torch.Tensor, blocks: list[Block], norm: RMSNorm, head: torch.Tensor):
+    """The decoder; its layers may lie on several devices (`segments`), the embedding with the first and the
+    final norm and head with the last."""
+
+    def __init__(
+        self,
+        shape: ModelShape,
+        embed: torch.Tensor,
+        blocks: list[Block],
+        norm: RMSNorm,
+        head: torch.Tensor | None,
+        segments: list[Segment] | None = None,
+    ):
         super().__init__()
         self.shape = shape
         self.embed = nn.Parameter(embed, requires_grad=False)
         self.blocks = nn.ModuleList(blocks)
         self.norm = norm
-        self.head = embed if head is None else nn.Parameter(head, requires_grad=False)
+        self.segments = segments or [Segment(embed.device, 0, len(blocks))]
+        if head is None:  # tied: the head is the embedding, on the last device
+            head = embed if self.output_device == embed.device else embed.to(self.output_device)
+        self.head = nn.Parameter(head, requires_grad=False)
         self.caches: list[KVCache] = []
-        self.rope: torch.Tensor | None = None
+        self.ropes: list[torch.Tensor] = []  # per segment
         self.ops = SmallOps()
 
     def compile_small_ops(self) -> None:
@@ -274,17 +319,55 @@ class Transformer(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """Where tokens go in."""
         return self.embed.device
 
+    @property
+    def output_device(self) -> torch.device:
+        """Where logits come out."""
+        return self.segments[-1].device
+
     def setup_caches(self, slots: int, length: int) -> None:
-        """Allocate the KV cache once: `slots` sequences of up to `length` tokens."""
-        dtype, device = self.embed.dtype, self.device
-        self.caches = [KVCache(self.shape, slots, length, device, dtype) for _ in self.blocks]
-        self.rope = rope_tables(self.shape, length, device, dtype)
+        """Allocate the KV cache once, each layer's on its device: `slots` sequences of up to `length` tokens."""
+        dtype = self.embed.dtype
+        self.caches = [
+            KVCache(self.shape, slots, length, segment.device, dtype)
+            for segment in self.segments
+            for _ in range(segment.first, segment.end)
+        ]
+        self.ropes = [rope_tables(self.shape, length, segment.device, dtype) for segment in self.segments]
 
     @property
     def cache_length(self) -> int:
         return self.caches[0].k.shape[2] if self.caches else 0
+
+    def run_segment(
+        self,
+        index: int,
+        x: torch.Tensor,
+        normed: torch.Tensor | None,
+        positions: torch.Tensor,
+        window: int,
+        rows: CacheRows,
+        exact: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layers of one segment, all tensors on its device; the first segment takes token ids as `x`.
+
+        Returns the hidden state and it normalised for the next layer (or, after the last, by the final norm).
+        """
+        segment = self.segments[index]
+        if index == 0:
+            x = F.embedding(x, self.embed)
+            first = self.blocks[0].norm1
+            normed = self.ops.norm(x, first.weight, first.eps)
+        assert normed is not None
+        mask = None if exact else additive_mask(positions, window, self.embed.dtype)
+        for i in range(segment.first, segment.end):
+            next_norm = self.blocks[i + 1].norm1 if i + 1 < len(self.blocks) else self.norm
+            x, normed = self.blocks[i](
+                x, normed, next_norm, self.ops, self.ropes[index], self.caches[i], positions, mask, window, rows
+            )
+        return x, normed
 
     def forward(
         self,
@@ -304,20 +387,17 @@ class Transformer(nn.Module):
         ends at the last token and the tokens are all new or just one, so no mask is needed. `pick`
         (a device tensor of one index) chooses the position to return logits for instead of the last.
         `start` says the positions are start, start+1, ... in every row (a prompt), known on the host.
+        The hidden state crosses from card to card between segments.
         """
         rows = CacheRows(first_row, start)
-        mask = None
-        if not exact:  # additive, made once per step: a boolean mask would be converted again in every layer
-            keys = torch.arange(window, device=tokens.device)
-            visible = keys.view(1, 1, 1, window) <= positions.unsqueeze(-1).unsqueeze(1)
-            mask = torch.zeros(visible.shape, dtype=self.embed.dtype, device=tokens.device)
-            mask = mask.masked_fill(~visible, float("-inf"))
-        x = F.embedding(tokens, self.embed)
-        first = self.blocks[0].norm1
-        normed = self.ops.norm(x, first.weight, first.eps)
-        next_norms = [block.norm1 for block in self.blocks[1:]] + [self.norm]
-        for block, cache, next_norm in zip(self.blocks, self.caches, next_norms, strict=True):
-            x, normed = block(x, normed, next_norm, self.ops, self.rope, cache, positions, mask, window, rows)
+        x, normed = tokens, None
+        for index, segment in enumerate(self.segments):
+            if index:
+                x, normed, positions = (t.to(segment.device) for t in (x, normed, positions))  # type: ignore[union-attr]
+            x, normed = self.run_segment(index, x, normed, positions, window, rows, exact)
+        return self.logits(normed, last_only, pick)
+
+    def logits(self, normed: torch.Tensor, last_only: bool = True, pick: torch.Tensor | None = None) -> torch.Tensor:
         if pick is not None:
             normed = normed.index_select(1, pick)
         elif last_only:
@@ -372,39 +452,55 @@ def load_transformer(
     dtype: torch.dtype,
     progress: Callable[[str, float], None] | None = None,
     decode_attention: str = "sdpa",
+    layer_devices: list[torch.device] | None = None,
 ) -> Transformer:
-    """Build the network from a GPTQ checkpoint folder, fusing q/k/v and gate/up as it goes."""
+    """Build the network from a GPTQ checkpoint folder, fusing q/k/v and gate/up as it goes.
+
+    `layer_devices` (one per layer, in runs) splits the model over GPUs: the embedding goes with the
+    first layer, the final norm and the head with the last. Without it everything is on `device`.
+    """
     config = json.loads((folder / "config.json").read_text())
     shape = ModelShape.from_config(config)
     settings = gptq_settings(config)
     tensors = CheckpointTensors(folder)
+    devices = layer_devices or [device] * shape.num_layers
+    if len(devices) != shape.num_layers:
+        raise ValueError(f"{len(devices)} layer devices given for {shape.num_layers} layers")
 
-    def quant(*prefixes: str) -> nn.Module:
+    def quant(on: torch.device, *prefixes: str) -> nn.Module:
         fused = fuse_gptq_tensors([tensors.linear(p) for p in prefixes])
-        return build_quant_linear(fused, settings, backend, device, dtype)
+        return build_quant_linear(fused, settings, backend, on, dtype)
 
-    def norm(name: str) -> RMSNorm:
-        return RMSNorm(tensors.get(name).to(device=device, dtype=dtype), shape.rms_norm_eps)
+    def norm(name: str, on: torch.device) -> RMSNorm:
+        return RMSNorm(tensors.get(name).to(device=on, dtype=dtype), shape.rms_norm_eps)
 
     blocks = []
-    for i in range(shape.num_layers):
+    for i, on in enumerate(devices):
         if progress:
-            progress(f"Preparing layer {i + 1} of {shape.num_layers}", (i + 1) / shape.num_layers)
+            progress(f"Preparing layer {i + 1} of {shape.num_layers} on {on}", (i + 1) / shape.num_layers)
         p = f"model.layers.{i}"
         attention = Attention(
             shape,
-            quant(f"{p}.self_attn.q_proj", f"{p}.self_attn.k_proj", f"{p}.self_attn.v_proj"),
-            quant(f"{p}.self_attn.o_proj"),
+            quant(on, f"{p}.self_attn.q_proj", f"{p}.self_attn.k_proj", f"{p}.self_attn.v_proj"),
+            quant(on, f"{p}.self_attn.o_proj"),
             decode_attention,
         )
         mlp = FeedForward(
-            quant(f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj"), quant(f"{p}.mlp.down_proj"), shape.intermediate_size
+            quant(on, f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj"),
+            quant(on, f"{p}.mlp.down_proj"),
+            shape.intermediate_size,
         )
         blocks.append(
-            Block(attention, mlp, norm(f"{p}.input_layernorm.weight"), norm(f"{p}.post_attention_layernorm.weight"))
+            Block(
+                attention,
+                mlp,
+                norm(f"{p}.input_layernorm.weight", on),
+                norm(f"{p}.post_attention_layernorm.weight", on),
+            )
         )
-    embed = tensors.get("model.embed_tokens.weight").to(device=device, dtype=dtype)
+    embed = tensors.get("model.embed_tokens.weight").to(device=devices[0], dtype=dtype)
     head = None
     if not shape.tie_word_embeddings and "lm_head.weight" in tensors:
-        head = tensors.get("lm_head.weight").to(device=device, dtype=dtype)
-    return Transformer(shape, embed, blocks, norm("model.norm.weight"), head).eval()
+        head = tensors.get("lm_head.weight").to(device=devices[-1], dtype=dtype)
+    final_norm = norm("model.norm.weight", devices[-1])
+    return Transformer(shape, embed, blocks, final_norm, head, segments_of(devices)).eval()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from placement import GpuSpec
-from vram_planner import gib
+from vram_planner import CUDA_CONTEXT_BYTES, gib
 
 
 def visible_gpus(indices: Sequence[int] | None = None) -> list[GpuSpec]:
@@ -20,6 +20,30 @@ def visible_gpus(indices: Sequence[int] | None = None) -> list[GpuSpec]:
         free, total = torch.cuda.mem_get_info(index)
         gpus.append(GpuSpec(index, int(total), int(free), torch.cuda.get_device_name(index)))
     return gpus
+
+
+def gpus_for(device: str) -> list[GpuSpec]:
+    """The cards a device string names: "cuda" every visible one, "cuda:1" that one, "cuda:0,1" those."""
+    if not device.startswith("cuda"):
+        return []
+    return visible_gpus([int(i) for i in device.split(":", 1)[1].split(",")] if ":" in device else None)
+
+
+def cap_gpus(gpus: Sequence[GpuSpec], limit_bytes: int) -> list[GpuSpec]:
+    """Let this process use at most `limit_bytes` of each card, as if the cards were that size (two 80 GB
+    cards standing for two 24 GB ones): torch's allocator then refuses more, and plans see the smaller card.
+
+    The CUDA context (outside the allocator) counts against the limit, as it does on a real card that size.
+    """
+    import torch
+
+    capped = []
+    for gpu in gpus:
+        allocator = max(limit_bytes - CUDA_CONTEXT_BYTES, 0)
+        torch.cuda.set_per_process_memory_fraction(min(allocator / gpu.total_bytes, 1.0), gpu.index)
+        room = limit_bytes - torch.cuda.memory_reserved(gpu.index)
+        capped.append(replace(gpu, total_bytes=min(limit_bytes, gpu.total_bytes), free_bytes=min(gpu.free_bytes, room)))
+    return capped
 
 
 def usage(total_bytes: int, free_bytes: int) -> str:

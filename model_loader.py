@@ -20,6 +20,7 @@ from typing import Any
 from checkpoint import CheckpointInfo, find_checkpoint
 from generation import Engine, PlainEngine
 from kernels import KernelChoice, choose_kernel
+from placement import Placement
 from scheduler import DEFAULT_QUEUE_LIMIT, Scheduler
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,33 @@ def default_context(info: CheckpointInfo, device: str, free_bytes: int | None, s
     return tokens
 
 
+def place_on_gpus(
+    info: CheckpointInfo, device: str, context_length: int | None, path: str, slots: int, limit: int | None = None
+) -> tuple[str, Placement | None, int | None]:
+    """Over several GPUs (every visible one for "cuda", the named ones for "cuda:0,1"): the main card, the
+    placement when the layers must be split (else None: one card holds the model), and the context planned.
+
+    Named cards are used together; otherwise a model goes on one card when one holds it. A placement that
+    cannot fit raises `PlacementRefused` (with the numbers and the longest context that would) before loading.
+    """
+    from gpu_memory import cap_gpus, gpus_for
+    from placement import largest_context, plan_placement
+
+    named = ":" in device
+    gpus = gpus_for(device)
+    if limit:
+        gpus = cap_gpus(gpus, limit)
+    if len(gpus) < 2:
+        return device, None, context_length
+    fits = largest_context(info, gpus, path=path, slots=slots)
+    context = context_length or min(DEFAULT_GPU_CONTEXT_CAP, info.max_position_embeddings, max(fits // 256 * 256, 256))
+    placement = plan_placement(info, gpus, context, path=path, slots=slots, split=named)
+    main = f"cuda:{placement.cards[0].gpu.index}"
+    if placement.single_card:
+        return main, None, context_length
+    return main, placement, context
+
+
 def quantized_modules(model: Any) -> list[Any]:
     """The GPTQ layers, whichever library (gptqmodel, or auto-gptq on the legacy stack) made them."""
     from gptq_stack import is_quantized_module
@@ -164,8 +192,12 @@ def load_uncached(
     progress: Progress | None = None,
     slots: int = 1,
     queue_limit: int = DEFAULT_QUEUE_LIMIT,
+    gpu_memory_limit: int | None = None,
 ) -> LoadedModel:
-    """Validate, choose device, kernel and engine, load; `load` is the cached version callers want."""
+    """Validate, choose device, kernel and engine, load; `load` is the cached version callers want.
+
+    `gpu_memory_limit` (bytes) caps what this process may use of each GPU, as if the cards were that size.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -176,12 +208,22 @@ def load_uncached(
     report("Checking the checkpoint", 0.02)
     info = find_checkpoint(name_or_path)
     device = pick_device(device)
-    choice: KernelChoice = choose_kernel(info, device_capability(device), backend)
-    fast, engine_reason = pick_engine(engine, info, device, choice.backend)
-    log.info("Loading %s on %s with the %s kernel (%s)", info.path, device, choice.backend, choice.reason)
+    first = device.split(",")[0]  # "cuda:0,1" names two cards; kernels are chosen for the first
+    choice: KernelChoice = choose_kernel(info, device_capability(first), backend)
+    fast, engine_reason = pick_engine(engine, info, first, choice.backend)
+    placement = None
+    if device.startswith("cuda"):
+        path = "fast" if fast else "plain"
+        device, placement, context_length = place_on_gpus(info, device, context_length, path, slots, gpu_memory_limit)
+    cards = [f"cuda:{card.gpu.index}" for card in placement.cards] if placement else [device]
+    log.info("Loading %s on %s with the %s kernel (%s)", info.path, ",".join(cards), choice.backend, choice.reason)
+    if placement:
+        log.info("%s", placement.summary())
     dtype = torch.float16 if device.startswith("cuda") else torch.bfloat16
-    before = memory_in_use(device)
-    free = torch.cuda.mem_get_info(torch.device(device))[0] - info.weight_bytes if device.startswith("cuda") else None
+    before = sum(memory_in_use(card) for card in cards)
+    free = None
+    if device.startswith("cuda"):
+        free = min(torch.cuda.mem_get_info(torch.device(device))[0], gpu_memory_limit or 1 << 62) - info.weight_bytes
     context = min(context_length or default_context(info, device, free, slots), info.max_position_embeddings)
 
     report("Loading the tokenizer", 0.05)
@@ -193,15 +235,23 @@ def load_uncached(
     if fast:
         from engine import load_engine
 
+        layer_devices = [torch.device(f"cuda:{i}") for i in placement.layer_devices()] if placement else None
         runner = load_engine(
-            info.path, choice.backend, torch.device(device), context, dtype, progress=report, slots=slots
+            info.path,
+            choice.backend,
+            torch.device(device),
+            context,
+            dtype,
+            progress=report,
+            slots=slots,
+            layer_devices=layer_devices,
         )
         model = runner.model
         max_context = runner.context_length
     else:
         model = AutoModelForCausalLM.from_pretrained(
             info.path,
-            device_map={"": device},
+            device_map=placement.device_map() if placement else {"": device},
             **from_pretrained_kwargs(info.bits, choice, dtype),  # GPTQConfig and dtype for transformers 5 or 4
         )
         model.eval()
@@ -215,8 +265,8 @@ def load_uncached(
     facts = ModelFacts(
         name=info.name,
         path=info.path,
-        device=device,
-        device_name=device_label(device),
+        device=",".join(cards),
+        device_name=device_label(device) if len(cards) == 1 else f"{len(cards)} × {device_label(device)}",
         dtype=str(dtype).removeprefix("torch."),
         backend=choice.backend,
         kernel_class=type(layers[0]).__name__,
@@ -226,7 +276,7 @@ def load_uncached(
         quantized_layers=len(layers),
         bits=info.bits,
         group_size=info.group_size,
-        memory_bytes=max(memory_in_use(device) - before, 0),
+        memory_bytes=max(sum(memory_in_use(card) for card in cards) - before, 0),
         load_seconds=time.perf_counter() - started,
         max_context=max_context,
         default_context=min(context, max_context),

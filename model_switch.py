@@ -10,14 +10,16 @@ from __future__ import annotations
 import gc
 import threading
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import model_loader
 from checkpoint import CheckpointInfo, find_checkpoint
+from gpu_memory import gpus_for
 from installed import installed_models
 from model_loader import LoadedModel, Progress, load, pick_device
 from paths import models_home
+from placement import GpuSpec, PlacementRefused, plan_placement
 from vram_planner import ModelShape, gib, plan
 
 MIN_CONTEXT = 1024  # a model that cannot hold this much context is of no use for chatting
@@ -88,6 +90,17 @@ def fit_problem(info: CheckpointInfo, device: str, available: int, freed: int = 
     )
 
 
+def split_fit_problem(info: CheckpointInfo | ModelShape, gpus: list[GpuSpec], freed: int = 0) -> str | None:
+    """As `fit_problem`, over several cards (the loader splits a model no card holds); the current model's
+    memory, once unloaded, counts as freed evenly over them."""
+    room = [replace(gpu, free_bytes=gpu.free_bytes + freed // len(gpus)) for gpu in gpus]
+    try:
+        plan_placement(info, room, min(MIN_CONTEXT, info.max_position_embeddings), path="plain")
+    except PlacementRefused as refused:
+        return f"{refused.problem} {refused.fix}"
+    return None
+
+
 def forget(loaded: LoadedModel) -> None:
     """Drop the loader's cached reference, so that the model is freed once nobody else holds it."""
     for key, value in list(model_loader._cache.items()):
@@ -121,7 +134,9 @@ def release_memory(device: str) -> None:
     if device.startswith("cuda"):
         import torch
 
-        torch.cuda.empty_cache()
+        for index in range(torch.cuda.device_count()):  # a split model used several cards
+            with torch.cuda.device(index):
+                torch.cuda.empty_cache()
 
 
 class ModelHolder:
@@ -156,7 +171,11 @@ class ModelHolder:
                 return current
             device = pick_device(self.device)
             freed = current.facts.memory_bytes if current is not None else 0
-            problem = fit_problem(info, device, device_memory(device).free, freed)
+            gpus = gpus_for(device)
+            if len(gpus) > 1:
+                problem = split_fit_problem(info, gpus, freed)
+            else:
+                problem = fit_problem(info, device, device_memory(device).free, freed)
             if problem:
                 raise SwitchRefused(problem)
             if current is not None:

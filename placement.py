@@ -158,6 +158,7 @@ class _Costs:
     embedding: int
     head: int
     workspace: int
+    ends_fixed: bool  # the fast engine: embedding with the first layers, head with the last (one graph per card)
 
     def load(self, layers: int, embedding: bool, head: bool, extra: int) -> int:
         """A card's bytes; 0 for a card that holds nothing (it gets no CUDA context either)."""
@@ -176,11 +177,17 @@ def _costs(shape: ModelShape, context: int, slots: int, path: str) -> _Costs:
         embedding=int(shape.embedding_bytes * scale),
         head=int(shape.lm_head_bytes * scale),
         workspace=activations + CUDA_CONTEXT_BYTES + OVERHEAD_BYTES,
+        ends_fixed=path == "fast",
     )
 
 
-def _ends(count: int, tied: bool) -> Iterator[tuple[int, int]]:
-    """(embedding card, head card) positions to try, first card / last card first; a tied head shares its card."""
+def _ends(count: int, tied: bool, fixed: bool) -> Iterator[tuple[int, int]]:
+    """(embedding card, head card) positions to try, first card / last card first; a tied head shares its card.
+
+    `fixed`: only the first card and the last, as the fast engine runs them (a tied head is copied there)."""
+    if fixed:
+        yield (0, count - 1)
+        return
     pairs = [(e, h) for e in range(count) for h in range(count) if e == h or not tied]
     yield from sorted(pairs, key=lambda pair: pair != (0, count - 1))
 
@@ -188,7 +195,7 @@ def _ends(count: int, tied: bool) -> Iterator[tuple[int, int]]:
 def _holds(costs: _Costs, gpus: Sequence[GpuSpec], layers: int, extra: Sequence[int], tied: bool) -> bool:
     """Whether some placement fits: with the ends on some pair of cards, the cards' room for layers adds up."""
     per_layer = costs.layer_weights + costs.layer_kv
-    for e, h in _ends(len(gpus), tied):
+    for e, h in _ends(len(gpus), tied, costs.ends_fixed):
         capacity = 0
         for c, gpu in enumerate(gpus):
             held = costs.load(0, c == e, c == h, extra[c])  # what it must hold besides layers (0: nothing)
@@ -216,7 +223,7 @@ def _balanced(
         return load / gpus[c].free_bytes
 
     best: tuple[float, tuple[int, int], list[int]] | None = None
-    for ends in _ends(len(gpus), tied):
+    for ends in _ends(len(gpus), tied, costs.ends_fixed):
         counts = [0] * len(gpus)
         for _ in range(layers):
             c = min(range(len(gpus)), key=lambda c: (ratio(c, counts[c] + 1, ends), c))

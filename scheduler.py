@@ -235,6 +235,8 @@ class Scheduler:
         import torch
 
         cuda = engine.device.type == "cuda"
+        if cuda:
+            torch.cuda.set_device(engine.device)  # prompt graphs replay on this thread's current card
         hosts = [torch.zeros(engine.slots, dtype=torch.long, pin_memory=cuda) for _ in range(2)]
         inflight: Launched | None = None
         steps = 0
@@ -310,7 +312,7 @@ class Scheduler:
             import torch
 
             ready = torch.cuda.Event()
-            ready.record()
+            ready.record(torch.cuda.current_stream(engine.next_tokens.device))  # the card that chose them
         return Launched(rows, host, ready)
 
     def deliver(self, engine: FastEngine, step: Launched) -> None:

@@ -49,3 +49,13 @@ def tiny_gptq_dir(tiny_gptq_weights: Path, tmp_path_factory: pytest.TempPathFact
         shutil.copy2(source, directory / source.name)
     add_qwen_tokenizer(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def qwen_shaped(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight checkpoint with the exact Qwen1.5-0.5B-Chat shapes (24 layers, vocab 151,936), written
+    on the GPU (GPU tests only); no end-of-sequence."""
+    folder = tmp_path_factory.mktemp("qwen05b")
+    write_random_gptq_checkpoint(folder, "qwen1.5-0.5b", device="cuda", eos_token_id=None)
+    add_qwen_tokenizer(folder)
+    return folder

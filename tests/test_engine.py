@@ -14,6 +14,7 @@ from engine import common_prefix, window_buckets
 from generation import SamplingSettings, checkpoint_defaults
 from model_loader import load
 from prompt import encode_chat, with_system
+from scheduler import Scheduler
 
 pytestmark = pytest.mark.slow
 QUESTIONS = ["What is the capital of France?", "Name three colors.", "How many days are in a week?"]
@@ -157,3 +158,21 @@ def test_a_stream_closed_before_reading_leaves_the_queue(paths, batched, which) 
     stream.close()
     assert wait_until_idle(scheduler) and scheduler.stats().served == served + 1
     assert not scheduler.busy
+
+
+def test_a_model_split_over_two_devices_gives_the_same_text(paths, demo_model_dir) -> None:
+    """The layers in two segments (on the CPU, `cpu` and `cpu:0` count as two devices): the hidden state
+    hand-over between segments, per-segment positions and caches give the one-device engine's text."""
+    from engine import load_engine
+
+    _, fast = paths
+    layers = fast.model.shape.num_layers
+    devices = [torch.device("cpu")] * (layers // 2) + [torch.device("cpu", 0)] * (layers - layers // 2)
+    split = load_engine(demo_model_dir, "torch_aten", torch.device("cpu"), 512, layer_devices=devices, slots=2)
+    assert len(split.model.segments) == 2 and "split over 2 devices" in split.name
+    assert split.model.segments[1].first == layers // 2
+    scheduler = Scheduler(split)
+    for question in QUESTIONS[:2]:
+        expected = complete_reply(fast.scheduler, fast.tokenizer, ask(question), greedy(fast)).text
+        assert complete_reply(scheduler, fast.tokenizer, ask(question), greedy(fast)).text == expected
+    scheduler.close()

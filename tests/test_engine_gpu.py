@@ -10,8 +10,6 @@ import torch
 
 from generation import SamplingSettings
 from model_loader import load_uncached
-from qwen_tokenizer import save_qwen_tokenizer
-from random_checkpoint import write_random_gptq_checkpoint
 from scheduler import Scheduler
 
 pytestmark = [
@@ -23,16 +21,12 @@ GREEDY = SamplingSettings(max_new_tokens=FORCED, temperature=0.0, repetition_pen
 
 
 @pytest.fixture(scope="module")
-def qwen_shaped(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight checkpoint with the exact Qwen1.5-0.5B-Chat shapes (24 layers, vocab 151,936)."""
-    folder = tmp_path_factory.mktemp("qwen05b")
-    write_random_gptq_checkpoint(folder, "qwen1.5-0.5b", device="cuda", eos_token_id=None)
-    save_qwen_tokenizer(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def tokens() -> torch.Tensor:
+    return forced_tokens()
+
+
+def forced_tokens() -> torch.Tensor:
+    """A random prompt and the tokens forced after it."""
     return torch.randint(1000, 100_000, (PROMPT + FORCED,), generator=torch.Generator().manual_seed(0))
 
 

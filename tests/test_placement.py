@@ -139,11 +139,21 @@ def test_uneven_cards_get_layers_until_moving_one_would_make_the_fullest_card_fu
 
 
 def test_a_tied_model_keeps_its_head_with_the_embedding() -> None:
-    """Qwen2.5-0.5B ties lm_head to embed_tokens: they are one tensor, so one card holds both."""
-    placed = plan_placement(shape("qwen2.5-0.5b"), standard_gpus(2, 24), 8192, split=True)
+    """Qwen2.5-0.5B ties lm_head to embed_tokens: they are one tensor, so on the plain path one card holds both."""
+    placed = plan_placement(shape("qwen2.5-0.5b"), standard_gpus(2, 24), 8192, split=True, path="plain")
     assert_fits(placed)
     assert [card.embedding for card in placed.cards] == [card.head for card in placed.cards]
     assert placed.device_map()["lm_head"] == placed.device_map()["model.embed_tokens"]
+
+
+def test_the_fast_engine_gets_the_embedding_first_and_the_head_last() -> None:
+    """Its decode step is one CUDA graph per card, in layer order: tokens enter on the first card, logits
+    leave from the last, so the planner puts the ends there whatever would balance better."""
+    for cards in (2, 4):
+        placed = plan_placement(shape("qwen1.5-72b"), standard_gpus(cards, 48), 4096, path="fast")
+        assert_fits(placed)
+        assert placed.cards[0].embedding and placed.cards[-1].head
+        assert not any(card.embedding for card in placed.cards[1:]) and not any(c.head for c in placed.cards[:-1])
 
 
 def meta_model(key: str) -> torch.nn.Module:
@@ -266,3 +276,18 @@ def test_gpu_memory_rows_show_used_total_and_free_per_card() -> None:
     live = visible_gpus()  # this machine: its real GPUs, or none
     assert len(live) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
     assert len(gpu_memory_rows()) == len(live)
+
+
+def test_switching_to_a_model_that_needs_two_cards_is_checked_over_both() -> None:
+    """The page's model switch plans the split before unloading anything: 72B on two 24 GiB cards holds its
+    minimum context; on two 16 GiB cards it is refused with the numbers."""
+    from model_switch import split_fit_problem
+
+    big = shape("qwen1.5-72b")
+    assert split_fit_problem(big, standard_gpus(2, 24)) is None
+    problem = split_fit_problem(big, standard_gpus(2, 16))
+    assert problem is not None and "GiB" in problem and "vllm" in problem.lower()
+    # What the current model frees counts: two cards each 9 GiB short are enough once 18 GiB are freed.
+    short = [GpuSpec(i, 24 * GIB, 15 * GIB) for i in range(2)]
+    assert split_fit_problem(big, short) is not None
+    assert split_fit_problem(big, short, freed=18 * GIB) is None

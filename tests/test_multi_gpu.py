@@ -1,0 +1,58 @@
+"""A model split over two GPUs (`pytest -m gpu`, on a two-GPU device machine): the engine's split decode step
+gives the plain path's logits, and a memory cap is a real cap."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model_loader import load_uncached
+from tests.test_engine_gpu import FORCED, PROMPT, forced_tokens, teacher_forced
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two GPUs"),
+]
+GIB = 1024**3
+
+
+@pytest.fixture(scope="module")
+def tokens() -> torch.Tensor:
+    return forced_tokens()
+
+
+def test_engine_split_over_two_cards_matches_the_plain_split(qwen_shaped, tokens) -> None:
+    """Qwen1.5-0.5B shapes forced over cuda:0 and cuda:1 (24 layers: 12 + 12): the engine (one graph per card,
+    hidden state handed over between them) against transformers with the same placement as its device_map."""
+    plain = load_uncached(qwen_shaped, backend="marlin", device="cuda:0,1", engine="plain", context_length=1024)
+    assert plain.facts.device == "cuda:0,cuda:1"
+    devices = {p.device.index for p in plain.model.parameters()}
+    assert devices == {0, 1}
+    with torch.inference_mode():
+        logits = plain.model(tokens.unsqueeze(0).to("cuda:0")).logits[0, PROMPT - 1 : PROMPT + FORCED - 1]
+    expected = logits.float().to("cuda:1")
+    del plain, logits
+    torch.cuda.empty_cache()
+
+    fast = load_uncached(qwen_shaped, backend="marlin", device="cuda:0,1", engine="fast", context_length=1024)
+    engine = fast.engine
+    assert [s.device.index for s in engine.model.segments] == [0, 1] and "split over 2 devices" in engine.name
+    assert engine.use_graphs and len(engine.graphs) == 2 * 2 * len(engine.windows)
+    ours = teacher_forced(engine, [tokens.tolist()], [PROMPT])[0]
+    scale = expected.abs().max().item()
+    tolerance = 0.02 * scale
+    diff = (ours - expected).abs().max().item()
+    print(f"split engine vs split plain: max |logit| {scale:.3f}, max |diff| {diff:.4f}, tolerance {tolerance:.4f}")
+    assert diff <= tolerance
+    top2 = expected.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * tolerance
+    assert torch.equal(ours.argmax(-1)[clear], expected.argmax(-1)[clear])
+    print(f"greedy tokens identical at {int(clear.sum())} of {FORCED} positions with a clear margin")
+
+
+def test_a_memory_cap_is_enforced(qwen_shaped) -> None:
+    loaded = load_uncached(qwen_shaped, backend="marlin", device="cuda", engine="plain", gpu_memory_limit=4 * GIB)
+    assert loaded.facts.default_context <= 8192
+    with pytest.raises(torch.OutOfMemoryError):
+        torch.empty(5 * GIB, dtype=torch.uint8, device="cuda")
+    torch.cuda.set_per_process_memory_fraction(1.0)
