@@ -69,6 +69,7 @@ def prepare_checkpoint(folder: Path | None, shape: str) -> tuple[Path, float | N
     started = time.perf_counter()
     write_random_gptq_checkpoint(folder, shape, device="cuda", eos_token_id=None)
     save_qwen_tokenizer(folder)
+    free_memory()  # the writer's cached blocks would count against a --cap-gb limit
     return folder, time.perf_counter() - started
 
 
