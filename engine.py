@@ -108,9 +108,8 @@ class FastEngine:
         ]
         hidden = (slots, 1, model.shape.hidden_size)
         self.carried = [
-            tuple(torch.zeros(hidden, dtype=model.embed.dtype, device=seg.device) for _ in range(2))
-            for seg in model.segments
-        ]  # [i]: segment i's output (x, normed), on its card; the next segment's input is carried[i + 1]
+            torch.zeros(hidden, dtype=model.embed.dtype, device=seg.device) for seg in model.segments
+        ]  # [i]: segment i's output hidden state, on its card; the next segment's input is carried[i + 1]
         self.next_tokens = torch.zeros(slots, dtype=torch.long, device=out)
         self.logits = torch.zeros(slots, model.shape.vocab_size, dtype=torch.float32, device=out)
         self.graphs: dict[tuple[int, int, int, bool], torch.cuda.CUDAGraph] = {}  # (segment, rows, window, greedy)
@@ -134,14 +133,13 @@ class FastEngine:
         """
         positions = self.positions[index][:rows]
         last = index + 1 == len(self.model.segments)
-        x = self.tokens[:rows] if index == 0 else self.carried[index][0][:rows]
-        normed = None if index == 0 else self.carried[index][1][:rows]
-        x, normed = self.model.run_segment(index, x, normed, positions, window, CacheRows(), exact)
+        x = self.tokens[:rows] if index == 0 else self.carried[index][:rows]
+        x, normed = self.model.run_segment(index, x, positions, window, CacheRows(), exact)
         positions.add_(1).clamp_(max=self.parked_position)
         if not last:
-            self.carried[index][0][:rows].copy_(x)
-            self.carried[index][1][:rows].copy_(normed)
+            self.carried[index][:rows].copy_(x)
             return
+        assert normed is not None
         logits = self.model.logits(normed)[:, -1]
         self.logits[:rows].copy_(logits)  # kept for tests and teacher forcing
         chosen = sample(logits, self.sampling, greedy)
@@ -157,8 +155,7 @@ class FastEngine:
         """
         segments = len(self.model.segments)
         if index + 1 < segments:
-            for sent, received in zip(self.carried[index], self.carried[index + 1], strict=True):
-                received[:rows].copy_(sent[:rows])
+            self.carried[index + 1][:rows].copy_(self.carried[index][:rows])
         elif segments > 1:
             self.tokens[:rows].copy_(self.next_tokens[:rows].unsqueeze(-1))
 

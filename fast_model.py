@@ -250,10 +250,14 @@ class Block(nn.Module):
         self.attention, self.mlp, self.norm1, self.norm2 = attention, mlp, norm1, norm2
 
     def forward(self, x, normed, next_norm, ops, rope, cache, positions, mask, window, rows):
-        """`normed` is this block's input already normalised; returns the output and it normalised by `next_norm`."""
+        """`normed` is this block's input already normalised; returns the output and it normalised by `next_norm`
+        (None for the last layer on a card: the next card's first layer normalises, its weight is there)."""
         attended = self.attention(normed, rope, cache, positions, mask, window, rows, ops)
         x, normed = ops.add_norm(x, attended, self.norm2.weight, self.norm2.eps)
-        return ops.add_norm(x, self.mlp(normed, ops), next_norm.weight, next_norm.eps)
+        out = self.mlp(normed, ops)
+        if next_norm is None:
+            return x + out, None
+        return ops.add_norm(x, out, next_norm.weight, next_norm.eps)
 
 
 @dataclass(frozen=True)
@@ -342,28 +346,23 @@ class Transformer(nn.Module):
         return self.caches[0].k.shape[2] if self.caches else 0
 
     def run_segment(
-        self,
-        index: int,
-        x: torch.Tensor,
-        normed: torch.Tensor | None,
-        positions: torch.Tensor,
-        window: int,
-        rows: CacheRows,
-        exact: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, index: int, x: torch.Tensor, positions: torch.Tensor, window: int, rows: CacheRows, exact: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The layers of one segment, all tensors on its device; the first segment takes token ids as `x`.
 
-        Returns the hidden state and it normalised for the next layer (or, after the last, by the final norm).
+        Returns the hidden state, and after the last segment also it normalised by the final norm.
         """
         segment = self.segments[index]
         if index == 0:
             x = F.embedding(x, self.embed)
-            first = self.blocks[0].norm1
-            normed = self.ops.norm(x, first.weight, first.eps)
-        assert normed is not None
+        first = self.blocks[segment.first].norm1
+        normed = self.ops.norm(x, first.weight, first.eps)
         mask = None if exact else additive_mask(positions, window, self.embed.dtype)
         for i in range(segment.first, segment.end):
-            next_norm = self.blocks[i + 1].norm1 if i + 1 < len(self.blocks) else self.norm
+            if i + 1 == len(self.blocks):
+                next_norm = self.norm
+            else:
+                next_norm = self.blocks[i + 1].norm1 if i + 1 < segment.end else None
             x, normed = self.blocks[i](
                 x, normed, next_norm, self.ops, self.ropes[index], self.caches[i], positions, mask, window, rows
             )
@@ -392,9 +391,9 @@ class Transformer(nn.Module):
         rows = CacheRows(first_row, start)
         x, normed = tokens, None
         for index, segment in enumerate(self.segments):
-            if index:
-                x, normed, positions = (t.to(segment.device) for t in (x, normed, positions))  # type: ignore[union-attr]
-            x, normed = self.run_segment(index, x, normed, positions, window, rows, exact)
+            x, positions = x.to(segment.device), positions.to(segment.device)
+            x, normed = self.run_segment(index, x, positions, window, rows, exact)
+        assert normed is not None  # the last segment ends with the final norm
         return self.logits(normed, last_only, pick)
 
     def logits(self, normed: torch.Tensor, last_only: bool = True, pick: torch.Tensor | None = None) -> torch.Tensor:
