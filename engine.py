@@ -40,10 +40,14 @@ def window_buckets(length: int) -> list[int]:
     return [*buckets, length]
 
 
-def record(work: Callable[[], None], pool: object) -> torch.cuda.CUDAGraph:
-    """Capture `work` as a CUDA graph in the shared memory pool."""
+def record(work: Callable[[], None], pool: object, stream: torch.cuda.Stream) -> torch.cuda.CUDAGraph:
+    """Capture `work` as a CUDA graph in the card's memory pool, on the card's own side stream.
+
+    The stream must be that card's: `torch.cuda.graph` would otherwise capture on one default stream
+    made on whichever card came first, and a second card's kernels would run outside the capture.
+    """
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    with torch.cuda.graph(graph, pool=pool, stream=stream):
         work()
     return graph
 
@@ -173,45 +177,55 @@ class FastEngine:
             self.capture_on_cards(progress)
 
     def capture_on_cards(self, progress: Progress | None) -> None:
+        """Warm up, then capture, each segment on one side stream of its card (as vLLM and SGLang do): lazy
+        per-stream set-up (cuBLAS workspaces) happens in the warm-up, not in the middle of a capture."""
         started = time.perf_counter()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.inference_mode():
-            for steps in (8, 13):  # compile the fused ops for prompts (the second length makes them dynamic)
-                tokens = self.tokens.new_zeros(1, steps)
-                positions = torch.arange(steps, device=self.device).unsqueeze(0)
-                self.model(tokens, positions, steps, exact=True, start=0)
+        segments = self.model.segments
+        streams = [torch.cuda.Stream(device=segment.device) for segment in segments]
+        for stream in streams:
+            stream.wait_stream(torch.cuda.current_stream(stream.device))
+        with torch.inference_mode():
+            with torch.cuda.stream(streams[0]):
+                for steps in (8, 13):  # compile the fused ops for prompts (the second length makes them dynamic)
+                    tokens = self.tokens.new_zeros(1, steps)
+                    positions = torch.arange(steps, device=self.device).unsqueeze(0)
+                    self.model(tokens, positions, steps, exact=True, start=0)
+                for chunk in self.chunks:
+                    self.prefill_forward(chunk, self.window_for(chunk))
             for rows in self.rows:  # warm up kernels (compilation, lazy init) outside capture
                 for greedy in (True, False):
-                    self.step(rows, self.windows[0], greedy)
-            for chunk in self.chunks:
-                self.prefill_forward(chunk, self.window_for(chunk))
-        torch.cuda.current_stream().wait_stream(stream)
+                    for index, stream in enumerate(streams):
+                        with torch.cuda.stream(stream):
+                            self.stage(index, rows, self.windows[0], greedy)
+                        self.hand_over(index, rows)
+        for stream in streams:
+            torch.cuda.current_stream(stream.device).wait_stream(stream)
         keys = [
-            (i, r, w, g)
-            for i in range(len(self.model.segments))
-            for r in self.rows
-            for w in self.windows
-            for g in (True, False)
+            (i, r, w, g) for i in range(len(segments)) for r in self.rows for w in self.windows for g in (True, False)
         ]
         pools = {}  # one memory pool per card
         for n, (index, rows, window, greedy) in enumerate(keys):
             if progress:
                 message = f"Capturing decode graph {n + 1} of {len(keys)} ({rows} × window {window})"
                 progress(message, (n + 1) / len(keys))
-            with torch.cuda.device(self.model.segments[index].device):
+            with torch.cuda.device(segments[index].device):
                 if index not in pools:
                     pools[index] = torch.cuda.graph_pool_handle()
                 self.graphs[(index, rows, window, greedy)] = record(
                     lambda: self.stage(index, rows, window, greedy),  # noqa: B023
                     pools[index],
+                    streams[index],
                 )
         pieces = [(c, w) for c in self.chunks for w in self.windows if w >= c]
         for i, (chunk, window) in enumerate(pieces):
             if progress:
                 progress(f"Capturing prompt graph {i + 1} of {len(pieces)} ({chunk} tokens)", (i + 1) / len(pieces))
-            self.prefill_graphs[(chunk, window)] = record(lambda: self.prefill_forward(chunk, window), pools[0])  # noqa: B023
-        for segment in self.model.segments:
+            self.prefill_graphs[(chunk, window)] = record(
+                lambda: self.prefill_forward(chunk, window),  # noqa: B023
+                pools[0],
+                streams[0],
+            )
+        for segment in segments:
             torch.cuda.synchronize(segment.device)
         self.reset()  # warm-up wrote into the cache and moved the positions
         self.stats.graphs = len(self.graphs) + len(self.prefill_graphs)
