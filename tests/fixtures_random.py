@@ -51,11 +51,22 @@ def tiny_gptq_dir(tiny_gptq_weights: Path, tmp_path_factory: pytest.TempPathFact
     return directory
 
 
-@pytest.fixture(scope="session")
-def qwen_shaped(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight checkpoint with the exact Qwen1.5-0.5B-Chat shapes (24 layers, vocab 151,936), written
-    on the GPU (GPU tests only); no end-of-sequence."""
-    folder = tmp_path_factory.mktemp("qwen05b")
-    write_random_gptq_checkpoint(folder, "qwen1.5-0.5b", device="cuda", eos_token_id=None)
+def random_qwen(tmp_path_factory: pytest.TempPathFactory, shape: str) -> Path:
+    """A random-weight checkpoint with the exact shapes of a Qwen chat model, written on the GPU, with Qwen's
+    tokenizer and no end-of-sequence (GPU tests only)."""
+    folder = tmp_path_factory.mktemp(shape)
+    write_random_gptq_checkpoint(folder, shape, device="cuda", eos_token_id=None)
     add_qwen_tokenizer(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def qwen_shaped(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen1.5-0.5B-Chat's shapes (24 layers, vocab 151,936)."""
+    return random_qwen(tmp_path_factory, "qwen1.5-0.5b")
+
+
+@pytest.fixture(scope="session")
+def qwen7b_shaped(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen1.5-7B-Chat's shapes (32 layers; 5.9 GB): big enough that two cards share its layers evenly."""
+    return random_qwen(tmp_path_factory, "qwen1.5-7b")

@@ -21,10 +21,11 @@ def tokens() -> torch.Tensor:
     return forced_tokens()
 
 
-def test_engine_split_over_two_cards_matches_the_plain_split(qwen_shaped, tokens) -> None:
-    """Qwen1.5-0.5B shapes forced over cuda:0 and cuda:1 (24 layers: 12 + 12): the engine (one graph per card,
-    hidden state handed over between them) against transformers with the same placement as its device_map."""
-    plain = load_uncached(qwen_shaped, backend="marlin", device="cuda:0,1", engine="plain", context_length=1024)
+def test_engine_split_over_two_cards_matches_the_plain_split(qwen7b_shaped, tokens) -> None:
+    """Qwen1.5-7B shapes over cuda:0 and cuda:1 (the planner gives 16 + 16 layers: a 0.5B model's embedding
+    outweighs all its layers, so it would not split): the engine (one graph per card, the hidden state handed
+    over between them) against transformers with the same placement as its device_map."""
+    plain = load_uncached(qwen7b_shaped, backend="marlin", device="cuda:0,1", engine="plain", context_length=1024)
     assert plain.facts.device == "cuda:0,cuda:1"
     devices = {p.device.index for p in plain.model.parameters()}
     assert devices == {0, 1}
@@ -34,9 +35,10 @@ def test_engine_split_over_two_cards_matches_the_plain_split(qwen_shaped, tokens
     del plain, logits
     torch.cuda.empty_cache()
 
-    fast = load_uncached(qwen_shaped, backend="marlin", device="cuda:0,1", engine="fast", context_length=1024)
+    fast = load_uncached(qwen7b_shaped, backend="marlin", device="cuda:0,1", engine="fast", context_length=1024)
     engine = fast.engine
-    assert [s.device.index for s in engine.model.segments] == [0, 1] and "split over 2 devices" in engine.name
+    assert [(s.device.index, s.first, s.end) for s in engine.model.segments] == [(0, 0, 16), (1, 16, 32)]
+    assert "split over 2 devices" in engine.name
     assert engine.use_graphs and len(engine.graphs) == 2 * 2 * len(engine.windows)
     ours = teacher_forced(engine, [tokens.tolist()], [PROMPT])[0]
     scale = expected.abs().max().item()
