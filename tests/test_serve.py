@@ -29,6 +29,7 @@ from prompt import encode_chat
 from scheduler import Scheduler
 from serve import API_KEY_ENV, create_app, key_problem
 from tests.live_server import serving
+from tests.test_demo_model import QUESTIONS  # the demo model answers each right, each differently
 
 pytestmark = pytest.mark.slow
 
@@ -419,20 +420,6 @@ def test_a_failed_load_is_reported_by_health_and_requests() -> None:
 
 
 # -- many clients ----------------------------------------------------------------------------------------------
-
-# Questions the demo model answers right (tests/test_demo_model.py), each with a different answer.
-QUESTIONS = [
-    ("What is the capital of France?", r"\bParis\b"),
-    ("What is the capital of Japan?", r"\bTokyo\b"),
-    ("What is the capital of Germany?", r"\bBerlin\b"),
-    ("What is the capital of China?", r"\bBeijing\b"),
-    ("What is the capital of England?", r"\bLondon\b"),
-    ("What is the opposite of hot?", r"\bcold\b"),
-    ("How many legs does a dog have?", r"\b(4|four)\b"),
-    ("What is the chemical symbol for water?", r"\bH2O\b"),
-    ("What color is the sky on a clear day?", r"\bblue\b"),
-    ("What language is spoken in Spain?", r"\bSpanish\b"),
-]
 
 
 # Batching changes the order of bf16 sums on the CPU: a greedy choice may flip where two tokens' logits are this
