@@ -12,16 +12,19 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from checkpoint import CheckpointInfo, find_checkpoint
 from generation import Engine, PlainEngine
 from kernels import KernelChoice, choose_kernel
-from placement import Placement
+from placement import GpuSpec, Placement
 from scheduler import DEFAULT_QUEUE_LIMIT, Scheduler
+
+if TYPE_CHECKING:
+    from vram_planner import ModelShape
 
 log = logging.getLogger(__name__)
 
@@ -106,21 +109,35 @@ def default_context(info: CheckpointInfo, device: str, free_bytes: int | None, s
 def place_on_gpus(
     info: CheckpointInfo, device: str, context_length: int | None, path: str, slots: int, limit: int | None = None
 ) -> tuple[str, Placement | None, int | None]:
-    """Over several GPUs (every visible one for "cuda", the named ones for "cuda:0,1"): the main card, the
-    placement when the layers must be split (else None: one card holds the model), and the context planned.
-
-    Named cards are used together; otherwise a model goes on one card when one holds it. A placement that
-    cannot fit raises `PlacementRefused` (with the numbers and the longest context that would) before loading.
-    """
+    """Over several GPUs (every visible one for "cuda", the named ones for "cuda:0,1"), capped at `limit` bytes
+    each: see `choose_placement`. One visible card: `device` as it is."""
     from gpu_memory import cap_gpus, gpus_for
-    from placement import largest_context, plan_placement
 
-    named = ":" in device
     gpus = gpus_for(device)
     if limit:
         gpus = cap_gpus(gpus, limit)
     if len(gpus) < 2:
         return device, None, context_length
+    return choose_placement(info, gpus, ":" in device, context_length, path, slots)
+
+
+def choose_placement(
+    info: CheckpointInfo | ModelShape,
+    gpus: Sequence[GpuSpec],
+    named: bool,
+    context_length: int | None,
+    path: str,
+    slots: int,
+) -> tuple[str, Placement | None, int | None]:
+    """The main card, the placement when the layers must be split (else None: one card holds the model), and
+    the context planned (the longest that fits, up to the usual cap, when none was asked for).
+
+    Cards the user named are used together; otherwise a model goes on one card when one holds it. A placement
+    that cannot fit raises `PlacementRefused` (with the numbers and the longest context that would) before
+    anything loads.
+    """
+    from placement import largest_context, plan_placement
+
     fits = largest_context(info, gpus, path=path, slots=slots)
     context = context_length or min(DEFAULT_GPU_CONTEXT_CAP, info.max_position_embeddings, max(fits // 256 * 256, 256))
     placement = plan_placement(info, gpus, context, path=path, slots=slots, split=named)

@@ -291,3 +291,22 @@ def test_switching_to_a_model_that_needs_two_cards_is_checked_over_both() -> Non
     short = [GpuSpec(i, 24 * GIB, 15 * GIB) for i in range(2)]
     assert split_fit_problem(big, short) is not None
     assert split_fit_problem(big, short, freed=18 * GIB) is None
+
+
+def test_the_loader_splits_only_what_one_card_cannot_hold() -> None:
+    """`model_loader.choose_placement`, the loader's decision on several cards."""
+    from model_loader import DEFAULT_GPU_CONTEXT_CAP, choose_placement
+
+    two = standard_gpus(2, 24)
+    main, placement, context = choose_placement(shape("qwen1.5-7b"), two, False, None, "fast", 1)
+    assert (main, placement, context) == ("cuda:0", None, None)  # one card holds it: as on a one-GPU machine
+    main, placement, context = choose_placement(shape("qwen1.5-7b"), two, True, 4096, "fast", 1)  # "cuda:0,1"
+    assert placement is not None and context == 4096 and [c.layers for c in placement.cards] == [16, 16]
+    big = shape("qwen1.5-72b")
+    main, placement, context = choose_placement(big, two, False, None, "fast", 1)
+    longest = largest_context(big, two, path="fast")
+    assert placement is not None and main == "cuda:0"
+    assert context == min(longest // 256 * 256, DEFAULT_GPU_CONTEXT_CAP) and longest - 256 < context <= longest
+    assert placement.layer_devices() == [0] * 40 + [1] * 40
+    with pytest.raises(PlacementRefused, match="longest context that fits"):
+        choose_placement(big, two, False, 8192, "fast", 1)
