@@ -27,7 +27,9 @@ doctor (for a downloaded checkpoint, from its config.json and real file sizes). 
     overhead    OVERHEAD_BYTES per card: caching-allocator fragmentation and small buffers. A guess until a
                 GPU run calibrates it; one named constant to change. The other terms reproduce the peak
                 VRAM that NOTES.md reports for the 7B shape on an H100 (6.1 / 11.3 / 17.0 GB at 128 / 4k /
-                8k-token prompts, raw forward, static cache) within +3..+14 % (tests/test_vram_planner.py).
+                8k-token prompts, raw forward, static cache) within +3..+14 % (tests/test_vram_planner.py);
+                against peaks measured through `generate` and the fast engine (tests/test_doctor_gpu.py, H100,
+                2k and 8k contexts) the whole plan is within ±0.8 % (BENCHMARKS.md).
 
 The fast engine (``path="fast"``: engine.py, fast_model.py) needs the same weights and the same KV cache, but
 allocates the cache once for the whole `context` and runs its own prefill: fused q/k/v and gate/up outputs
