@@ -26,7 +26,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Chat with a GPTQ-Int4 model in the browser.")
     parser.add_argument("--model", help="model folder or id (default: the first downloaded model, else the demo)")
     parser.add_argument("--backend", default="auto", help="GPTQ kernel: auto, marlin, exllama_v2, triton, torch")
-    parser.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
+    parser.add_argument(
+        "--device", default=None, help="cuda (every GPU, split if needed), cuda:1, cuda:0,1 (split over those) or cpu"
+    )
     parser.add_argument("--engine", default="auto", help="auto, fast (CUDA graphs) or plain (transformers generate)")
     parser.add_argument(
         "--slots", type=int, default=1, help="replies the fast engine writes at once; each has its own KV cache"

@@ -383,7 +383,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--api-key", help=f"require this key (or set {API_KEY_ENV}); required unless --host is loopback"
     )
     parser.add_argument("--backend", default="auto", help="GPTQ kernel: auto, marlin, exllama_v2, triton, torch")
-    parser.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
+    parser.add_argument(
+        "--device", default=None, help="cuda (every GPU, split if needed), cuda:1, cuda:0,1 (split over those) or cpu"
+    )
     parser.add_argument("--engine", default="auto", help="auto, fast (CUDA graphs, batching) or plain")
     parser.add_argument("--slots", type=int, default=1, help="sequences decoded together (the fast engine)")
     parser.add_argument("--context", type=int, default=None, help="tokens per request, prompt and reply")
