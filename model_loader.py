@@ -273,6 +273,8 @@ def load_uncached(
         )
         model.eval()
         runner = PlainEngine(model, tokenizer)
+        if slots > 1:
+            log.warning("%d slots asked for; the plain path (%s) answers one at a time", slots, engine_reason)
         max_context = info.max_position_embeddings
     layers = quantized_modules(model)
     if not layers:
