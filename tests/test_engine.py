@@ -15,6 +15,7 @@ from generation import SamplingSettings, checkpoint_defaults
 from model_loader import load
 from prompt import encode_chat, with_system
 from scheduler import Scheduler
+from tests.near_tie import assert_near_tie
 
 pytestmark = pytest.mark.slow
 QUESTIONS = ["What is the capital of France?", "Name three colors.", "How many days are in a week?"]
@@ -124,7 +125,7 @@ def batched(demo_model_dir):
     return load(demo_model_dir, device="cpu", engine="fast", context_length=512, slots=4)
 
 
-def test_batched_requests_each_get_their_own_answer(paths, batched) -> None:
+def test_batched_requests_each_get_their_own_answer(paths, batched, demo_model_dir) -> None:
     """Four questions decoded together, joining at different times, give the texts each gets alone."""
     _, fast = paths
     alone = {q: complete_reply(fast.scheduler, fast.tokenizer, ask(q), greedy(fast, 24)).text for q in QUESTIONS}
@@ -143,7 +144,11 @@ def test_batched_requests_each_get_their_own_answer(paths, batched) -> None:
     while any(thread.is_alive() for thread in threads):
         together = max(together, batched.scheduler.stats().active)
         time.sleep(0.005)
-    assert answers == alone
+    for question in questions:
+        if answers[question] != alone[question]:  # batching may flip a near tie (tests/near_tie.py)
+            settings = greedy(fast).sampling
+            messages = with_system(greedy(fast).system_prompt, ask(question))
+            assert_near_tie(demo_model_dir, settings, messages, alone[question], answers[question])
     assert together >= 3  # they really were decoded in the same steps
     assert batched.scheduler.stats().served >= len(questions) and wait_until_idle(batched.scheduler)
 

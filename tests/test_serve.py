@@ -29,6 +29,7 @@ from prompt import encode_chat
 from scheduler import Scheduler
 from serve import API_KEY_ENV, create_app, key_problem
 from tests.live_server import serving
+from tests.near_tie import assert_near_tie
 from tests.test_demo_model import QUESTIONS  # the demo model answers each right, each differently
 
 pytestmark = pytest.mark.slow
@@ -422,38 +423,6 @@ def test_a_failed_load_is_reported_by_health_and_requests() -> None:
 # -- many clients ----------------------------------------------------------------------------------------------
 
 
-# Batching changes the order of bf16 sums on the CPU: a greedy choice may flip where two tokens' logits are this
-# close, relative to the largest logit (measured: a few thousandths; a real difference is far larger).
-NEAR_TIE = 0.01
-
-
-def assert_near_tie(model_dir: Path, penalty: float, question: str, alone: str, together: str) -> None:
-    """Explain a batched answer that differs from the one asked alone: at the first differing token, the two
-    tokens were (next to) tied, as the plain path's logits for the common prefix show once the repetition
-    penalty (which both paths apply to tokens already seen) is applied."""
-    import torch
-
-    loaded = load(model_dir, device="cpu", engine="plain")
-    tokenizer = loaded.tokenizer
-    a = tokenizer.encode(alone, add_special_tokens=False)
-    b = tokenizer.encode(together, add_special_tokens=False)
-    first = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
-    prefix = encode_chat(tokenizer, [{"role": "user", "content": question}]) + a[:first]
-    with torch.inference_mode():
-        logits = loaded.model(torch.tensor([prefix])).logits[0, -1].float()
-
-    def penalised(token: int) -> float:
-        value = logits[token].item()
-        if token not in prefix:
-            return value
-        return value / penalty if value > 0 else value * penalty
-
-    gap = abs(penalised(a[first]) - penalised(b[first]))
-    scale = logits.abs().max().item()
-    print(f"first difference at token {first}: {penalised(a[first]):.3f} vs {penalised(b[first]):.3f} of {scale:.2f}")
-    assert gap <= NEAR_TIE * scale, (question, alone, together, gap, scale)
-
-
 def test_sixteen_clients_at_once_each_get_their_own_answer(api: tuple[ServedModel, str], demo_model_dir: Path) -> None:
     """Greedy answers decoded together (batched on the fast engine) equal each question's answer asked alone."""
     served, base_url = api
@@ -489,9 +458,8 @@ def test_sixteen_clients_at_once_each_get_their_own_answer(api: tuple[ServedMode
     for index, (question, pattern) in enumerate(asked):
         assert re.search(pattern, answers[index], re.IGNORECASE), (question, answers[index])
         if answers[index] != alone[question]:
-            assert_near_tie(
-                demo_model_dir, served.defaults.repetition_penalty, question, alone[question], answers[index]
-            )
+            messages = [{"role": "user", "content": question}]
+            assert_near_tie(demo_model_dir, served.defaults, messages, alone[question], answers[index])
     assert served.scheduler.stats().active == 0 and served.scheduler.stats().waiting == 0
 
 
