@@ -8,30 +8,16 @@ from pathlib import Path
 import pytest
 
 from checkpoint import CheckpointInfo
+from doctor import typical_checkpoint
 from kernels import KERNELS, KernelError, choose_kernel
 
 HOPPER, AMPERE, TURING, PASCAL = (9, 0), (8, 0), (7, 5), (6, 1)
 
 
 def qwen7b(**changes) -> CheckpointInfo:
-    info = CheckpointInfo(
-        path=Path("/models/Qwen1.5-7B-Chat-GPTQ-Int4"),
-        model_type="qwen2",
-        architecture="Qwen2ForCausalLM",
-        bits=4,
-        group_size=128,
-        sym=True,
-        desc_act=False,
-        checkpoint_format="gptq",
-        hidden_size=4096,
-        num_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=151936,
-        max_position_embeddings=32768,
-        weight_files=(),
-        weight_bytes=5_900_000_000,
-        has_chat_template=True,
+    """Qwen1.5-7B-Chat-GPTQ-Int4 as the kernel choice sees it: the doctor's typical checkpoint, with its size."""
+    info = dataclasses.replace(
+        typical_checkpoint(), path=Path("/models/Qwen1.5-7B-Chat-GPTQ-Int4"), weight_bytes=5_900_000_000
     )
     return dataclasses.replace(info, **changes)
 
