@@ -79,9 +79,9 @@ def random_prompt(length: int, seed: int) -> list[int]:
 
 def card_indices(device: str) -> list[int]:
     """ "cuda" → the current card; "cuda:0,1" → [0, 1]."""
-    if ":" not in device:
-        return [torch.cuda.current_device()]
-    return [int(i) for i in device.split(":", 1)[1].split(",")]
+    from gpu_memory import named_gpus
+
+    return named_gpus(device) or [torch.cuda.current_device()]
 
 
 def measure(engine: Engine, name: str, prompt_len: int, settings: SamplingSettings, cards: list[int]) -> Measurement:

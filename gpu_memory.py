@@ -22,11 +22,16 @@ def visible_gpus(indices: Sequence[int] | None = None) -> list[GpuSpec]:
     return gpus
 
 
+def named_gpus(device: str) -> list[int] | None:
+    """The card indices a device string names ("cuda:1" → [1], "cuda:0,1" → [0, 1]); None for plain "cuda"."""
+    return [int(i) for i in device.split(":", 1)[1].split(",")] if ":" in device else None
+
+
 def gpus_for(device: str) -> list[GpuSpec]:
     """The cards a device string names: "cuda" every visible one, "cuda:1" that one, "cuda:0,1" those."""
     if not device.startswith("cuda"):
         return []
-    return visible_gpus([int(i) for i in device.split(":", 1)[1].split(",")] if ":" in device else None)
+    return visible_gpus(named_gpus(device))
 
 
 def cap_gpus(gpus: Sequence[GpuSpec], limit_bytes: int) -> list[GpuSpec]:
