@@ -155,6 +155,7 @@ def main() -> None:
     parser.add_argument("--skip-plain", action="store_true")
     parser.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--sampled", action="store_true", help="also time sampled decoding (temperature 0.7)")
+    parser.add_argument("--chat", action="store_true", help="also answer one chat message (chat template, tokenizer)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -243,10 +244,31 @@ def time_engine(folder: Path, variant: str, prompts: list[int], args, report: di
     if args.sampled:
         sampled = SamplingSettings(max_new_tokens=args.new_tokens, temperature=0.7, top_p=0.8, top_k=20)
         results.append(measure(scheduler, f"engine ({variant}, sampled)", prompts[0], sampled, cards))
+    if args.chat:
+        report[f"engine_{variant}_chat"] = chat_turn(scheduler, folder, args.context)
     scheduler.close()
     for result in results:
         print(result)
     return results
+
+
+def chat_turn(engine: Engine, folder: Path, context: int) -> dict:
+    """One turn of the page's chat through the loaded model: the checkpoint's tokenizer, its chat template,
+    sampling, streamed detokenization (random weights: the words are noise, the path is the real one)."""
+    from transformers import AutoTokenizer
+
+    from chat import ChatSettings, complete_reply
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    settings = ChatSettings(SamplingSettings(max_new_tokens=32), context_length=context)
+    reply = complete_reply(engine, tokenizer, [{"role": "user", "content": "你好！请用一句话介绍你自己。"}], settings)
+    stats = reply.stats
+    print(
+        f"chat: {stats.prompt_tokens} prompt tokens, {stats.new_tokens} reply tokens at "
+        f"{stats.tokens_per_second:.1f} tokens/s, first after {stats.first_token_seconds * 1e3:.0f} ms: "
+        f"{reply.text[:40]!r}"
+    )
+    return {"prompt_tokens": stats.prompt_tokens, "new_tokens": stats.new_tokens, "text": reply.text}
 
 
 def time_plain(folder: Path, prompts: list[int], args, report: dict) -> list[Measurement]:

@@ -107,11 +107,11 @@ def generate(loaded, prompt_length: int) -> list[int]:
 
     settings = SamplingSettings(max_new_tokens=NEW_TOKENS, temperature=0.0, repetition_penalty=1.0)
     prompt = torch.randint(1000, 100_000, (prompt_length,), generator=torch.Generator().manual_seed(0)).tolist()
-    return list(loaded.engine.generate(prompt, settings, threading.Event()))
+    return list(loaded.scheduler.generate(prompt, settings, threading.Event()))  # as the page asks
 
 
 def free_cuda() -> None:
-    """Give back what the previous load held (its last reference is gone once its test returned)."""
+    """Give back what the previous load held (its last reference is gone once its test closed its scheduler)."""
     gc.collect()
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
@@ -161,6 +161,7 @@ def test_planner_matches_the_plain_path_peak_at_2k_and_8k(qwen7b: Path) -> None:
             compare(qwen7b, "plain", context, prompt, load_peak, torch.cuda.max_memory_allocated(), base)
             load_peak = 0  # the load's peak counts once, against the first context
     finally:
+        loaded.scheduler.close()  # its worker holds the model
         del loaded
         free_cuda()
 
@@ -181,5 +182,6 @@ def test_planner_matches_the_fast_engine_peak(qwen7b: Path, context: int) -> Non
         assert len(generate(loaded, prompt)) == NEW_TOKENS
         compare(qwen7b, "fast", context, prompt, load_peak, torch.cuda.max_memory_allocated(), base)
     finally:
+        loaded.scheduler.close()  # its worker holds the model
         del loaded
         free_cuda()

@@ -51,7 +51,7 @@ def teacher_forced(engine, sequences: list[list[int]], prompts: list[int]) -> li
     for step in range(FORCED - 1):
         for slot, (ids, prompt) in enumerate(zip(sequences, prompts, strict=True)):
             engine.tokens[slot, 0] = ids[prompt + step]
-            engine.positions[slot, 0] = prompt + step
+            engine.set_position(slot, prompt + step)
         engine.decode(rows, max(prompts) + step + 1, greedy=True)
         for slot in range(rows):
             logits[slot].append(engine.logits[slot].clone())
