@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -84,7 +85,30 @@ def card_indices(device: str) -> list[int]:
     return named_gpus(device) or [torch.cuda.current_device()]
 
 
-def measure(engine: Engine, name: str, prompt_len: int, settings: SamplingSettings, cards: list[int]) -> Measurement:
+@dataclass
+class CardPeaks:
+    """Each card's peak of torch's allocator during a generation: this process's cards, or, for a tensor-parallel
+    engine, every card's process's (each holds one card; this one must not touch the others)."""
+
+    cards: list[int]
+    tensor_parallel: Any = None
+
+    def reset(self) -> None:
+        for card in self.cards:
+            torch.cuda.synchronize(card)
+            torch.cuda.reset_peak_memory_stats(card)
+        if self.tensor_parallel is not None:
+            self.tensor_parallel.ask_every_card("reset_peak_memory")
+
+    def read(self) -> list[float]:
+        for card in self.cards:
+            torch.cuda.synchronize(card)
+        if self.tensor_parallel is not None:
+            return [peak / 1e9 for peak in self.tensor_parallel.ask_every_card("peak_memory")]
+        return [torch.cuda.max_memory_allocated(card) / 1e9 for card in self.cards]
+
+
+def measure(engine: Engine, name: str, prompt_len: int, settings: SamplingSettings, memory: CardPeaks) -> Measurement:
     """Time to first token and steady decode speed of one generation; the first token is not counted in decode.
 
     A generation with another prompt runs first, so one-time work (lazy initialisation) is not
@@ -94,17 +118,13 @@ def measure(engine: Engine, name: str, prompt_len: int, settings: SamplingSettin
     warm = SamplingSettings(max_new_tokens=2, temperature=settings.temperature)
     list(engine.generate(random_prompt(prompt_len - 3, seed=prompt_len + 1), warm, threading.Event()))
     prompt = random_prompt(prompt_len, seed=prompt_len)
-    for card in cards:
-        torch.cuda.synchronize(card)
-        torch.cuda.reset_peak_memory_stats(card)
+    memory.reset()
     started = time.perf_counter()
     stamps = []
     for _ in engine.generate(prompt, settings, threading.Event()):
         stamps.append(time.perf_counter())
-    for card in cards:
-        torch.cuda.synchronize(card)
+    peaks = memory.read()
     decode = (stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1)
-    peaks = [torch.cuda.max_memory_allocated(card) / 1e9 for card in cards]
     return Measurement(
         path=name,
         prompt_tokens=prompt_len,
@@ -112,7 +132,7 @@ def measure(engine: Engine, name: str, prompt_len: int, settings: SamplingSettin
         first_token_ms=(stamps[0] - started) * 1e3,
         decode_tokens_per_s=1.0 / decode,
         peak_vram_gb=max(peaks),
-        peak_per_card_gb=peaks if len(cards) > 1 else None,
+        peak_per_card_gb=peaks if len(peaks) > 1 else None,
     )
 
 
@@ -151,6 +171,9 @@ def main() -> None:
         "--variants",
         default="sdpa",
         help="engine variants to time: sdpa, matmul (decode attention), sdpa-fp16reduce (Marlin without fp32 reduce)",
+    )
+    parser.add_argument(
+        "--tensor-parallel", action="store_true", help="the engine with every layer split over the --device cards"
     )
     parser.add_argument("--skip-plain", action="store_true")
     parser.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)  # the child process
@@ -201,32 +224,11 @@ def main() -> None:
 
 
 def time_engine(folder: Path, variant: str, prompts: list[int], args, report: dict) -> list[Measurement]:
-    from checkpoint import find_checkpoint
-    from engine import load_engine
-    from model_loader import place_on_gpus
-    from vram_planner import CUDA_CONTEXT_BYTES, OVERHEAD_BYTES
-
     attention, _, reduce = variant.partition("-")
     free_memory()
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    info = find_checkpoint(folder)
-    device, placement, _ = place_on_gpus(info, args.device, args.context, "fast", 1, memory_limit(args))
-    if placement:
-        print(placement.summary())
-        # What the planner expects torch's allocator to hold on each card (its total less context and slack).
-        report["planned_per_card_gb"] = [
-            (card.total - CUDA_CONTEXT_BYTES - OVERHEAD_BYTES) / 1e9 for card in placement.cards
-        ]
-    layer_devices = [torch.device(f"cuda:{i}") for i in placement.layer_devices()] if placement else None
-    engine = load_engine(
-        folder,
-        "marlin",
-        torch.device(device),
-        args.context,
-        decode_attention=attention,
-        layer_devices=layer_devices,
-    )
+    engine, memory = load_for_timing(folder, attention, args, report)
     if reduce == "fp16reduce":
         for module in engine.model.modules():
             if hasattr(module, "fp32"):
@@ -239,17 +241,48 @@ def time_engine(folder: Path, variant: str, prompts: list[int], args, report: di
     report[f"engine_{variant}_graphs"] = engine.stats.graphs
     scheduler = Scheduler(engine)  # what the page and the API use
     greedy = SamplingSettings(max_new_tokens=args.new_tokens, temperature=0.0, repetition_penalty=1.0)
-    cards = card_indices(args.device)
-    results = [measure(scheduler, f"engine ({variant})", length, greedy, cards) for length in prompts]
+    label = f"engine ({variant}{', tensor parallel' if args.tensor_parallel else ''})"
+    results = [measure(scheduler, label, length, greedy, memory) for length in prompts]
     if args.sampled:
         sampled = SamplingSettings(max_new_tokens=args.new_tokens, temperature=0.7, top_p=0.8, top_k=20)
-        results.append(measure(scheduler, f"engine ({variant}, sampled)", prompts[0], sampled, cards))
+        results.append(measure(scheduler, f"{label[:-1]}, sampled)", prompts[0], sampled, memory))
     if args.chat:
         report[f"engine_{variant}_chat"] = chat_turn(scheduler, folder, args.context)
     scheduler.close()
     for result in results:
         print(result)
     return results
+
+
+def load_for_timing(folder: Path, attention: str, args, report: dict) -> tuple[Any, CardPeaks]:
+    """The engine as the loader would place it (one card, layers split, or tensor parallel), and its cards."""
+    from checkpoint import find_checkpoint
+    from engine import load_engine
+    from model_loader import place_on_gpus
+    from vram_planner import CUDA_CONTEXT_BYTES, OVERHEAD_BYTES
+
+    cards = card_indices(args.device)
+    if args.tensor_parallel:
+        from tensor_parallel import load_tensor_parallel
+
+        devices = [torch.device(f"cuda:{card}") for card in cards]
+        engine = load_tensor_parallel(
+            folder, "marlin", devices, args.context, torch.float16, None, attention, 1, memory_limit(args)
+        )
+        return engine, CardPeaks(cards[:1], engine)
+    info = find_checkpoint(folder)
+    device, placement, _ = place_on_gpus(info, args.device, args.context, "fast", 1, memory_limit(args))
+    if placement:
+        print(placement.summary())
+        # What the planner expects torch's allocator to hold on each card (its total less context and slack).
+        report["planned_per_card_gb"] = [
+            (card.total - CUDA_CONTEXT_BYTES - OVERHEAD_BYTES) / 1e9 for card in placement.cards
+        ]
+    layer_devices = [torch.device(f"cuda:{i}") for i in placement.layer_devices()] if placement else None
+    engine = load_engine(
+        folder, "marlin", torch.device(device), args.context, decode_attention=attention, layer_devices=layer_devices
+    )
+    return engine, CardPeaks(cards)
 
 
 def chat_turn(engine: Engine, folder: Path, context: int) -> dict:
@@ -285,8 +318,8 @@ def time_plain(folder: Path, prompts: list[int], args, report: dict) -> list[Mea
     )
     report["plain_load_s"] = time.perf_counter() - started
     few = SamplingSettings(max_new_tokens=args.plain_new_tokens, temperature=0.0, repetition_penalty=1.0)
-    cards = card_indices(args.device)
-    results = [measure(plain.engine, "plain (transformers generate)", length, few, cards) for length in prompts]
+    memory = CardPeaks(card_indices(args.device))
+    results = [measure(plain.engine, "plain (transformers generate)", length, few, memory) for length in prompts]
     for result in results:
         print(result)
     return results

@@ -45,9 +45,11 @@ def record(work: Callable[[], None], pool: object, stream: torch.cuda.Stream) ->
 
     The stream must be that card's: `torch.cuda.graph` would otherwise capture on one default stream
     made on whichever card came first, and a second card's kernels would run outside the capture.
+    Capture errors are this thread's only: NCCL's watchdog thread (tensor parallelism) may query its
+    events meanwhile, which "global" mode would count against the capture.
     """
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool, stream=stream):
+    with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
         work()
     return graph
 
@@ -146,7 +148,7 @@ class FastEngine:
         assert normed is not None
         logits = self.model.logits(normed)[:, -1]
         self.logits[:rows].copy_(logits)  # kept for tests and teacher forcing
-        chosen = sample(logits, self.sampling, greedy)
+        chosen = self.model.agree(sample(logits, self.sampling, greedy))
         self.next_tokens[:rows].copy_(chosen)
         self.sampling.seen[:rows].scatter_(1, chosen.unsqueeze(-1), True)
         if index == 0:
@@ -242,6 +244,11 @@ class FastEngine:
         for positions in self.positions:
             positions[slot, 0] = position
 
+    def feed(self, slot: int, token: int, position: int) -> None:
+        """Make `token` the slot's next input, at `position`, instead of the one it chose (teacher forcing)."""
+        self.tokens[slot, 0] = token
+        self.set_position(slot, position)
+
     def decode(self, rows: int, length: int, greedy: bool) -> None:
         """One step for the first `rows` slots, the longest holding `length` cache entries after it."""
         if not self.use_graphs:
@@ -304,7 +311,7 @@ class FastEngine:
         prompt = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
         self.sampling.configure(slot, settings, prompt.to(self.next_tokens.device))
         logits = self.prefill_logits(prompt, reuse, slot)
-        first = sample(logits, self.sampling.row(slot), greedy=settings.temperature == 0)
+        first = self.model.agree(sample(logits, self.sampling.row(slot), greedy=settings.temperature == 0))
         self.next_tokens[slot : slot + 1].copy_(first)
         self.tokens[slot : slot + 1, 0].copy_(first)
         self.set_position(slot, len(prompt_ids))

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from quant_linear import GPTQ_PARTS, GPTQSettings, build_quant_linear, fuse_gptq_tensors
+from quant_linear import GPTQ_PARTS, GPTQSettings, build_quant_linear, columns_of, fuse_gptq_tensors, rows_of
 
 SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM")
 
@@ -69,6 +70,37 @@ class ModelShape:
             max_position_embeddings=int(config.get("max_position_embeddings", 4096)),
         )
 
+    def split(self, world: int) -> ModelShape:
+        """One card's part under tensor parallelism: 1/world of the attention heads and of the MLP's rows."""
+        return replace(
+            self,
+            num_heads=self.num_heads // world,
+            num_kv_heads=self.num_kv_heads // world,
+            intermediate_size=self.intermediate_size // world,
+        )
+
+
+TILE = 128  # a card's share of an input dimension: whole GPTQ groups and Marlin tiles
+OUTPUT_TILE = 64  # of an output dimension: whole Marlin tiles
+
+
+def tensor_parallel_problem(shape: ModelShape, settings: GPTQSettings, world: int) -> str | None:
+    """Why this model cannot be split `world` ways by tensor parallelism, or None when it can."""
+    local = shape.split(world)
+    widths = {  # what is split, into shares of what width, in tiles of what size
+        "attention heads": (shape.num_heads, local.num_heads * shape.head_dim, TILE),  # o_proj's input: groups
+        "key/value heads": (shape.num_kv_heads, local.num_kv_heads * shape.head_dim, OUTPUT_TILE),
+        "MLP rows": (shape.intermediate_size, local.intermediate_size, TILE),  # down_proj's input: groups
+    }
+    for what, (count, width, tile) in widths.items():
+        if count % world or width % tile:
+            return f"its {count} {what} do not split into {world} parts of whole {tile}-wide tiles"
+    if shape.vocab_size % world:
+        return f"its vocabulary of {shape.vocab_size} does not split into {world} equal parts"
+    if settings.desc_act:
+        return "act-order (desc_act) checkpoints are not split by tensor parallelism"
+    return None
+
 
 class RMSNorm(nn.Module):
     """Holds a norm's weight; the arithmetic is in `rms_norm`, so it can be fused with what comes before."""
@@ -113,6 +145,53 @@ def silu_mul(gate_up: torch.Tensor, intermediate: int) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def whole(x: torch.Tensor) -> torch.Tensor:
+    """A projection's output on one card is already the whole sum."""
+    return x
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a tensor-parallel model: card `rank` of `world`, one process each.
+
+    Every card holds 1/world of each layer's heads and MLP rows (q/k/v and gate/up split by output
+    features, o and down by input features) and of the vocabulary, so a decode step reads 1/world of
+    the weights on each card at once. The partial sums of o and down are added over the cards (an
+    all-reduce through `torch.distributed`, NCCL on GPUs, captured in the CUDA graphs with the rest).
+    """
+
+    rank: int
+    world: int
+
+    def reduce(self, x: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(x)
+        return x
+
+    def rows(self, count: int) -> tuple[int, int]:
+        """This card's share of `count` rows (heads' features, MLP rows, vocabulary entries)."""
+        size = count // self.world
+        return self.rank * size, (self.rank + 1) * size
+
+    def embed(self, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Look up the ids this card's part of the vocabulary holds (zeros for the others), then sum."""
+        local = ids - self.rank * table.shape[0]
+        outside = (local < 0) | (local >= table.shape[0])
+        x = F.embedding(local.masked_fill(outside, 0), table).masked_fill(outside.unsqueeze(-1), 0)
+        return self.reduce(x)
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor:
+        """Every card's logits for its part of the vocabulary, side by side: the whole vocabulary on every card."""
+        parts = [torch.empty_like(local) for _ in range(self.world)]
+        dist.all_gather(parts, local.contiguous())
+        return torch.cat(parts, dim=-1)
+
+    def agree(self, chosen: torch.Tensor) -> torch.Tensor:
+        """The first card's choice of tokens, on every card (sampling draws random numbers on each)."""
+        chosen = chosen.contiguous()
+        dist.broadcast(chosen, src=0)
+        return chosen
+
+
 @dataclass(frozen=True)
 class SmallOps:
     """The elementwise work between GEMMs. Eager by default (the plain path's exact numerics);
@@ -124,6 +203,7 @@ class SmallOps:
     add_norm: Callable = add_rms_norm
     rotate: Callable = split_rotate
     silu_mul: Callable = silu_mul
+    reduce: Callable = whole  # sums a projection's partial outputs over the cards (tensor parallelism)
 
     @classmethod
     def compiled(cls) -> SmallOps:
@@ -252,9 +332,9 @@ class Block(nn.Module):
     def forward(self, x, normed, next_norm, ops, rope, cache, positions, mask, window, rows):
         """`normed` is this block's input already normalised; returns the output and it normalised by `next_norm`
         (None for the last layer on a card: the next card's first layer normalises, its weight is there)."""
-        attended = self.attention(normed, rope, cache, positions, mask, window, rows, ops)
+        attended = ops.reduce(self.attention(normed, rope, cache, positions, mask, window, rows, ops))
         x, normed = ops.add_norm(x, attended, self.norm2.weight, self.norm2.eps)
-        out = self.mlp(normed, ops)
+        out = ops.reduce(self.mlp(normed, ops))
         if next_norm is None:
             return x + out, None
         return ops.add_norm(x, out, next_norm.weight, next_norm.eps)
@@ -293,7 +373,7 @@ def additive_mask(positions: torch.Tensor, window: int, dtype: torch.dtype) -> t
 
 class Transformer(nn.Module):
     """The decoder; its layers may lie on several devices (`segments`), the embedding with the first and the
-    final norm and head with the last."""
+    final norm and head with the last. With a `shard`, this process's part of a tensor-parallel model."""
 
     def __init__(
         self,
@@ -303,6 +383,7 @@ class Transformer(nn.Module):
         norm: RMSNorm,
         head: torch.Tensor | None,
         segments: list[Segment] | None = None,
+        shard: Shard | None = None,
     ):
         super().__init__()
         self.shape = shape
@@ -315,11 +396,16 @@ class Transformer(nn.Module):
         self.head = nn.Parameter(head, requires_grad=False)
         self.caches: list[KVCache] = []
         self.ropes: list[torch.Tensor] = []  # per segment
-        self.ops = SmallOps()
+        self.shard = shard
+        self.ops = SmallOps(reduce=shard.reduce) if shard else SmallOps()
 
     def compile_small_ops(self) -> None:
         """Fuse the elementwise work with torch.compile (GPU); compiled on first use."""
-        self.ops = SmallOps.compiled()
+        self.ops = replace(SmallOps.compiled(), reduce=self.ops.reduce)
+
+    def agree(self, chosen: torch.Tensor) -> torch.Tensor:
+        """Sampled tokens, the same on every card of a tensor-parallel model."""
+        return self.shard.agree(chosen) if self.shard else chosen
 
     @property
     def device(self) -> torch.device:
@@ -354,7 +440,7 @@ class Transformer(nn.Module):
         """
         segment = self.segments[index]
         if index == 0:
-            x = F.embedding(x, self.embed)
+            x = self.shard.embed(x, self.embed) if self.shard else F.embedding(x, self.embed)
         first = self.blocks[segment.first].norm1
         normed = self.ops.norm(x, first.weight, first.eps)
         mask = None if exact else additive_mask(positions, window, self.embed.dtype)
@@ -401,7 +487,8 @@ class Transformer(nn.Module):
             normed = normed.index_select(1, pick)
         elif last_only:
             normed = normed[:, -1:]
-        return F.linear(normed, self.head)
+        logits = F.linear(normed, self.head)
+        return self.shard.gather(logits) if self.shard else logits
 
 
 def gptq_settings(config: dict) -> GPTQSettings:
@@ -452,11 +539,13 @@ def load_transformer(
     progress: Callable[[str, float], None] | None = None,
     decode_attention: str = "sdpa",
     layer_devices: list[torch.device] | None = None,
+    shard: Shard | None = None,
 ) -> Transformer:
     """Build the network from a GPTQ checkpoint folder, fusing q/k/v and gate/up as it goes.
 
     `layer_devices` (one per layer, in runs) splits the model over GPUs: the embedding goes with the
     first layer, the final norm and the head with the last. Without it everything is on `device`.
+    With `shard`, only this card's part of every layer and of the vocabulary is loaded (`Shard`).
     """
     config = json.loads((folder / "config.json").read_text())
     shape = ModelShape.from_config(config)
@@ -465,30 +554,54 @@ def load_transformer(
     devices = layer_devices or [device] * shape.num_layers
     if len(devices) != shape.num_layers:
         raise ValueError(f"{len(devices)} layer devices given for {shape.num_layers} layers")
+    world = shard.world if shard else 1
+    if shard and (problem := tensor_parallel_problem(shape, settings, world)):
+        raise UnsupportedModel(problem)
+    local = shape.split(world)
 
-    def quant(on: torch.device, *prefixes: str) -> nn.Module:
-        fused = fuse_gptq_tensors([tensors.linear(p) for p in prefixes])
-        return build_quant_linear(fused, settings, backend, on, dtype)
+    def outputs(prefix: str, width: int) -> dict[str, torch.Tensor]:
+        """A projection whose output features are split over the cards (q/k/v, gate/up): `width` each."""
+        parts = tensors.linear(prefix)
+        return columns_of(parts, shard.rank * width, (shard.rank + 1) * width, settings.bits) if shard else parts
+
+    def inputs(prefix: str, width: int) -> dict[str, torch.Tensor]:
+        """A projection whose input features are split over the cards (o, down): `width` each."""
+        parts = tensors.linear(prefix)
+        if not shard:
+            return parts
+        return rows_of(parts, shard.rank * width, (shard.rank + 1) * width, settings, keep_bias=shard.rank == 0)
+
+    def quant(on: torch.device, parts: list[dict[str, torch.Tensor]]) -> nn.Module:
+        return build_quant_linear(fuse_gptq_tensors(parts), settings, backend, on, dtype)
 
     def norm(name: str, on: torch.device) -> RMSNorm:
         return RMSNorm(tensors.get(name).to(device=on, dtype=dtype), shape.rms_norm_eps)
 
+    def vocabulary(name: str, on: torch.device) -> torch.Tensor:
+        """The embedding or the head: this card's rows of the vocabulary under tensor parallelism."""
+        table = tensors.get(name)
+        if shard:
+            first, end = shard.rows(shape.vocab_size)
+            table = table[first:end]
+        return table.to(device=on, dtype=dtype)
+
+    q_width, kv_width = local.num_heads * shape.head_dim, local.num_kv_heads * shape.head_dim
+    mlp_width = local.intermediate_size
     blocks = []
     for i, on in enumerate(devices):
         if progress:
             progress(f"Preparing layer {i + 1} of {shape.num_layers} on {on}", (i + 1) / shape.num_layers)
         p = f"model.layers.{i}"
+        qkv = [
+            outputs(f"{p}.self_attn.q_proj", q_width),
+            outputs(f"{p}.self_attn.k_proj", kv_width),
+            outputs(f"{p}.self_attn.v_proj", kv_width),
+        ]
         attention = Attention(
-            shape,
-            quant(on, f"{p}.self_attn.q_proj", f"{p}.self_attn.k_proj", f"{p}.self_attn.v_proj"),
-            quant(on, f"{p}.self_attn.o_proj"),
-            decode_attention,
+            local, quant(on, qkv), quant(on, [inputs(f"{p}.self_attn.o_proj", q_width)]), decode_attention
         )
-        mlp = FeedForward(
-            quant(on, f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj"),
-            quant(on, f"{p}.mlp.down_proj"),
-            shape.intermediate_size,
-        )
+        gate_up = [outputs(f"{p}.mlp.gate_proj", mlp_width), outputs(f"{p}.mlp.up_proj", mlp_width)]
+        mlp = FeedForward(quant(on, gate_up), quant(on, [inputs(f"{p}.mlp.down_proj", mlp_width)]), mlp_width)
         blocks.append(
             Block(
                 attention,
@@ -497,9 +610,9 @@ def load_transformer(
                 norm(f"{p}.post_attention_layernorm.weight", on),
             )
         )
-    embed = tensors.get("model.embed_tokens.weight").to(device=devices[0], dtype=dtype)
+    embed = vocabulary("model.embed_tokens.weight", devices[0])
     head = None
     if not shape.tie_word_embeddings and "lm_head.weight" in tensors:
-        head = tensors.get("lm_head.weight").to(device=devices[-1], dtype=dtype)
+        head = vocabulary("lm_head.weight", devices[-1])
     final_norm = norm("model.norm.weight", devices[-1])
-    return Transformer(shape, embed, blocks, final_norm, head, segments_of(devices)).eval()
+    return Transformer(local, embed, blocks, final_norm, head, segments_of(devices), shard).eval()

@@ -34,6 +34,15 @@ def gpus_for(device: str) -> list[GpuSpec]:
     return visible_gpus(named_gpus(device))
 
 
+def cap_card(index: int, limit_bytes: int) -> None:
+    """Let this process's allocator use at most `limit_bytes` of card `index`, its CUDA context counted in."""
+    import torch
+
+    total = torch.cuda.get_device_properties(index).total_memory
+    allocator = max(limit_bytes - CUDA_CONTEXT_BYTES, 0)
+    torch.cuda.set_per_process_memory_fraction(min(allocator / total, 1.0), index)
+
+
 def cap_gpus(gpus: Sequence[GpuSpec], limit_bytes: int) -> list[GpuSpec]:
     """Let this process use at most `limit_bytes` of each card, as if the cards were that size (two 80 GB
     cards standing for two 24 GB ones): torch's allocator then refuses more, and plans see the smaller card.
@@ -44,8 +53,7 @@ def cap_gpus(gpus: Sequence[GpuSpec], limit_bytes: int) -> list[GpuSpec]:
 
     capped = []
     for gpu in gpus:
-        allocator = max(limit_bytes - CUDA_CONTEXT_BYTES, 0)
-        torch.cuda.set_per_process_memory_fraction(min(allocator / gpu.total_bytes, 1.0), gpu.index)
+        cap_card(gpu.index, limit_bytes)
         room = limit_bytes - torch.cuda.memory_reserved(gpu.index)
         capped.append(replace(gpu, total_bytes=min(limit_bytes, gpu.total_bytes), free_bytes=min(gpu.free_bytes, room)))
     return capped

@@ -40,6 +40,44 @@ def fuse_gptq_tensors(parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, tor
     return fused
 
 
+def columns_of(parts: dict[str, torch.Tensor], first: int, end: int, bits: int) -> dict[str, torch.Tensor]:
+    """Output features first..end-1 of a GPTQ linear (tensor parallelism: q/k/v heads, gate/up rows of the MLP).
+
+    GPTQ packs 32 // bits zero points per int32 along the output dimension, so the bounds must be multiples of it.
+    """
+    pack = 32 // bits
+    sliced = {
+        "qweight": parts["qweight"][:, first:end],
+        "qzeros": parts["qzeros"][:, first // pack : end // pack],
+        "scales": parts["scales"][:, first:end],
+        "g_idx": parts["g_idx"],
+    }
+    if "bias" in parts:
+        sliced["bias"] = parts["bias"][first:end]
+    return {name: value.contiguous() for name, value in sliced.items()}
+
+
+def rows_of(
+    parts: dict[str, torch.Tensor], first: int, end: int, settings: GPTQSettings, keep_bias: bool
+) -> dict[str, torch.Tensor]:
+    """Input features first..end-1 of a GPTQ linear (tensor parallelism: o_proj, down_proj), whole groups only.
+
+    Each card's partial products are summed afterwards, so only one of them may add the bias. Without
+    act-order, input feature i belongs to group i // group_size: the slice's groups are renumbered from 0.
+    """
+    pack = 32 // settings.bits
+    group = settings.group_size if settings.group_size > 0 else None
+    sliced = {
+        "qweight": parts["qweight"][first // pack : end // pack],
+        "qzeros": parts["qzeros"][first // group : end // group] if group else parts["qzeros"],
+        "scales": parts["scales"][first // group : end // group] if group else parts["scales"],
+        "g_idx": parts["g_idx"][first:end] - (first // group if group else 0),
+    }
+    if keep_bias and "bias" in parts:
+        sliced["bias"] = parts["bias"]
+    return {name: value.contiguous() for name, value in sliced.items()}
+
+
 def kernel_class(backend: str) -> type:
     """The gptqmodel QuantLinear class behind one of our kernel names (see kernels.py)."""
     if backend == "marlin":

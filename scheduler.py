@@ -151,6 +151,9 @@ class Scheduler:
             self.wake.notify_all()
         if self.batched and threading.current_thread() is not self.worker:
             self.worker.join(timeout=30)  # it holds the engine (and its GPU memory) until it returns
+        release = getattr(self.engine, "close", None)  # a tensor-parallel engine stops its worker processes
+        if release is not None:
+            release()
 
     # -- the front door --------------------------------------------------------------------------
     def generate(self, prompt_ids: list[int], settings: SamplingSettings, stop: threading.Event) -> Iterator[int]:
@@ -261,7 +264,10 @@ class Scheduler:
                 log.exception("Decode step failed")
                 with self.lock:
                     self.fail_all(error, keep_pending=True)
-                engine.reset()
+                try:
+                    engine.reset()
+                except Exception:  # e.g. a tensor-parallel worker that died: each new request will be told
+                    log.exception("Engine reset failed")
                 inflight = None
 
     def take_pending(self, engine: FastEngine) -> list[Request]:

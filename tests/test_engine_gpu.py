@@ -11,23 +11,25 @@ import torch
 from generation import SamplingSettings
 from model_loader import load_uncached
 from scheduler import Scheduler
+from tests.teacher_forcing import (
+    FORCED,
+    GREEDY,
+    PROMPT,
+    assert_logits_agree,
+    forced_alone,
+    forced_tokens,
+    teacher_forced,
+)
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-PROMPT, FORCED = 100, 64
-GREEDY = SamplingSettings(max_new_tokens=FORCED, temperature=0.0, repetition_penalty=1.0)
 
 
 @pytest.fixture(scope="module")
 def tokens() -> torch.Tensor:
     return forced_tokens()
-
-
-def forced_tokens() -> torch.Tensor:
-    """A random prompt and the tokens forced after it."""
-    return torch.randint(1000, 100_000, (PROMPT + FORCED,), generator=torch.Generator().manual_seed(0))
 
 
 @pytest.fixture(scope="module")
@@ -40,28 +42,6 @@ def plain_logits(qwen_shaped: Path, tokens: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def teacher_forced(engine, sequences: list[list[int]], prompts: list[int]) -> list[torch.Tensor]:
-    """The engine's logits for each next position when each sequence (one per slot, decoded together) is fed
-    token by token after its prompt."""
-    rows = len(sequences)
-    for slot, (ids, prompt) in enumerate(zip(sequences, prompts, strict=True)):
-        engine.cached[slot] = []
-        engine.prefill(ids[:prompt], GREEDY, slot=slot)
-    logits = [[engine.logits[slot].clone()] for slot in range(rows)]
-    for step in range(FORCED - 1):
-        for slot, (ids, prompt) in enumerate(zip(sequences, prompts, strict=True)):
-            engine.tokens[slot, 0] = ids[prompt + step]
-            engine.set_position(slot, prompt + step)
-        engine.decode(rows, max(prompts) + step + 1, greedy=True)
-        for slot in range(rows):
-            logits[slot].append(engine.logits[slot].clone())
-    return [torch.stack(rows) for rows in logits]
-
-
-def forced_alone(engine, tokens: torch.Tensor) -> torch.Tensor:
-    return teacher_forced(engine, [tokens.tolist()], [PROMPT])[0]
-
-
 @pytest.mark.parametrize("attention", ["sdpa", "matmul"])
 def test_engine_logits_match_the_plain_path(qwen_shaped, tokens, plain_logits, attention) -> None:
     from engine import load_engine
@@ -69,20 +49,6 @@ def test_engine_logits_match_the_plain_path(qwen_shaped, tokens, plain_logits, a
     engine = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024, decode_attention=attention)
     assert engine.use_graphs and len(engine.graphs) == 2 * len(engine.windows) and engine.prefill_graphs
     assert_logits_agree(forced_alone(engine, tokens), plain_logits, attention)
-
-
-def assert_logits_agree(ours: torch.Tensor, expected: torch.Tensor, label: str) -> None:
-    """Within 2 % of the largest logit (fp16 activations, fp32 reductions, another attention kernel: ~1e-3
-    relative seen), and the same greedy token wherever the top two are further apart than twice that."""
-    scale = expected.abs().max().item()
-    tolerance = 0.02 * scale
-    diff = (ours - expected).abs().max().item()
-    print(f"{label}: max |logit| {scale:.3f}, max |diff| {diff:.4f}, tolerance {tolerance:.4f}")
-    assert diff <= tolerance
-    top2 = expected.topk(2, dim=-1).values
-    clear = (top2[:, 0] - top2[:, 1]) > 2 * tolerance
-    assert torch.equal(ours.argmax(-1)[clear], expected.argmax(-1)[clear])
-    print(f"{label}: greedy tokens identical at {int(clear.sum())} of {len(expected)} positions with a clear margin")
 
 
 def test_graphs_replay_what_the_eager_step_computes(qwen_shaped, tokens) -> None:

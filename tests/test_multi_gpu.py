@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from model_loader import load_uncached
-from tests.test_engine_gpu import FORCED, PROMPT, assert_logits_agree, forced_tokens, teacher_forced
+from tests.teacher_forcing import FORCED, PROMPT, assert_logits_agree, forced_tokens, teacher_forced
 
 pytestmark = pytest.mark.gpu
 two_gpus = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two GPUs")
@@ -24,31 +24,51 @@ def tokens() -> torch.Tensor:
     return forced_tokens()
 
 
-@two_gpus
-def test_engine_split_over_two_cards_matches_the_plain_split(qwen7b_shaped, tokens) -> None:
-    """Qwen1.5-7B shapes over cuda:0 and cuda:1 (the planner gives 16 + 16 layers: a 0.5B model's embedding
-    outweighs all its layers, so it would not split): the engine (one graph per card, the hidden state handed
-    over between them) against transformers with the same placement as its device_map."""
+@pytest.fixture(scope="module")
+def split_plain_logits(qwen7b_shaped, tokens) -> torch.Tensor:
+    """Transformers' logits over the forced tokens, Qwen1.5-7B shapes placed over cuda:0 and cuda:1 (16 + 16
+    layers: a 0.5B model's embedding outweighs all its layers, so it would not split), on the CPU."""
     plain = load_uncached(qwen7b_shaped, backend="marlin", device="cuda:0,1", engine="plain", context_length=1024)
     assert plain.facts.device == "cuda:0,cuda:1"
-    devices = {p.device.index for p in plain.model.parameters()}
-    assert devices == {0, 1}
+    assert {p.device.index for p in plain.model.parameters()} == {0, 1}
     with torch.inference_mode():
         logits = plain.model(tokens.unsqueeze(0).to("cuda:0")).logits[0, PROMPT - 1 : PROMPT + FORCED - 1]
-    expected = logits.float().to("cuda:1")
+    expected = logits.float().cpu()
     plain.scheduler.close()  # its worker holds the model
     del plain, logits
     free_cards()
+    return expected
 
+
+@two_gpus
+def test_engine_split_over_two_cards_matches_the_plain_split(qwen7b_shaped, tokens, split_plain_logits) -> None:
+    """The layers split (one graph per card, the hidden state handed over between them) against transformers
+    with the same placement as its device_map."""
     fast = load_uncached(qwen7b_shaped, backend="marlin", device="cuda:0,1", engine="fast", context_length=1024)
     engine = fast.engine
     assert [(s.device.index, s.first, s.end) for s in engine.model.segments] == [(0, 0, 16), (1, 16, 32)]
     assert "split over 2 devices" in engine.name
     assert engine.use_graphs and len(engine.graphs) == 2 * 2 * len(engine.windows)
-    assert_logits_agree(teacher_forced(engine, [tokens.tolist()], [PROMPT])[0], expected, "split engine vs split plain")
+    ours = teacher_forced(engine, [tokens.tolist()], [PROMPT])[0].cpu()
+    assert_logits_agree(ours, split_plain_logits, "split engine vs split plain")
     fast.scheduler.close()
     del fast, engine
     free_cards()
+
+
+@two_gpus
+def test_tensor_parallel_over_two_cards_matches_the_plain_split(qwen7b_shaped, tokens, split_plain_logits) -> None:
+    """Every layer halved over the two cards (a process each, NCCL all-reduces inside the CUDA graphs)."""
+    from tensor_parallel import load_tensor_parallel
+
+    devices = [torch.device("cuda:0"), torch.device("cuda:1")]
+    engine = load_tensor_parallel(qwen7b_shaped, "marlin", devices, 1024, torch.float16)
+    try:
+        assert engine.use_graphs and engine.prefill_graphs and engine.model.shape.num_heads == 16
+        ours = teacher_forced(engine, [tokens.tolist()], [PROMPT])[0].cpu()
+        assert_logits_agree(ours, split_plain_logits, "tensor parallel vs split plain")
+    finally:
+        engine.close()
 
 
 def free_cards() -> None:

@@ -1,0 +1,226 @@
+"""Tensor parallelism: one model over several GPUs, every card reading its share of every layer at once.
+
+With the layers split (`placement.py`) the cards take turns, so one sequence decodes no faster than on one card.
+Here each card holds 1/N of every layer (`fast_model.Shard`) and they work on each step together, summing their
+partial results over NCCL twice a layer, inside the captured CUDA graphs, as vLLM and gpt-fast do.
+
+One process per card, as NCCL wants. This process drives the first card and the scheduler talks to it
+(`TensorParallelEngine`, the `FastEngine` interface); each other card has a follower process (`follow`) that
+loads its shard, captures the same graphs, and then repeats every call that touches the GPU, in the same order:
+the collectives inside those calls keep the cards in step. The first card alone samples; the others take its
+tokens (`Shard.agree`).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import socket
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from engine import FastEngine, Progress
+from fast_model import Shard, load_transformer
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = timedelta(minutes=10)  # a 72B shard loads in about a minute; a hung start must end
+MIRRORED = ("prefill", "decode", "park", "reset", "set_position", "feed")  # FastEngine's calls that touch the GPU
+CLOSE = "close"
+CARD_QUERIES: dict[str, Callable[[torch.device], Any]] = {  # asked of every card, answered by each process
+    "peak_memory": lambda device: torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0,
+    "reset_peak_memory": lambda device: torch.cuda.reset_peak_memory_stats(device) if device.type == "cuda" else None,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_group(rank: int, world: int, port: int, device: torch.device, limit: int | None = None) -> None:
+    """Enter this process's place in the group: NCCL between GPUs, gloo on the CPU (the tests). `limit` caps what
+    this process may allocate on its card (bytes), as if the card were that size."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        if limit:
+            from gpu_memory import cap_card
+
+            cap_card(device.index, limit)
+        dist.init_process_group(
+            "nccl",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world,
+            timeout=START_TIMEOUT,
+            device_id=device,
+        )
+    else:
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=START_TIMEOUT
+        )
+    check = torch.ones(1, device=device)
+    dist.all_reduce(check)  # the communicator is made now, before any graph capture
+    if int(check.item()) != world:
+        raise RuntimeError(f"tensor-parallel group check: {check.item()} != {world}")
+
+
+def build_engine(
+    folder: Path,
+    backend: str,
+    device: torch.device,
+    context_length: int,
+    dtype: torch.dtype,
+    shard: Shard,
+    slots: int,
+    decode_attention: str,
+    progress: Progress | None = None,
+) -> FastEngine:
+    """This card's shard and its engine, graphs captured (every card captures the same graphs in the same order)."""
+    model = load_transformer(folder, backend, device, dtype, progress, decode_attention, shard=shard)
+    engine = FastEngine(model, context_length, slots=slots)
+    engine.capture(progress)
+    return engine
+
+
+def follow(
+    rank: int, world: int, port: int, device: str, limit: int | None, build: dict[str, Any], inbox: Any, outbox: Any
+) -> None:
+    """A follower process: load this card's shard, then repeat the first card's calls until told to close."""
+    logging.basicConfig(level=logging.INFO, format=f"[tensor-parallel {rank}] %(message)s")
+    try:
+        join_group(rank, world, port, torch.device(device), limit)
+        engine = build_engine(device=torch.device(device), shard=Shard(rank, world), **build)
+    except BaseException as error:
+        outbox.put(f"GPU {device}: {type(error).__name__}: {error}")
+        raise
+    outbox.put("ready")
+    while (call := inbox.get())[0] != CLOSE:
+        name, args, kwargs = call
+        if name in CARD_QUERIES:
+            outbox.put((rank, CARD_QUERIES[name](torch.device(device))))
+            continue
+        try:
+            getattr(engine, name)(*args, **kwargs)
+        except Exception:  # the first card raised the same (same inputs, same checks) and went on
+            log.exception("%s failed", name)
+    dist.destroy_process_group()
+
+
+class TensorParallelEngine:
+    """The first card's engine, whose GPU calls every follower repeats; reads go to the first card's engine."""
+
+    def __init__(self, local: FastEngine, followers: list[Any], inboxes: list[Any], outbox: Any) -> None:
+        self.local = local
+        self.followers = followers
+        self.inboxes = inboxes
+        self.outbox = outbox
+        self.world = len(followers) + 1
+        self.name = f"{local.name}, tensor parallel over {self.world} GPUs"
+
+    def __getattr__(self, name: str) -> Any:
+        if name in MIRRORED:
+            return self.mirrored(name)
+        return getattr(self.local, name)
+
+    def mirrored(self, name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.check_followers()
+            for inbox in self.inboxes:
+                inbox.put((name, args, kwargs))
+            return getattr(self.local, name)(*args, **kwargs)
+
+        return call
+
+    def ask_every_card(self, query: str) -> list[Any]:
+        """One of `CARD_QUERIES`, answered by every card's process, first card first."""
+        self.check_followers()
+        for inbox in self.inboxes:
+            inbox.put((query, (), {}))
+        answers = dict(self.outbox.get(timeout=60) for _ in self.inboxes)
+        return [CARD_QUERIES[query](self.local.device), *(answers[rank] for rank in range(1, self.world))]
+
+    def check_followers(self) -> None:
+        """A follower that died would leave the first card waiting in a collective for ever: refuse instead."""
+        dead = [p for p in self.followers if not p.is_alive()]
+        if dead:
+            codes = ", ".join(f"{p.name} exited with code {p.exitcode}" for p in dead)
+            raise RuntimeError(f"A tensor-parallel worker stopped ({codes}); reload the model.")
+
+    def close(self) -> None:
+        """Stop the followers and leave the group (model switch, shutdown)."""
+        for inbox in self.inboxes:
+            inbox.put((CLOSE, (), {}))
+        for process in self.followers:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def load_tensor_parallel(
+    folder: Path,
+    backend: str,
+    devices: list[torch.device],
+    context_length: int,
+    dtype: torch.dtype,
+    progress: Progress | None = None,
+    decode_attention: str = "sdpa",
+    slots: int = 1,
+    gpu_memory_limit: int | None = None,
+) -> TensorParallelEngine:
+    """Start a follower process for every card after the first, load every shard, capture the graphs."""
+    if dist.is_initialized():
+        raise RuntimeError("A tensor-parallel model is already loaded in this process; unload it first.")
+    world, port = len(devices), free_port()
+    build = {
+        "folder": folder,
+        "backend": backend,
+        "context_length": context_length,
+        "dtype": dtype,
+        "slots": slots,
+        "decode_attention": decode_attention,
+    }
+    spawn = multiprocessing.get_context("spawn")
+    outbox = spawn.Queue()
+    inboxes = [spawn.Queue() for _ in devices[1:]]
+    followers = []
+    for rank, (device, inbox) in enumerate(zip(devices[1:], inboxes, strict=True), start=1):
+        process = spawn.Process(
+            target=follow,
+            args=(rank, world, port, str(device), gpu_memory_limit, build, inbox, outbox),
+            name=f"tensor-parallel-{rank}",
+            daemon=True,
+        )
+        process.start()
+        followers.append(process)
+    started = time.perf_counter()
+    try:
+        join_group(0, world, port, devices[0], gpu_memory_limit)
+        local = build_engine(device=devices[0], shard=Shard(0, world), progress=progress, **build)
+        for _ in followers:
+            answer = outbox.get(timeout=START_TIMEOUT.total_seconds())
+            if answer != "ready":
+                raise RuntimeError(f"A tensor-parallel worker failed to load: {answer}")
+    except BaseException:
+        for process in followers:
+            process.kill()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    log.info(
+        "Tensor parallel over %d devices ready in %.1f s (pid %d leads)",
+        world,
+        time.perf_counter() - started,
+        os.getpid(),
+    )
+    return TensorParallelEngine(local, followers, inboxes, outbox)

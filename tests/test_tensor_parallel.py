@@ -1,0 +1,119 @@
+"""Tensor parallelism on the CPU: two processes (gloo instead of NCCL), each with half of every layer, give the
+one-process engine's logits; the scheduler drives them as it drives one engine; a dead follower is reported."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from engine import load_engine
+from fast_model import ModelShape, tensor_parallel_problem
+from generation import SamplingSettings
+from quant_linear import GPTQSettings
+from random_checkpoint import QWEN_SHAPES
+from scheduler import Scheduler
+from tensor_parallel import load_tensor_parallel
+from tests.teacher_forcing import PROMPT, assert_logits_agree, forced_alone, forced_tokens
+
+pytestmark = pytest.mark.slow
+CPU = torch.device("cpu")
+CONTEXT = 256
+TYPICAL = GPTQSettings(bits=4, group_size=128, sym=True, desc_act=False)
+
+
+def shape_of(name: str) -> ModelShape:
+    s = QWEN_SHAPES[name]
+    return ModelShape(
+        vocab_size=s.vocab_size,
+        hidden_size=s.hidden_size,
+        intermediate_size=s.intermediate_size,
+        num_layers=s.num_hidden_layers,
+        num_heads=s.num_attention_heads,
+        num_kv_heads=s.num_key_value_heads,
+        head_dim=s.head_dim,
+        rope_theta=s.rope_theta,
+        rms_norm_eps=s.rms_norm_eps,
+        tie_word_embeddings=s.tie_word_embeddings,
+        max_position_embeddings=s.max_position_embeddings,
+    )
+
+
+@pytest.mark.parametrize("name", ["qwen1.5-7b", "qwen1.5-72b", "qwen2.5-7b", "qwen2.5-72b", "tiny"])
+def test_qwen_models_split_two_ways(name) -> None:
+    assert tensor_parallel_problem(shape_of(name), TYPICAL, 2) is None
+    local = shape_of(name).split(2)
+    assert local.num_heads * 2 == shape_of(name).num_heads
+
+
+def test_what_cannot_be_split_says_why() -> None:
+    # Qwen1.5-14B's MLP has 13,696 rows: halves of 6,848 are not whole 128-wide GPTQ groups.
+    assert "13696 MLP rows" in tensor_parallel_problem(shape_of("qwen1.5-14b"), TYPICAL, 2)
+    assert "attention heads" in tensor_parallel_problem(shape_of("qwen1.5-7b"), TYPICAL, 3)
+    act_order = GPTQSettings(bits=4, group_size=128, sym=True, desc_act=True)
+    assert "act-order" in tensor_parallel_problem(shape_of("qwen1.5-7b"), act_order, 2)
+
+
+@pytest.fixture(scope="module")
+def one_card(tiny_gptq_dir):
+    return load_engine(tiny_gptq_dir, "torch_aten", CPU, CONTEXT)
+
+
+@pytest.fixture
+def two_cards(tiny_gptq_dir):
+    """One tensor-parallel model at a time per process (it is the process's one `torch.distributed` group)."""
+    engine = load_tensor_parallel(tiny_gptq_dir, "torch_aten", [CPU, CPU], CONTEXT, torch.bfloat16)
+    yield engine
+    engine.close()
+
+
+def test_two_halves_give_the_whole_models_logits(one_card, two_cards) -> None:
+    """Teacher-forced over 64 positions: the sums over two processes against one process's."""
+    assert "tensor parallel over 2" in two_cards.name
+    assert two_cards.model.shape.num_heads * 2 == one_card.model.shape.num_heads
+    assert two_cards.model.embed.shape[0] * 2 == one_card.model.embed.shape[0]  # half the vocabulary each
+    tokens = forced_tokens()
+    assert_logits_agree(forced_alone(two_cards, tokens), forced_alone(one_card, tokens), "tensor parallel")
+
+
+def test_the_scheduler_batches_over_two_cards_and_reports_a_dead_one(tiny_gptq_dir, one_card) -> None:
+    """Two requests at once (both slots in one step): every greedy token the two cards chose is the one-card
+    engine's choice for the same text, or within the logits' tolerance of it (a near tie). Then a follower
+    dies: the next request ends with an error that says so, instead of waiting for ever."""
+    engine = load_tensor_parallel(tiny_gptq_dir, "torch_aten", [CPU, CPU], CONTEXT, torch.bfloat16, slots=2)
+    scheduler = Scheduler(engine)
+    settings = SamplingSettings(max_new_tokens=24, temperature=0.0, repetition_penalty=1.0)
+    prompts = [forced_tokens()[:PROMPT].tolist(), forced_tokens()[PROMPT - 60 :].tolist()]
+    answers: list[list[int]] = [[], []]
+
+    def ask(i: int) -> None:
+        answers[i] = list(scheduler.generate(prompts[i], settings, threading.Event()))
+
+    try:
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        for prompt, answer in zip(prompts, answers, strict=True):
+            assert len(answer) == settings.max_new_tokens
+            assert_each_token_is_the_top_choice(one_card, prompt, answer)
+
+        engine.followers[0].kill()
+        engine.followers[0].join(timeout=30)
+        with pytest.raises(RuntimeError, match="tensor-parallel worker stopped"):
+            list(scheduler.generate(prompts[0], settings, threading.Event()))
+    finally:
+        scheduler.close()  # stops the followers too
+    assert not any(p.is_alive() for p in engine.followers)
+
+
+def assert_each_token_is_the_top_choice(engine, prompt: list[int], answer: list[int]) -> None:
+    engine.reset()
+    engine.prefill(prompt, SamplingSettings(max_new_tokens=1, temperature=0.0))
+    for position, token in enumerate(answer):
+        logits = engine.logits[0]
+        assert logits[token] >= logits.max() - 0.02 * logits.abs().max(), f"token {position} was not a near tie"
+        engine.feed(0, token, len(prompt) + position)
+        engine.decode(1, len(prompt) + position + 1, greedy=True)
