@@ -33,6 +33,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--slots", type=int, default=1, help="replies the fast engine writes at once; each has its own KV cache"
     )
+    parser.add_argument(
+        "--tensor-parallel",
+        action="store_true",
+        help="every layer split over the GPUs (faster than the layer split for a model that needs several cards)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=6006)
     parser.add_argument(
@@ -122,9 +127,11 @@ PAGE_CSS = (
 
 
 @st.cache_resource(show_spinner=False)
-def model_holder(reference: str | None, backend: str, device: str | None, engine: str, slots: int) -> ModelHolder:
+def model_holder(
+    reference: str | None, backend: str, device: str | None, engine: str, slots: int, tensor_parallel: bool = False
+) -> ModelHolder:
     """One per process: every tab shares the model (and its scheduler)."""
-    return ModelHolder(reference, backend, device, engine, slots)
+    return ModelHolder(reference, backend, device, engine, slots, tensor_parallel)
 
 
 @st.cache_resource(show_spinner=False)
@@ -769,7 +776,9 @@ def main() -> None:
     conversations_panel(store, lang)
     server = backend_panel(lang)
     if server is None:
-        holder = model_holder(default_model(args.model), args.backend, args.device, args.engine, args.slots)
+        holder = model_holder(
+            default_model(args.model), args.backend, args.device, args.engine, args.slots, args.tensor_parallel
+        )
         loaded = load_model(holder, lang)
         model_panel(holder, loaded, lang)
         health_panel(holder.reference, lang)

@@ -246,11 +246,11 @@ def time_engine(folder: Path, variant: str, prompts: list[int], args, report: di
     if args.sampled:
         sampled = SamplingSettings(max_new_tokens=args.new_tokens, temperature=0.7, top_p=0.8, top_k=20)
         results.append(measure(scheduler, f"{label[:-1]}, sampled)", prompts[0], sampled, memory))
+    for result in results:
+        print(result, flush=True)
     if args.chat:
         report[f"engine_{variant}_chat"] = chat_turn(scheduler, folder, args.context)
     scheduler.close()
-    for result in results:
-        print(result)
     return results
 
 

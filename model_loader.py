@@ -147,6 +147,32 @@ def choose_placement(
     return main, placement, context
 
 
+def plan_tensor_parallel_load(
+    info: CheckpointInfo, device: str, fast: bool, context_length: int | None, slots: int, limit: int | None
+) -> tuple[Placement, int]:
+    """The placement and context for tensor parallelism over the named (or every visible) GPU, or a clear refusal."""
+    from fast_model import ModelShape, gptq_settings, tensor_parallel_problem
+    from gpu_memory import cap_gpus, gpus_for
+    from placement import largest_tensor_parallel_context, plan_tensor_parallel
+
+    if not fast:
+        raise ValueError("Tensor parallelism runs on the fast engine (gptqmodel's Marlin kernel on a GPU)")
+    gpus = gpus_for(device)
+    if len(gpus) < 2:
+        raise ValueError(f"Tensor parallelism needs two GPUs or more; {device!r} names {len(gpus)}")
+    config = json.loads((info.path / "config.json").read_text())
+    problem = tensor_parallel_problem(ModelShape.from_config(config), gptq_settings(config), len(gpus))
+    if problem:
+        raise ValueError(
+            f"{info.name} cannot be split by tensor parallelism: {problem}. Leave it out to split the layers"
+        )
+    if limit:
+        gpus = cap_gpus(gpus, limit)
+    fits = largest_tensor_parallel_context(info, gpus, slots=slots)
+    context = context_length or min(DEFAULT_GPU_CONTEXT_CAP, info.max_position_embeddings, max(fits // 256 * 256, 256))
+    return plan_tensor_parallel(info, gpus, context, slots=slots), context
+
+
 def quantized_modules(model: Any) -> list[Any]:
     """The GPTQ layers, whichever library (gptqmodel, or auto-gptq on the legacy stack) made them."""
     from gptq_stack import is_quantized_module
@@ -210,10 +236,13 @@ def load_uncached(
     slots: int = 1,
     queue_limit: int = DEFAULT_QUEUE_LIMIT,
     gpu_memory_limit: int | None = None,
+    tensor_parallel: bool = False,
 ) -> LoadedModel:
     """Validate, choose device, kernel and engine, load; `load` is the cached version callers want.
 
     `gpu_memory_limit` (bytes) caps what this process may use of each GPU, as if the cards were that size.
+    `tensor_parallel` splits every layer over the GPUs (`tensor_parallel.py`) instead of giving each card
+    whole layers: the cards then work on each token together instead of taking turns.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -229,7 +258,12 @@ def load_uncached(
     choice: KernelChoice = choose_kernel(info, device_capability(first), backend)
     fast, engine_reason = pick_engine(engine, info, first, choice.backend)
     placement = None
-    if device.startswith("cuda"):
+    if tensor_parallel:
+        placement, context_length = plan_tensor_parallel_load(
+            info, device, fast, context_length, slots, gpu_memory_limit
+        )
+        device = f"cuda:{placement.cards[0].gpu.index}"
+    elif device.startswith("cuda"):
         path = "fast" if fast else "plain"
         device, placement, context_length = place_on_gpus(info, device, context_length, path, slots, gpu_memory_limit)
     cards = [f"cuda:{card.gpu.index}" for card in placement.cards] if placement else [device]
@@ -249,7 +283,22 @@ def load_uncached(
     generation_config = GenerationConfig.from_pretrained(info.path) if has_generation_config else GenerationConfig()
     report(f"Loading {info.weight_bytes / 1e9:.1f} GB of weights onto {device} ({choice.backend} kernel)", 0.1)
     runner: Engine
-    if fast:
+    if placement and placement.tensor_parallel:
+        from tensor_parallel import load_tensor_parallel
+
+        runner = load_tensor_parallel(
+            info.path,
+            choice.backend,
+            [torch.device(c) for c in cards],
+            context,
+            dtype,
+            report,
+            slots=slots,
+            gpu_memory_limit=gpu_memory_limit,
+        )
+        model = runner.model
+        max_context = runner.context_length
+    elif fast:
         from engine import load_engine
 
         layer_devices = [torch.device(f"cuda:{i}") for i in placement.layer_devices()] if placement else None

@@ -142,12 +142,21 @@ def release_memory(device: str) -> None:
 class ModelHolder:
     """The model every tab of this app process uses; made once per process by the page."""
 
-    def __init__(self, reference: str | None, backend: str, device: str | None, engine: str, slots: int = 1) -> None:
+    def __init__(
+        self,
+        reference: str | None,
+        backend: str,
+        device: str | None,
+        engine: str,
+        slots: int = 1,
+        tensor_parallel: bool = False,
+    ) -> None:
         self.reference = reference  # None: the built-in demo model (built on first use)
         self.backend = backend
         self.device = device
         self.engine = engine
         self.slots = slots
+        self.tensor_parallel = tensor_parallel
         self.loaded: LoadedModel | None = None
         self.lock = threading.Lock()
 
@@ -206,4 +215,4 @@ class ModelHolder:
 
     def _load(self, reference: str, progress: Progress | None) -> LoadedModel:
         options = {"backend": self.backend, "device": self.device, "engine": self.engine, "slots": self.slots}
-        return load(reference, progress, **options)
+        return load(reference, progress, **options, tensor_parallel=self.tensor_parallel)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -73,6 +73,7 @@ class CardLoad:
     weights: int
     kv_cache: int
     workspace: int  # activations + CUDA context + overhead (+ one offloaded layer in transit, on the main GPU)
+    share: int = 1  # tensor parallelism: the card holds 1/share of every layer, of the embedding and of the head
 
     @property
     def total(self) -> int:
@@ -83,10 +84,11 @@ class CardLoad:
         return self.gpu.free_bytes - self.total
 
     def describe(self) -> str:
-        parts = ["embedding"] if self.embedding else []
-        if self.layers:
+        parts = [f"1/{self.share} of every layer, of the embedding and of lm_head"] if self.share > 1 else []
+        parts += ["embedding"] if self.embedding and self.share == 1 else []
+        if self.layers and self.share == 1:
             parts.append(f"layers {self.first_layer}-{self.first_layer + self.layers - 1}")
-        if self.head:
+        if self.head and self.share == 1:
             parts.append("norm + lm_head")
         return (
             f"GPU {self.gpu.index}: {', '.join(parts)}; {gib(self.total)} of {gib(self.gpu.free_bytes)} free "
@@ -111,6 +113,10 @@ class Placement:
     def single_card(self) -> bool:
         return len(self.cards) == 1 and not self.cpu_layers
 
+    @property
+    def tensor_parallel(self) -> bool:
+        return self.cards[0].share > 1
+
     def layer_devices(self) -> list[int | str]:
         """Each decoder layer's CUDA index (or "cpu"), in order: where the fast engine puts a layer and its cache."""
         devices: list[int | str] = []
@@ -128,7 +134,9 @@ class Placement:
         return {**mapping, "model.norm": head, "lm_head": head}
 
     def summary(self) -> str:
-        where = "one GPU" if self.single_card else f"{len(self.cards)} GPUs"
+        where = (
+            "one GPU" if self.single_card else f"{len(self.cards)} GPUs" + ", tensor parallel" * self.tensor_parallel
+        )
         lines = [f"{self.shape.name} at {self.context:,} tokens of context ({self.path} path) on {where}:"]
         lines += [f"  {card.describe()}" for card in self.cards]
         if self.cpu_layers:
@@ -269,7 +277,12 @@ def largest_context(
         costs = _costs(shape, context, slots, path)
         return _holds(costs, gpus, shape.num_layers, no_extra, shape.tie_word_embeddings)
 
-    if not gpus or not holds(1):
+    return _longest(shape, holds) if gpus else 0
+
+
+def _longest(shape: ModelShape, holds: Callable[[int], bool]) -> int:
+    """The longest context up to the model's own limit for which `holds` is true (it only gets harder); 0 if none."""
+    if not holds(1):
         return 0
     low, high = 1, shape.max_position_embeddings
     while low < high:
@@ -313,6 +326,61 @@ def plan_placement(
         if offloaded is not None:
             return offloaded
     raise _refusal(shape, costs, gpus, context, path, slots)
+
+
+def plan_tensor_parallel(
+    model: ModelShape | CheckpointInfo, gpus: Sequence[GpuSpec], context: int, *, slots: int = 1
+) -> Placement:
+    """Every layer, the embedding and the head split evenly over all of `gpus` (tensor parallelism, fast engine):
+    each card holds 1/N of the weights and of the KV cache, and a whole workspace. Or PlacementRefused."""
+    shape = _shape(model)
+    cards = _tensor_parallel_loads(shape, gpus, context, slots)
+    if cards and all(card.spare >= 0 for card in cards):
+        return Placement(shape, context, slots, "fast", cards)
+    longest = largest_tensor_parallel_context(shape, gpus, slots=slots)
+    asks = "; ".join(
+        f"GPU {card.gpu.index} needs {gib(card.total)}, has {gib(card.gpu.free_bytes)} free" for card in cards
+    )
+    problem = (
+        f"{shape.name} does not fit on {len(gpus)} GPUs at {context:,} tokens of context with tensor parallelism: "
+        f"{asks}. "
+        + (f"The longest context that fits: {longest:,} tokens." if longest else "Not even the weights fit.")
+    )
+    fix = (
+        f"choose at most {longest // 256 * 256 or longest:,} tokens of context"
+        if longest
+        else "use more or larger GPUs"
+    )
+    raise PlacementRefused(
+        problem,
+        fix,
+        needed={card.gpu.index: card.total for card in cards},
+        available={g.index: g.free_bytes for g in gpus},
+        largest_context=longest,
+    )
+
+
+def _tensor_parallel_loads(
+    shape: ModelShape, gpus: Sequence[GpuSpec], context: int, slots: int
+) -> tuple[CardLoad, ...]:
+    costs = _costs(shape, context, slots, "fast")
+    n, layers = len(gpus), shape.num_layers
+    weights = (layers * costs.layer_weights + costs.embedding + costs.head) // max(n, 1)
+    kv = layers * costs.layer_kv // max(n, 1)
+    return tuple(CardLoad(gpu, 0, layers, True, True, weights, kv, costs.workspace, share=n) for gpu in gpus)
+
+
+def largest_tensor_parallel_context(
+    model: ModelShape | CheckpointInfo, gpus: Sequence[GpuSpec], *, slots: int = 1
+) -> int:
+    """The longest context (up to the model's own limit) that tensor parallelism over all of `gpus` holds; 0 if none."""
+    shape = _shape(model)
+
+    def holds(context: int) -> bool:
+        cards = _tensor_parallel_loads(shape, gpus, context, slots)
+        return bool(cards) and all(card.spare >= 0 for card in cards)
+
+    return _longest(shape, holds)
 
 
 def _offload(shape: ModelShape, costs: _Costs, gpus: Sequence[GpuSpec], context: int, slots: int) -> Placement | None:

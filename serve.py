@@ -388,6 +388,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--engine", default="auto", help="auto, fast (CUDA graphs, batching) or plain")
     parser.add_argument("--slots", type=int, default=1, help="sequences decoded together (the fast engine)")
+    parser.add_argument(
+        "--tensor-parallel",
+        action="store_true",
+        help="every layer split over the GPUs (faster than the layer split for a model that needs several cards)",
+    )
     parser.add_argument("--context", type=int, default=None, help="tokens per request, prompt and reply")
     parser.add_argument("--queue-limit", type=int, default=None, help="requests that may wait; more get 429")
     return parser.parse_args(argv)
@@ -438,6 +443,7 @@ def main(argv: list[str] | None = None) -> None:
             engine=args.engine,
             context_length=args.context,
             slots=args.slots,
+            tensor_parallel=args.tensor_parallel,
         )
         if args.queue_limit is not None:
             loaded.scheduler.queue_limit = args.queue_limit  # the loader makes its scheduler with the default

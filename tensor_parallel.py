@@ -16,7 +16,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import queue
 import socket
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -96,6 +98,7 @@ def follow(
 ) -> None:
     """A follower process: load this card's shard, then repeat the first card's calls until told to close."""
     logging.basicConfig(level=logging.INFO, format=f"[tensor-parallel {rank}] %(message)s")
+    leader = os.getppid()
     try:
         join_group(rank, world, port, torch.device(device), limit)
         engine = build_engine(device=torch.device(device), shard=Shard(rank, world), **build)
@@ -103,7 +106,7 @@ def follow(
         outbox.put(f"GPU {device}: {type(error).__name__}: {error}")
         raise
     outbox.put("ready")
-    while (call := inbox.get())[0] != CLOSE:
+    while (call := next_call(inbox, leader)) is not None and call[0] != CLOSE:
         name, args, kwargs = call
         if name in CARD_QUERIES:
             outbox.put((rank, CARD_QUERIES[name](torch.device(device))))
@@ -112,7 +115,19 @@ def follow(
             getattr(engine, name)(*args, **kwargs)
         except Exception:  # the first card raised the same (same inputs, same checks) and went on
             log.exception("%s failed", name)
-    dist.destroy_process_group()
+    if call is not None:  # leaving is collective: only with the first card (an orphan just exits)
+        dist.destroy_process_group()
+
+
+def next_call(inbox: Any, leader: int) -> tuple[str, tuple, dict] | None:
+    """The first card's next call, or None once its process (`leader`) is gone: killed, it could not say so, and
+    no follower may keep a GPU's memory for ever."""
+    while True:
+        try:
+            return inbox.get(timeout=5)
+        except queue.Empty:
+            if os.getppid() != leader:
+                return None
 
 
 class TensorParallelEngine:
@@ -156,15 +171,29 @@ class TensorParallelEngine:
             raise RuntimeError(f"A tensor-parallel worker stopped ({codes}); reload the model.")
 
     def close(self) -> None:
-        """Stop the followers and leave the group (model switch, shutdown)."""
+        """Stop the followers and leave the group (model switch, shutdown).
+
+        Leaving an NCCL group is collective: every process must do it at the same time, so the first card leaves
+        while the followers do, and only then waits for them to exit.
+        """
         for inbox in self.inboxes:
             inbox.put((CLOSE, (), {}))
+        leave_group()
         for process in self.followers:
             process.join(timeout=60)
             if process.is_alive():
                 process.kill()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+
+
+def leave_group() -> None:
+    """Destroy this process's group, giving up after a minute (a dead follower can keep NCCL waiting for ever)."""
+    if not dist.is_initialized():
+        return
+    leaving = threading.Thread(target=dist.destroy_process_group, name="leave-tensor-parallel-group", daemon=True)
+    leaving.start()
+    leaving.join(timeout=60)
+    if leaving.is_alive():
+        log.warning("The tensor-parallel group did not close; restart the app before loading another such model")
 
 
 def load_tensor_parallel(
@@ -214,8 +243,7 @@ def load_tensor_parallel(
     except BaseException:
         for process in followers:
             process.kill()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        leave_group()
         raise
     log.info(
         "Tensor parallel over %d devices ready in %.1f s (pid %d leads)",

@@ -117,3 +117,28 @@ def assert_each_token_is_the_top_choice(engine, prompt: list[int], answer: list[
         assert logits[token] >= logits.max() - 0.02 * logits.abs().max(), f"token {position} was not a near tie"
         engine.feed(0, token, len(prompt) + position)
         engine.decode(1, len(prompt) + position + 1, greedy=True)
+
+
+def test_the_planner_halves_every_card_and_says_how_long_a_context_fits() -> None:
+    """Qwen1.5-72B on two 24 GiB cards: each holds half of the 41 GB and half of the KV cache."""
+    from placement import PlacementRefused, largest_tensor_parallel_context, plan_tensor_parallel, standard_gpus
+    from vram_planner import ModelShape as PlannedShape
+
+    shape = PlannedShape.from_qwen_shape(QWEN_SHAPES["qwen1.5-72b"], name="Qwen1.5-72B-Chat-GPTQ-Int4")
+    cards = standard_gpus(2, 24)
+    placement = plan_tensor_parallel(shape, cards, 2304)
+    assert placement.tensor_parallel and [card.share for card in placement.cards] == [2, 2]
+    halves = {card.weights for card in placement.cards}
+    assert len(halves) == 1 and abs(halves.pop() * 2 - shape.weights) <= 2
+    assert "1/2 of every layer" in placement.summary()
+    longest = largest_tensor_parallel_context(shape, cards)
+    assert 2304 <= longest < 4096
+    with pytest.raises(PlacementRefused, match=f"longest context that fits: {longest:,}"):
+        plan_tensor_parallel(shape, cards, 8192)
+
+
+def test_the_loader_refuses_tensor_parallelism_without_the_fast_engine(tiny_gptq_dir) -> None:
+    from model_loader import load_uncached
+
+    with pytest.raises(ValueError, match="Tensor parallelism runs on the fast engine"):
+        load_uncached(tiny_gptq_dir, device="cpu", tensor_parallel=True)
