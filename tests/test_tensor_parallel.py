@@ -142,3 +142,51 @@ def test_the_loader_refuses_tensor_parallelism_without_the_fast_engine(tiny_gptq
 
     with pytest.raises(ValueError, match="Tensor parallelism runs on the fast engine"):
         load_uncached(tiny_gptq_dir, device="cpu", tensor_parallel=True)
+
+
+LEADER = """
+import sys, time, torch
+from pathlib import Path
+from tensor_parallel import load_tensor_parallel
+engine = load_tensor_parallel(Path(sys.argv[1]), "torch_aten", [torch.device("cpu")] * 2, 256, torch.bfloat16)
+print("follower", engine.followers[0].pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_follower_whose_leader_was_killed_exits(tiny_gptq_dir) -> None:
+    """A killed app cannot tell its followers to stop: they notice on their own and give their card back."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    leader = subprocess.Popen(
+        [sys.executable, "-c", LEADER, str(tiny_gptq_dir)], cwd=root, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = ""
+        while not line.startswith("follower "):  # libraries print their banners first
+            line = leader.stdout.readline()
+            assert line, "the leader exited before its follower started"
+        follower = int(line.split()[1])
+        os.kill(leader.pid, signal.SIGKILL)
+        leader.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{follower}") and not zombie(follower):
+            time.sleep(0.5)
+        assert not os.path.exists(f"/proc/{follower}") or zombie(follower), "the follower outlived its leader"
+    finally:
+        leader.kill()
+
+
+def zombie(pid: int) -> bool:
+    """Exited, waiting for a parent to collect it (an orphan's new parent may take a moment)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
