@@ -144,12 +144,13 @@ def memory_limit(args) -> int | None:
 def fitting_context(info, args) -> int:
     """The longest context both paths hold on these cards (capped), in steps of 256 tokens."""
     from gpu_memory import cap_gpus, visible_gpus
-    from placement import largest_context
+    from placement import largest_context, largest_tensor_parallel_context
 
     gpus = visible_gpus(card_indices(args.device))
     if memory_limit(args):
         gpus = cap_gpus(gpus, memory_limit(args))
-    return min(largest_context(info, gpus, path=path) for path in ("fast", "plain")) // 256 * 256
+    engine = largest_tensor_parallel_context(info, gpus) if args.tensor_parallel else largest_context(info, gpus)
+    return min(engine, largest_context(info, gpus, path="plain")) // 256 * 256
 
 
 def free_memory() -> None:

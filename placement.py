@@ -167,13 +167,17 @@ class _Costs:
     head: int
     workspace: int
     ends_fixed: bool  # the fast engine: embedding with the first layers, head with the last (one graph per card)
+    tied_copy: int = 0  # the fast engine gives a tied head its own copy of the embedding on another card
+
+    def ends(self, embedding: bool, head: bool) -> int:
+        """The bytes of the embedding and of the head (with a tied head's copy) a card holds."""
+        return embedding * self.embedding + head * (self.head + (not embedding) * self.tied_copy)
 
     def load(self, layers: int, embedding: bool, head: bool, extra: int) -> int:
         """A card's bytes; 0 for a card that holds nothing (it gets no CUDA context either)."""
         if not (layers or embedding or head or extra):
             return 0
-        parts = self.workspace + extra + layers * (self.layer_weights + self.layer_kv)
-        return parts + embedding * self.embedding + head * self.head
+        return self.workspace + extra + layers * (self.layer_weights + self.layer_kv) + self.ends(embedding, head)
 
 
 def _costs(shape: ModelShape, context: int, slots: int, path: str) -> _Costs:
@@ -186,6 +190,7 @@ def _costs(shape: ModelShape, context: int, slots: int, path: str) -> _Costs:
         head=int(shape.lm_head_bytes * scale),
         workspace=activations + CUDA_CONTEXT_BYTES + OVERHEAD_BYTES,
         ends_fixed=path == "fast",
+        tied_copy=int(shape.embedding_bytes * scale) if path == "fast" and shape.tie_word_embeddings else 0,
     )
 
 
@@ -250,7 +255,7 @@ def _loads(
     for c, gpu in enumerate(gpus):
         embedding, head = c == ends[0], c == ends[1]
         if costs.load(counts[c], embedding, head, extra[c]):
-            weights = counts[c] * costs.layer_weights + embedding * costs.embedding + head * costs.head
+            weights = counts[c] * costs.layer_weights + costs.ends(embedding, head)
             kv = counts[c] * costs.layer_kv
             cards.append(CardLoad(gpu, first, counts[c], embedding, head, weights, kv, costs.workspace + extra[c]))
         first += counts[c]

@@ -146,6 +146,22 @@ def test_a_tied_model_keeps_its_head_with_the_embedding() -> None:
     assert placed.device_map()["lm_head"] == placed.device_map()["model.embed_tokens"]
 
 
+def test_the_fast_engine_charges_a_tied_head_its_copy_on_the_last_card() -> None:
+    """Split, the fast engine's last card multiplies by its own copy of a tied embedding (fast_model.Transformer):
+    that card pays for it, and the two cards' weights add up to the model's plus one embedding."""
+    model = shape("qwen2.5-0.5b")
+    placed = plan_placement(model, standard_gpus(2, 24), 8192, split=True, path="fast")
+    assert_fits(placed)
+    first, last = placed.cards
+    assert first.embedding and last.head and not last.embedding
+    per_layer = (first.weights - model.embedding_bytes * model.layer_share()) / first.layers
+    assert last.weights - last.layers * per_layer >= model.embedding_bytes * model.layer_share() * 0.99
+    plain = plan_placement(model, standard_gpus(2, 24), 8192, split=True, path="plain")
+    assert sum(c.weights for c in placed.cards) - sum(c.weights for c in plain.cards) == pytest.approx(
+        model.embedding_bytes * model.layer_share(), rel=0.01
+    )
+
+
 def test_the_fast_engine_gets_the_embedding_first_and_the_head_last() -> None:
     """Its decode step is one CUDA graph per card, in layer order: tokens enter on the first card, logits
     leave from the last, so the planner puts the ends there whatever would balance better."""
