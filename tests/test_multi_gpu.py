@@ -58,17 +58,20 @@ def test_engine_split_over_two_cards_matches_the_plain_split(qwen7b_shaped, toke
 
 @two_gpus
 def test_tensor_parallel_over_two_cards_matches_the_plain_split(qwen7b_shaped, tokens, split_plain_logits) -> None:
-    """Every layer halved over the two cards (a process each, NCCL all-reduces inside the CUDA graphs)."""
-    from tensor_parallel import load_tensor_parallel
-
-    devices = [torch.device("cuda:0"), torch.device("cuda:1")]
-    engine = load_tensor_parallel(qwen7b_shaped, "marlin", devices, 1024, torch.float16)
+    """Every layer halved over the two cards (a process each, NCCL all-reduces inside the CUDA graphs), loaded
+    as the page loads it with --tensor-parallel; closing it stops the second card's process."""
+    loaded = load_uncached(
+        qwen7b_shaped, backend="marlin", device="cuda:0,1", tensor_parallel=True, context_length=1024
+    )
+    engine = loaded.engine
     try:
+        assert loaded.facts.device == "cuda:0,cuda:1" and "tensor parallel over 2 GPUs" in loaded.facts.engine
         assert engine.use_graphs and engine.prefill_graphs and engine.model.shape.num_heads == 16
         ours = teacher_forced(engine, [tokens.tolist()], [PROMPT])[0].cpu()
         assert_logits_agree(ours, split_plain_logits, "tensor parallel vs split plain")
     finally:
-        engine.close()
+        loaded.scheduler.close()
+    assert not any(process.is_alive() for process in engine.followers)
 
 
 def free_cards() -> None:
