@@ -149,8 +149,8 @@ def fitting_context(info, args) -> int:
     gpus = visible_gpus(card_indices(args.device))
     if memory_limit(args):
         gpus = cap_gpus(gpus, memory_limit(args))
-    engine = largest_tensor_parallel_context(info, gpus) if args.tensor_parallel else largest_context(info, gpus)
-    return min(engine, largest_context(info, gpus, path="plain")) // 256 * 256
+    engine_fits = largest_tensor_parallel_context(info, gpus) if args.tensor_parallel else largest_context(info, gpus)
+    return min(engine_fits, largest_context(info, gpus, path="plain")) // 256 * 256
 
 
 def free_memory() -> None:

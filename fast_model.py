@@ -559,17 +559,15 @@ def load_transformer(
         raise UnsupportedModel(problem)
     local = shape.split(world)
 
-    def outputs(prefix: str, width: int) -> dict[str, torch.Tensor]:
-        """A projection whose output features are split over the cards (q/k/v, gate/up): `width` each."""
+    def outputs(prefix: str, features: int) -> dict[str, torch.Tensor]:
+        """A projection whose `features` output features are split over the cards (q/k/v, gate/up)."""
         parts = tensors.linear(prefix)
-        return columns_of(parts, shard.rank * width, (shard.rank + 1) * width, settings.bits) if shard else parts
+        return columns_of(parts, *shard.rows(features), settings.bits) if shard else parts
 
-    def inputs(prefix: str, width: int) -> dict[str, torch.Tensor]:
-        """A projection whose input features are split over the cards (o, down): `width` each."""
+    def inputs(prefix: str, features: int) -> dict[str, torch.Tensor]:
+        """A projection whose `features` input features are split over the cards (o, down)."""
         parts = tensors.linear(prefix)
-        if not shard:
-            return parts
-        return rows_of(parts, shard.rank * width, (shard.rank + 1) * width, settings, keep_bias=shard.rank == 0)
+        return rows_of(parts, *shard.rows(features), settings, keep_bias=shard.rank == 0) if shard else parts
 
     def quant(on: torch.device, parts: list[dict[str, torch.Tensor]]) -> nn.Module:
         return build_quant_linear(fuse_gptq_tensors(parts), settings, backend, on, dtype)
@@ -585,23 +583,25 @@ def load_transformer(
             table = table[first:end]
         return table.to(device=on, dtype=dtype)
 
-    q_width, kv_width = local.num_heads * shape.head_dim, local.num_kv_heads * shape.head_dim
-    mlp_width = local.intermediate_size
+    q_features, kv_features = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
+    mlp_features = shape.intermediate_size
     blocks = []
     for i, on in enumerate(devices):
         if progress:
             progress(f"Preparing layer {i + 1} of {shape.num_layers} on {on}", (i + 1) / shape.num_layers)
         p = f"model.layers.{i}"
         qkv = [
-            outputs(f"{p}.self_attn.q_proj", q_width),
-            outputs(f"{p}.self_attn.k_proj", kv_width),
-            outputs(f"{p}.self_attn.v_proj", kv_width),
+            outputs(f"{p}.self_attn.q_proj", q_features),
+            outputs(f"{p}.self_attn.k_proj", kv_features),
+            outputs(f"{p}.self_attn.v_proj", kv_features),
         ]
         attention = Attention(
-            local, quant(on, qkv), quant(on, [inputs(f"{p}.self_attn.o_proj", q_width)]), decode_attention
+            local, quant(on, qkv), quant(on, [inputs(f"{p}.self_attn.o_proj", q_features)]), decode_attention
         )
-        gate_up = [outputs(f"{p}.mlp.gate_proj", mlp_width), outputs(f"{p}.mlp.up_proj", mlp_width)]
-        mlp = FeedForward(quant(on, gate_up), quant(on, [inputs(f"{p}.mlp.down_proj", mlp_width)]), mlp_width)
+        gate_up = [outputs(f"{p}.mlp.gate_proj", mlp_features), outputs(f"{p}.mlp.up_proj", mlp_features)]
+        mlp = FeedForward(
+            quant(on, gate_up), quant(on, [inputs(f"{p}.mlp.down_proj", mlp_features)]), local.intermediate_size
+        )
         blocks.append(
             Block(
                 attention,

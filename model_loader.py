@@ -138,8 +138,7 @@ def choose_placement(
     """
     from placement import largest_context, plan_placement
 
-    fits = largest_context(info, gpus, path=path, slots=slots)
-    context = context_length or min(DEFAULT_GPU_CONTEXT_CAP, info.max_position_embeddings, max(fits // 256 * 256, 256))
+    context = planned_context(info, context_length, largest_context(info, gpus, path=path, slots=slots))
     placement = plan_placement(info, gpus, context, path=path, slots=slots, split=named)
     main = f"cuda:{placement.cards[0].gpu.index}"
     if placement.single_card:
@@ -168,9 +167,13 @@ def plan_tensor_parallel_load(
         )
     if limit:
         gpus = cap_gpus(gpus, limit)
-    fits = largest_tensor_parallel_context(info, gpus, slots=slots)
-    context = context_length or min(DEFAULT_GPU_CONTEXT_CAP, info.max_position_embeddings, max(fits // 256 * 256, 256))
+    context = planned_context(info, context_length, largest_tensor_parallel_context(info, gpus, slots=slots))
     return plan_tensor_parallel(info, gpus, context, slots=slots), context
+
+
+def planned_context(info: CheckpointInfo | ModelShape, asked: int | None, fits: int) -> int:
+    """The context asked for, else the longest that fits in steps of 256 tokens, up to the usual cap."""
+    return asked or min(DEFAULT_GPU_CONTEXT_CAP, info.max_position_embeddings, max(fits // 256 * 256, 256))
 
 
 def quantized_modules(model: Any) -> list[Any]:

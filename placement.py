@@ -84,12 +84,14 @@ class CardLoad:
         return self.gpu.free_bytes - self.total
 
     def describe(self) -> str:
-        parts = [f"1/{self.share} of every layer, of the embedding and of lm_head"] if self.share > 1 else []
-        parts += ["embedding"] if self.embedding and self.share == 1 else []
-        if self.layers and self.share == 1:
-            parts.append(f"layers {self.first_layer}-{self.first_layer + self.layers - 1}")
-        if self.head and self.share == 1:
-            parts.append("norm + lm_head")
+        if self.share > 1:
+            parts = [f"1/{self.share} of every layer, of the embedding and of lm_head"]
+        else:
+            parts = ["embedding"] if self.embedding else []
+            if self.layers:
+                parts.append(f"layers {self.first_layer}-{self.first_layer + self.layers - 1}")
+            if self.head:
+                parts.append("norm + lm_head")
         return (
             f"GPU {self.gpu.index}: {', '.join(parts)}; {gib(self.total)} of {gib(self.gpu.free_bytes)} free "
             f"(weights {gib(self.weights)}, KV cache {gib(self.kv_cache)}, workspace {gib(self.workspace)})"
@@ -351,11 +353,7 @@ def plan_tensor_parallel(
         f"{asks}. "
         + (f"The longest context that fits: {longest:,} tokens." if longest else "Not even the weights fit.")
     )
-    fix = (
-        f"choose at most {longest // 256 * 256 or longest:,} tokens of context"
-        if longest
-        else "use more or larger GPUs"
-    )
+    fix = shorter_context(longest) if longest else "use more or larger GPUs"
     raise PlacementRefused(
         problem,
         fix,
@@ -445,7 +443,7 @@ def _refusal(
         f" + workspace {gib(costs.workspace)} per card. {'The most even split' if len(gpus) > 1 else 'Here'}: {asks}. "
         + (f"The longest context that fits: {longest:,} tokens." if longest else "Not even the weights fit.")
     )
-    fixes = [f"choose at most {longest // 256 * 256 or longest:,} tokens of context"] if longest else []
+    fixes = [shorter_context(longest)] if longest else []
     bigger = _smallest_setup(shape, context, path, slots)
     if bigger is not None:
         count = f"one {bigger[1]} GiB card holds" if bigger[0] == 1 else f"{bigger[0]} cards of {bigger[1]} GiB hold"
@@ -463,6 +461,11 @@ def _refusal(
         available={gpu.index: gpu.free_bytes for gpu in gpus},
         largest_context=longest,
     )
+
+
+def shorter_context(longest: int) -> str:
+    """The fix that says how long a context does fit, rounded down to the slider's steps of 256 tokens."""
+    return f"choose at most {longest // 256 * 256 or longest:,} tokens of context"
 
 
 def standard_gpus(cards: int, card_gib: int) -> list[GpuSpec]:

@@ -149,8 +149,7 @@ class TensorParallelEngine:
     def mirrored(self, name: str) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
             self.check_followers()
-            for inbox in self.inboxes:
-                inbox.put((name, args, kwargs))
+            self.tell(name, *args, **kwargs)
             return getattr(self.local, name)(*args, **kwargs)
 
         return call
@@ -158,10 +157,14 @@ class TensorParallelEngine:
     def ask_every_card(self, query: str) -> list[Any]:
         """One of `CARD_QUERIES`, answered by every card's process, first card first."""
         self.check_followers()
-        for inbox in self.inboxes:
-            inbox.put((query, (), {}))
+        self.tell(query)
         answers = dict(self.outbox.get(timeout=60) for _ in self.inboxes)
         return [CARD_QUERIES[query](self.local.device), *(answers[rank] for rank in range(1, self.world))]
+
+    def tell(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """Send a call (or a query, or the close) to every follower, in the order they must run it."""
+        for inbox in self.inboxes:
+            inbox.put((name, args, kwargs))
 
     def check_followers(self) -> None:
         """A follower that died would leave the first card waiting in a collective for ever: refuse instead."""
@@ -176,8 +179,7 @@ class TensorParallelEngine:
         Leaving an NCCL group is collective: every process must do it at the same time, so the first card leaves
         while the followers do, and only then waits for them to exit.
         """
-        for inbox in self.inboxes:
-            inbox.put((CLOSE, (), {}))
+        self.tell(CLOSE)
         leave_group()
         for process in self.followers:
             process.join(timeout=60)
