@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from auth import PASSWORD_ENV, exposure_problem, without_password
+from model_loader import SPLITS
 
 STREAMLIT_FLAGS = {
     "server.headless": "true",
@@ -34,9 +35,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--slots", type=int, default=1, help="replies the fast engine writes at once; each has its own KV cache"
     )
     parser.add_argument(
-        "--tensor-parallel",
-        action="store_true",
-        help="every layer split over the GPUs (faster than the layer split for a model that needs several cards)",
+        "--split",
+        choices=SPLITS,
+        default="auto",
+        help="a model over several GPUs: tensor (every layer halved, the cards work together), layers (whole "
+        "layers per card, the cards take turns), auto (tensor where the model's shape allows it)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=6006)
@@ -128,10 +131,10 @@ PAGE_CSS = (
 
 @st.cache_resource(show_spinner=False)
 def model_holder(
-    reference: str | None, backend: str, device: str | None, engine: str, slots: int, tensor_parallel: bool = False
+    reference: str | None, backend: str, device: str | None, engine: str, slots: int, split: str = "auto"
 ) -> ModelHolder:
     """One per process: every tab shares the model (and its scheduler)."""
-    return ModelHolder(reference, backend, device, engine, slots, tensor_parallel)
+    return ModelHolder(reference, backend, device, engine, slots, split)
 
 
 @st.cache_resource(show_spinner=False)
@@ -776,9 +779,7 @@ def main() -> None:
     conversations_panel(store, lang)
     server = backend_panel(lang)
     if server is None:
-        holder = model_holder(
-            default_model(args.model), args.backend, args.device, args.engine, args.slots, args.tensor_parallel
-        )
+        holder = model_holder(default_model(args.model), args.backend, args.device, args.engine, args.slots, args.split)
         loaded = load_model(holder, lang)
         model_panel(holder, loaded, lang)
         health_panel(holder.reference, lang)

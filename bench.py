@@ -142,15 +142,15 @@ def memory_limit(args) -> int | None:
 
 
 def fitting_context(info, args) -> int:
-    """The longest context both paths hold on these cards (capped), in steps of 256 tokens."""
-    from gpu_memory import cap_gpus, visible_gpus
+    """The longest context every timed path holds on these cards (capped), in steps of 256 tokens."""
+    from model_loader import capped_gpus
     from placement import largest_context, largest_tensor_parallel_context
 
-    gpus = visible_gpus(card_indices(args.device))
-    if memory_limit(args):
-        gpus = cap_gpus(gpus, memory_limit(args))
-    engine_fits = largest_tensor_parallel_context(info, gpus) if args.tensor_parallel else largest_context(info, gpus)
-    return min(engine_fits, largest_context(info, gpus, path="plain")) // 256 * 256
+    gpus = capped_gpus(args.device, memory_limit(args))
+    fits = [largest_context(info, gpus, path="plain"), largest_context(info, gpus)]
+    if args.split == "tensor":
+        fits.append(largest_tensor_parallel_context(info, gpus))
+    return min(fits) // 256 * 256
 
 
 def free_memory() -> None:
@@ -174,7 +174,11 @@ def main() -> None:
         help="engine variants to time: sdpa, matmul (decode attention), sdpa-fp16reduce (Marlin without fp32 reduce)",
     )
     parser.add_argument(
-        "--tensor-parallel", action="store_true", help="the engine with every layer split over the --device cards"
+        "--split",
+        choices=("layers", "tensor"),
+        default="layers",
+        help="how the engine splits a model over the --device cards: layers (the loader's default) or tensor "
+        "(tensor parallelism: every layer halved). One per run: a process holds one tensor-parallel group",
     )
     parser.add_argument("--skip-plain", action="store_true")
     parser.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)  # the child process
@@ -182,6 +186,8 @@ def main() -> None:
     parser.add_argument("--chat", action="store_true", help="also answer one chat message (chat template, tokenizer)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    if args.split == "tensor" and "fp16reduce" in args.variants:
+        parser.error("sdpa-fp16reduce re-captures the first card's graphs only: it cannot be timed with --split tensor")
     logging.basicConfig(level=logging.WARNING)
 
     from checkpoint import find_checkpoint
@@ -217,8 +223,9 @@ def main() -> None:
     for result in results:
         context = result.prompt_tokens + result.new_tokens // 2
         moved = bytes_per_token(info.weight_bytes - embedding_bytes(info), info.kv_bytes_per_token, context)
+        reading = len(cards) if "tensor parallel" in result.path else 1  # else the cards take turns
         if bandwidth:
-            result.bandwidth_fraction = moved * result.decode_tokens_per_s / bandwidth
+            result.bandwidth_fraction = moved * result.decode_tokens_per_s / (bandwidth * reading)
     print(table(results, report))
     if args.json:
         args.json.write_text(json.dumps({**report, "results": [asdict(r) for r in results]}, indent=2))
@@ -230,6 +237,7 @@ def time_engine(folder: Path, variant: str, prompts: list[int], args, report: di
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     engine, memory = load_for_timing(folder, attention, args, report)
+    key = f"engine_{variant}"
     if reduce == "fp16reduce":
         for module in engine.model.modules():
             if hasattr(module, "fp32"):
@@ -237,12 +245,12 @@ def time_engine(folder: Path, variant: str, prompts: list[int], args, report: di
         engine.graphs.clear()
         engine.prefill_graphs.clear()
         engine.capture()
-    report[f"engine_{variant}_load_s"] = time.perf_counter() - started - engine.stats.warmup_seconds
-    report[f"engine_{variant}_warmup_s"] = engine.stats.warmup_seconds
-    report[f"engine_{variant}_graphs"] = engine.stats.graphs
+    report[f"{key}_load_s"] = time.perf_counter() - started - engine.stats.warmup_seconds
+    report[f"{key}_warmup_s"] = engine.stats.warmup_seconds
+    report[f"{key}_graphs"] = engine.stats.graphs
     scheduler = Scheduler(engine)  # what the page and the API use
     greedy = SamplingSettings(max_new_tokens=args.new_tokens, temperature=0.0, repetition_penalty=1.0)
-    label = f"engine ({variant}{', tensor parallel' if args.tensor_parallel else ''})"
+    label = f"engine ({variant}{', tensor parallel' if args.split == 'tensor' else ''})"
     results = [measure(scheduler, label, length, greedy, memory) for length in prompts]
     if args.sampled:
         sampled = SamplingSettings(max_new_tokens=args.new_tokens, temperature=0.7, top_p=0.8, top_k=20)
@@ -250,7 +258,7 @@ def time_engine(folder: Path, variant: str, prompts: list[int], args, report: di
     for result in results:
         print(result, flush=True)
     if args.chat:
-        report[f"engine_{variant}_chat"] = chat_turn(scheduler, folder, args.context)
+        report[f"{key}_chat"] = chat_turn(scheduler, folder, args.context)
     scheduler.close()
     return results
 
@@ -259,31 +267,38 @@ def load_for_timing(folder: Path, attention: str, args, report: dict) -> tuple[A
     """The engine as the loader would place it (one card, layers split, or tensor parallel), and its cards."""
     from checkpoint import find_checkpoint
     from engine import load_engine
-    from model_loader import place_on_gpus
-    from vram_planner import CUDA_CONTEXT_BYTES, OVERHEAD_BYTES
+    from model_loader import capped_gpus, place_on_gpus, tensor_parallel_plan
 
     cards = card_indices(args.device)
-    if args.tensor_parallel:
+    info = find_checkpoint(folder)
+    if args.split == "tensor":
         from tensor_parallel import load_tensor_parallel
 
+        _, placement, _ = tensor_parallel_plan(info, capped_gpus(args.device, memory_limit(args)), args.context, 1)
+        report_plan(placement, report)
         devices = [torch.device(f"cuda:{card}") for card in cards]
         engine = load_tensor_parallel(
             folder, "marlin", devices, args.context, torch.float16, None, attention, 1, memory_limit(args)
         )
         return engine, CardPeaks(cards[:1], engine)
-    info = find_checkpoint(folder)
     device, placement, _ = place_on_gpus(info, args.device, args.context, "fast", 1, memory_limit(args))
     if placement:
-        print(placement.summary())
-        # What the planner expects torch's allocator to hold on each card (its total less context and slack).
-        report["planned_per_card_gb"] = [
-            (card.total - CUDA_CONTEXT_BYTES - OVERHEAD_BYTES) / 1e9 for card in placement.cards
-        ]
+        report_plan(placement, report)
     layer_devices = [torch.device(f"cuda:{i}") for i in placement.layer_devices()] if placement else None
     engine = load_engine(
         folder, "marlin", torch.device(device), args.context, decode_attention=attention, layer_devices=layer_devices
     )
     return engine, CardPeaks(cards)
+
+
+def report_plan(placement, report: dict) -> None:
+    """Show the placement, and keep what the planner expects torch's allocator to hold on each card (its total
+    less the CUDA context and slack), to set against the measured peaks."""
+    from vram_planner import CUDA_CONTEXT_BYTES, OVERHEAD_BYTES
+
+    print(placement.summary())
+    planned = [(card.total - CUDA_CONTEXT_BYTES - OVERHEAD_BYTES) / 1e9 for card in placement.cards]
+    report["planned_per_card_gb"] = planned
 
 
 def chat_turn(engine: Engine, folder: Path, context: int) -> dict:

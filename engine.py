@@ -234,6 +234,20 @@ class FastEngine:
         self.stats.warmup_seconds = time.perf_counter() - started
         log.info("Captured %d graphs in %.1f s", self.stats.graphs, self.stats.warmup_seconds)
 
+    def release_graphs(self) -> None:
+        """Free the captured graphs now; steps run eagerly after. A graph that holds NCCL collectives keeps its
+        communicator busy, so a tensor-parallel process must do this before leaving its group, or the leaving
+        waits for ever (pytorch/pytorch#115388)."""
+        if not self.use_graphs:
+            return
+        for segment in self.model.segments:
+            torch.cuda.synchronize(segment.device)
+        for graph in [*self.graphs.values(), *self.prefill_graphs.values()]:
+            graph.reset()
+        self.graphs.clear()
+        self.prefill_graphs.clear()
+        self.use_graphs = False
+
     def reset(self) -> None:
         """Every slot parked and empty."""
         for positions in self.positions:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from checkpoint import CheckpointInfo, find_checkpoint
 from generation import Engine, PlainEngine
 from kernels import KernelChoice, choose_kernel
-from placement import GpuSpec, Placement
+from placement import GpuSpec, Placement, PlacementRefused
 from scheduler import DEFAULT_QUEUE_LIMIT, Scheduler
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ CPU_CONTEXT_TOKENS = 4096
 VRAM_HEADROOM = 0.25
 DEFAULT_GPU_CONTEXT_CAP = 8192
 ENGINES = ("auto", "fast", "plain")
+SPLITS = ("auto", "layers", "tensor")  # how a model is split over several GPUs: see split_over_gpus
 FAST_ENGINE_KERNELS = ("marlin", "torch_aten", "torch")
 
 
@@ -106,16 +107,20 @@ def default_context(info: CheckpointInfo, device: str, free_bytes: int | None, s
     return tokens
 
 
-def place_on_gpus(
-    info: CheckpointInfo, device: str, context_length: int | None, path: str, slots: int, limit: int | None = None
-) -> tuple[str, Placement | None, int | None]:
-    """Over several GPUs (every visible one for "cuda", the named ones for "cuda:0,1"), capped at `limit` bytes
-    each: see `choose_placement`. One visible card: `device` as it is."""
+def capped_gpus(device: str, limit: int | None = None) -> list[GpuSpec]:
+    """The GPUs `device` names (every visible one for "cuda", those of "cuda:0,1"), each capped at `limit` bytes."""
     from gpu_memory import cap_gpus, gpus_for
 
     gpus = gpus_for(device)
-    if limit:
-        gpus = cap_gpus(gpus, limit)
+    return cap_gpus(gpus, limit) if limit else gpus
+
+
+def place_on_gpus(
+    info: CheckpointInfo, device: str, context_length: int | None, path: str, slots: int, limit: int | None = None
+) -> tuple[str, Placement | None, int | None]:
+    """The layer split over several GPUs, capped at `limit` bytes each: see `choose_placement`. One visible card:
+    `device` as it is."""
+    gpus = capped_gpus(device, limit)
     if len(gpus) < 2:
         return device, None, context_length
     return choose_placement(info, gpus, ":" in device, context_length, path, slots)
@@ -146,29 +151,67 @@ def choose_placement(
     return main, placement, context
 
 
-def plan_tensor_parallel_load(
-    info: CheckpointInfo, device: str, fast: bool, context_length: int | None, slots: int, limit: int | None
-) -> tuple[Placement, int]:
-    """The placement and context for tensor parallelism over the named (or every visible) GPU, or a clear refusal."""
-    from fast_model import ModelShape, gptq_settings, tensor_parallel_problem
-    from gpu_memory import cap_gpus, gpus_for
+def split_over_gpus(
+    info: CheckpointInfo | ModelShape,
+    gpus: Sequence[GpuSpec],
+    named: bool,
+    fast: bool,
+    context_length: int | None,
+    slots: int,
+    split: str,
+    tensor_problem: str | None,
+) -> tuple[str, Placement | None, int | None]:
+    """`choose_placement`, with the choice of how a model that needs several cards is split over them.
+
+    "layers" gives each card whole layers: the cards take turns. "tensor" halves every layer over the cards,
+    which then work on each token together: Qwen1.5-72B on two H100s capped at 24 GiB decodes 77.6 tokens/s so,
+    53.6 with the layers split (BENCHMARKS.md). "auto" splits the tensors where the engine and the model's shape
+    allow it (`tensor_problem` is None) and the context fits, the layers otherwise.
+    """
+    refusal = tensor_parallel_refusal(info.name, fast, len(gpus), tensor_problem)
+    if split == "tensor":
+        if refusal:
+            raise ValueError(refusal)
+        return tensor_parallel_plan(info, gpus, context_length, slots)
+    main, placement, context = choose_placement(info, gpus, named, context_length, "fast" if fast else "plain", slots)
+    if placement is None or split == "layers" or refusal:
+        return main, placement, context
+    try:
+        return tensor_parallel_plan(info, gpus, context_length, slots)
+    except PlacementRefused as why:  # the context asked for fits the layer split only
+        log.info("Splitting the layers, not the tensors: %s", why)
+        return main, placement, context
+
+
+def tensor_parallel_refusal(name: str, fast: bool, cards: int, problem: str | None) -> str | None:
+    """Why tensor parallelism cannot run this model here, or None."""
+    if cards < 2:
+        return f"Tensor parallelism needs two GPUs or more; {cards} named or visible"
+    if not fast:
+        return "Tensor parallelism runs on the fast engine (gptqmodel's Marlin kernel on a GPU)"
+    if problem:
+        return f"{name} cannot be split by tensor parallelism: {problem}. Use --split layers"
+    return None
+
+
+def tensor_parallel_plan(
+    info: CheckpointInfo | ModelShape, gpus: Sequence[GpuSpec], context_length: int | None, slots: int
+) -> tuple[str, Placement, int]:
+    """The main card, the tensor-parallel placement and the context planned, or `PlacementRefused`."""
     from placement import largest_tensor_parallel_context, plan_tensor_parallel
 
-    if not fast:
-        raise ValueError("Tensor parallelism runs on the fast engine (gptqmodel's Marlin kernel on a GPU)")
-    gpus = gpus_for(device)
-    if len(gpus) < 2:
-        raise ValueError(f"Tensor parallelism needs two GPUs or more; {device!r} names {len(gpus)}")
-    config = json.loads((info.path / "config.json").read_text())
-    problem = tensor_parallel_problem(ModelShape.from_config(config), gptq_settings(config), len(gpus))
-    if problem:
-        raise ValueError(
-            f"{info.name} cannot be split by tensor parallelism: {problem}. Leave it out to split the layers"
-        )
-    if limit:
-        gpus = cap_gpus(gpus, limit)
     context = planned_context(info, context_length, largest_tensor_parallel_context(info, gpus, slots=slots))
-    return plan_tensor_parallel(info, gpus, context, slots=slots), context
+    placement = plan_tensor_parallel(info, gpus, context, slots=slots)
+    return f"cuda:{placement.cards[0].gpu.index}", placement, context
+
+
+def tensor_parallel_problem_of(info: CheckpointInfo, cards: int) -> str | None:
+    """What in the checkpoint's shape or GPTQ settings keeps it from halving over `cards`, or None."""
+    from fast_model import ModelShape as EngineShape
+    from fast_model import gptq_settings, tensor_parallel_problem
+
+    config = json.loads((info.path / "config.json").read_text())
+    return tensor_parallel_problem(EngineShape.from_config(config), gptq_settings(config), cards)
 
 
 def planned_context(info: CheckpointInfo | ModelShape, asked: int | None, fits: int) -> int:
@@ -239,13 +282,12 @@ def load_uncached(
     slots: int = 1,
     queue_limit: int = DEFAULT_QUEUE_LIMIT,
     gpu_memory_limit: int | None = None,
-    tensor_parallel: bool = False,
+    split: str = "auto",
 ) -> LoadedModel:
     """Validate, choose device, kernel and engine, load; `load` is the cached version callers want.
 
     `gpu_memory_limit` (bytes) caps what this process may use of each GPU, as if the cards were that size.
-    `tensor_parallel` splits every layer over the GPUs (`tensor_parallel.py`) instead of giving each card
-    whole layers: the cards then work on each token together instead of taking turns.
+    `split` says how a model is split over several GPUs: see `split_over_gpus`.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -261,14 +303,14 @@ def load_uncached(
     choice: KernelChoice = choose_kernel(info, device_capability(first), backend)
     fast, engine_reason = pick_engine(engine, info, first, choice.backend)
     placement = None
-    if tensor_parallel:
-        placement, context_length = plan_tensor_parallel_load(
-            info, device, fast, context_length, slots, gpu_memory_limit
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    gpus = capped_gpus(device, gpu_memory_limit) if device.startswith("cuda") else []
+    if len(gpus) > 1 or split == "tensor":
+        problem = tensor_parallel_problem_of(info, len(gpus)) if len(gpus) > 1 else None
+        device, placement, context_length = split_over_gpus(
+            info, gpus, ":" in device, fast, context_length, slots, split, problem
         )
-        device = f"cuda:{placement.cards[0].gpu.index}"
-    elif device.startswith("cuda"):
-        path = "fast" if fast else "plain"
-        device, placement, context_length = place_on_gpus(info, device, context_length, path, slots, gpu_memory_limit)
     cards = [f"cuda:{card.gpu.index}" for card in placement.cards] if placement else [device]
     log.info("Loading %s on %s with the %s kernel (%s)", info.path, ",".join(cards), choice.backend, choice.reason)
     if placement:

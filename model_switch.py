@@ -149,14 +149,14 @@ class ModelHolder:
         device: str | None,
         engine: str,
         slots: int = 1,
-        tensor_parallel: bool = False,
+        split: str = "auto",
     ) -> None:
         self.reference = reference  # None: the built-in demo model (built on first use)
         self.backend = backend
         self.device = device
         self.engine = engine
         self.slots = slots
-        self.tensor_parallel = tensor_parallel
+        self.split = split  # over several GPUs: model_loader.SPLITS
         self.loaded: LoadedModel | None = None
         self.lock = threading.Lock()
 
@@ -215,4 +215,4 @@ class ModelHolder:
 
     def _load(self, reference: str, progress: Progress | None) -> LoadedModel:
         options = {"backend": self.backend, "device": self.device, "engine": self.engine, "slots": self.slots}
-        return load(reference, progress, **options, tensor_parallel=self.tensor_parallel)
+        return load(reference, progress, **options, split=self.split)

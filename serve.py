@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from auth import is_loopback, password_matches
+from model_loader import SPLITS
 from openai_protocol import (
     ApiError,
     ChatCompletionRequest,
@@ -389,9 +390,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--engine", default="auto", help="auto, fast (CUDA graphs, batching) or plain")
     parser.add_argument("--slots", type=int, default=1, help="sequences decoded together (the fast engine)")
     parser.add_argument(
-        "--tensor-parallel",
-        action="store_true",
-        help="every layer split over the GPUs (faster than the layer split for a model that needs several cards)",
+        "--split",
+        choices=SPLITS,
+        default="auto",
+        help="a model over several GPUs: tensor (every layer halved, the cards work together), layers (whole "
+        "layers per card, the cards take turns), auto (tensor where the model's shape allows it)",
     )
     parser.add_argument("--context", type=int, default=None, help="tokens per request, prompt and reply")
     parser.add_argument("--queue-limit", type=int, default=None, help="requests that may wait; more get 429")
@@ -443,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
             engine=args.engine,
             context_length=args.context,
             slots=args.slots,
-            tensor_parallel=args.tensor_parallel,
+            split=args.split,
         )
         if args.queue_limit is not None:
             loaded.scheduler.queue_limit = args.queue_limit  # the loader makes its scheduler with the default
@@ -453,7 +456,10 @@ def main(argv: list[str] | None = None) -> None:
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"OpenAI-compatible API for '{name}' at http://{shown}:{args.port}/v1 (health: /health)", flush=True)
     config = uvicorn.Config(app, host=args.host, port=args.port, access_log=False, timeout_graceful_shutdown=30)
-    Server(config, app.state.server).run()
+    try:
+        Server(config, app.state.server).run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has stopped; stopping was asked for
+        log.info("Stopped")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ tokens (`Shard.agree`).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import os
@@ -116,7 +117,9 @@ def follow(
         except Exception:  # the first card raised the same (same inputs, same checks) and went on
             log.exception("%s failed", name)
     if call is not None:  # leaving is collective: only with the first card (an orphan just exits)
+        engine.release_graphs()
         dist.destroy_process_group()
+        log.info("Left the group")
 
 
 def next_call(inbox: Any, leader: int) -> tuple[str, tuple, dict] | None:
@@ -140,6 +143,10 @@ class TensorParallelEngine:
         self.outbox = outbox
         self.world = len(followers) + 1
         self.name = f"{local.name}, tensor parallel over {self.world} GPUs"
+        self.closed = False
+        # At exit too (Ctrl-C in the page or the API server): a process that ends with its graphs and group
+        # still alive can hang in NCCL's teardown (pytorch/pytorch#115388).
+        atexit.register(self.close)
 
     def __getattr__(self, name: str) -> Any:
         if name in MIRRORED:
@@ -177,14 +184,24 @@ class TensorParallelEngine:
         """Stop the followers and leave the group (model switch, shutdown).
 
         Leaving an NCCL group is collective: every process must do it at the same time, so the first card leaves
-        while the followers do, and only then waits for them to exit.
+        while the followers do (each first frees its graphs, which hold the group's communicator), and only then
+        waits for them to exit.
         """
+        if self.closed:
+            return
+        self.closed = True
+        atexit.unregister(self.close)
+        started = time.perf_counter()
         self.tell(CLOSE)
+        self.local.release_graphs()
         leave_group()
+        log.info("Left the tensor-parallel group in %.1f s", time.perf_counter() - started)
         for process in self.followers:
             process.join(timeout=60)
             if process.is_alive():
+                log.warning("%s did not exit; killing it", process.name)
                 process.kill()
+                process.join(timeout=10)
 
 
 def leave_group() -> None:

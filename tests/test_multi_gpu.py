@@ -1,17 +1,24 @@
-"""A model split over two GPUs (`pytest -m gpu`, on a two-GPU device machine): the engine's split decode step
-gives the plain path's logits, and a memory cap is a real cap."""
+"""A model split over two GPUs (`pytest -m gpu`, on a two-GPU device machine): the engine's split decode step and
+tensor parallelism give the plain path's logits, the API server runs and stops a tensor-parallel model, and a
+memory cap is a real cap."""
 
 from __future__ import annotations
 
 import gc
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 import torch
 
 from model_loader import load_uncached
+from tensor_parallel import free_port
 from tests.teacher_forcing import FORCED, PROMPT, assert_logits_agree, forced_tokens, teacher_forced
 
 pytestmark = pytest.mark.gpu
@@ -44,7 +51,9 @@ def split_plain_logits(qwen7b_shaped, tokens) -> torch.Tensor:
 def test_engine_split_over_two_cards_matches_the_plain_split(qwen7b_shaped, tokens, split_plain_logits) -> None:
     """The layers split (one graph per card, the hidden state handed over between them) against transformers
     with the same placement as its device_map."""
-    fast = load_uncached(qwen7b_shaped, backend="marlin", device="cuda:0,1", engine="fast", context_length=1024)
+    fast = load_uncached(
+        qwen7b_shaped, backend="marlin", device="cuda:0,1", engine="fast", context_length=1024, split="layers"
+    )
     engine = fast.engine
     assert [(s.device.index, s.first, s.end) for s in engine.model.segments] == [(0, 0, 16), (1, 16, 32)]
     assert "split over 2 devices" in engine.name
@@ -58,11 +67,9 @@ def test_engine_split_over_two_cards_matches_the_plain_split(qwen7b_shaped, toke
 
 @two_gpus
 def test_tensor_parallel_over_two_cards_matches_the_plain_split(qwen7b_shaped, tokens, split_plain_logits) -> None:
-    """Every layer halved over the two cards (a process each, NCCL all-reduces inside the CUDA graphs), loaded
-    as the page loads it with --tensor-parallel; closing it stops the second card's process."""
-    loaded = load_uncached(
-        qwen7b_shaped, backend="marlin", device="cuda:0,1", tensor_parallel=True, context_length=1024
-    )
+    """Every layer halved over the two cards (a process each, NCCL all-reduces inside the CUDA graphs): what the
+    loader chooses by itself for cards named together; closing it stops the second card's process."""
+    loaded = load_uncached(qwen7b_shaped, backend="marlin", device="cuda:0,1", context_length=1024)
     engine = loaded.engine
     try:
         assert loaded.facts.device == "cuda:0,cuda:1" and "tensor parallel over 2 GPUs" in loaded.facts.engine
@@ -72,6 +79,57 @@ def test_tensor_parallel_over_two_cards_matches_the_plain_split(qwen7b_shaped, t
     finally:
         loaded.scheduler.close()
     assert not any(process.is_alive() for process in engine.followers)
+
+
+@two_gpus
+def test_the_api_server_runs_and_stops_a_tensor_parallel_model(qwen7b_shaped, tmp_path) -> None:
+    """serve.py as a user starts it with both cards named: it answers a chat completion over HTTP, and Ctrl-C
+    stops the second card's process as well as the server (no GPU memory left held)."""
+    port, log_file = free_port(), tmp_path / "serve.log"
+    command = [sys.executable, "serve.py", "--model", str(qwen7b_shaped), "--device", "cuda:0,1"]
+    with log_file.open("w") as log:
+        server = subprocess.Popen(
+            [*command, "--port", str(port), "--context", "1024"],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=os.environ | {"PYTHONFAULTHANDLER": "1"},  # a stuck exit, aborted below, shows where it was
+        )
+    base, processes = f"http://127.0.0.1:{port}", []
+    try:
+        wait_until_serving(base, server, log_file)
+        processes = psutil.Process(server.pid).children(recursive=True)
+        name = httpx.get(f"{base}/v1/models").json()["data"][0]["id"]
+        request = {"model": name, "messages": [{"role": "user", "content": "你好"}], "max_tokens": 16}
+        answer = httpx.post(f"{base}/v1/chat/completions", json=request | {"temperature": 0}, timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert 1 <= answer.json()["usage"]["completion_tokens"] <= 16
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            code = server.wait(timeout=150)
+        except subprocess.TimeoutExpired:
+            server.send_signal(signal.SIGABRT)
+            server.wait(timeout=30)
+            code = None
+    output = log_file.read_text()
+    assert "1/2 of every layer" in output, output[-3000:]  # the loader's placement summary
+    assert code == 0, output[-6000:]
+    time.sleep(1)
+    assert not [p.pid for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def wait_until_serving(base: str, server: subprocess.Popen, log_file: Path, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert server.poll() is None, log_file.read_text()[-3000:]
+        try:
+            if httpx.get(f"{base}/health", timeout=5).json()["status"] == "ok":
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"not serving after {timeout_s:.0f} s: {log_file.read_text()[-3000:]}")
 
 
 def free_cards() -> None:

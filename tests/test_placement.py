@@ -326,3 +326,35 @@ def test_the_loader_splits_only_what_one_card_cannot_hold() -> None:
     assert placement.layer_devices() == [0] * 40 + [1] * 40
     with pytest.raises(PlacementRefused, match="longest context that fits"):
         choose_placement(big, two, False, 8192, "fast", 1)
+
+
+def test_a_model_that_needs_two_cards_has_its_tensors_split_where_it_can() -> None:
+    """`model_loader.split_over_gpus`: "auto" halves every layer (tensor parallelism, the faster split) unless
+    the engine, the model's shape or the context asked for rules it out; then the layers are split."""
+    from model_loader import DEFAULT_GPU_CONTEXT_CAP, split_over_gpus
+    from placement import largest_tensor_parallel_context
+
+    two, big = standard_gpus(2, 24), shape("qwen1.5-72b")
+    main, placement, context = split_over_gpus(big, two, False, True, None, 1, "auto", None)
+    assert main == "cuda:0" and placement.tensor_parallel and [c.share for c in placement.cards] == [2, 2]
+    assert context == min(largest_tensor_parallel_context(big, two) // 256 * 256, DEFAULT_GPU_CONTEXT_CAP)
+    # Asked for, the plain path (transformers has no tensor parallelism here), a shape that does not halve:
+    for split, fast, problem in [("layers", True, None), ("auto", False, None), ("auto", True, "13696 MLP rows")]:
+        _, placement, _ = split_over_gpus(big, two, False, fast, None, 1, split, problem)
+        assert not placement.tensor_parallel and placement.layer_devices() == [0] * 40 + [1] * 40
+    # One card holds a 7B model: nothing is split unless the cards are named ("cuda:0,1").
+    assert split_over_gpus(shape("qwen1.5-7b"), two, False, True, None, 1, "auto", None) == ("cuda:0", None, None)
+    _, placement, context = split_over_gpus(shape("qwen1.5-7b"), two, True, True, 4096, 1, "auto", None)
+    assert placement.tensor_parallel and context == 4096
+    # 24 + 48 GiB: halves are limited by the smaller card, whole layers are not; a context only they hold.
+    uneven = [GpuSpec(0, 24 * GIB, 24 * GIB), GpuSpec(1, 48 * GIB, 48 * GIB)]
+    longest = largest_tensor_parallel_context(big, uneven)
+    _, placement, context = split_over_gpus(big, uneven, False, True, longest + 4096, 1, "auto", None)
+    assert not placement.tensor_parallel and context == longest + 4096
+    # "tensor" is a demand: refused with the reason.
+    with pytest.raises(ValueError, match=r"cannot be split by tensor parallelism: 13696 MLP rows\. Use --split layers"):
+        split_over_gpus(big, two, False, True, None, 1, "tensor", "13696 MLP rows")
+    with pytest.raises(ValueError, match="runs on the fast engine"):
+        split_over_gpus(big, two, False, False, None, 1, "tensor", None)
+    with pytest.raises(PlacementRefused, match="with tensor parallelism"):
+        split_over_gpus(big, uneven, False, True, longest + 4096, 1, "tensor", None)

@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -328,6 +330,39 @@ def test_off_loopback_the_server_needs_a_key() -> None:
     )
     assert done.returncode != 0 and time.monotonic() - started < 30
     assert "Refusing to start" in done.stderr and "--api-key" in done.stderr and API_KEY_ENV in done.stderr
+
+
+def test_ctrl_c_stops_the_server_cleanly(demo_model_dir: Path, tmp_path: Path) -> None:
+    """A user's Ctrl-C: the server stops, closes its model and exits with 0 (uvicorn re-raises the signal once
+    it has stopped; a traceback there would look like a crash)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "serve.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            [sys.executable, "serve.py", "--model", str(demo_model_dir), "--port", str(port)],
+            cwd=REPO,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not health_is_ok(f"http://127.0.0.1:{port}"):
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=60) == 0, log.read_text()[-3000:]
+    finally:
+        server.kill()
+    assert "Stopped" in log.read_text() and "Traceback" not in log.read_text()
+
+
+def health_is_ok(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/health", timeout=5).json()["status"] == "ok"
+    except httpx.TransportError:
+        return False
 
 
 # -- the queue -------------------------------------------------------------------------------------------------

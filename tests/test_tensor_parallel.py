@@ -137,11 +137,13 @@ def test_the_planner_halves_every_card_and_says_how_long_a_context_fits() -> Non
         plan_tensor_parallel(shape, cards, 8192)
 
 
-def test_the_loader_refuses_tensor_parallelism_without_the_fast_engine(tiny_gptq_dir) -> None:
+def test_the_loader_refuses_tensor_parallelism_off_the_gpus(tiny_gptq_dir) -> None:
     from model_loader import load_uncached
 
-    with pytest.raises(ValueError, match="Tensor parallelism runs on the fast engine"):
-        load_uncached(tiny_gptq_dir, device="cpu", tensor_parallel=True)
+    with pytest.raises(ValueError, match="Tensor parallelism needs two GPUs or more; 0 named or visible"):
+        load_uncached(tiny_gptq_dir, device="cpu", split="tensor")
+    with pytest.raises(ValueError, match="split must be one of auto, layers, tensor, not 'rows'"):
+        load_uncached(tiny_gptq_dir, device="cpu", split="rows")
 
 
 LEADER = """
@@ -150,7 +152,8 @@ from pathlib import Path
 from tensor_parallel import load_tensor_parallel
 engine = load_tensor_parallel(Path(sys.argv[1]), "torch_aten", [torch.device("cpu")] * 2, 256, torch.bfloat16)
 print("follower", engine.followers[0].pid, flush=True)
-time.sleep(600)
+if sys.argv[2] == "wait":
+    time.sleep(600)
 """
 
 
@@ -158,29 +161,58 @@ def test_a_follower_whose_leader_was_killed_exits(tiny_gptq_dir) -> None:
     """A killed app cannot tell its followers to stop: they notice on their own and give their card back."""
     import os
     import signal
+
+    leader, follower = start_leader(tiny_gptq_dir, "wait")
+    try:
+        os.kill(leader.pid, signal.SIGKILL)
+        leader.wait(timeout=30)
+        assert_gone_soon(follower)
+    finally:
+        leader.kill()
+
+
+def test_a_leader_that_ends_without_closing_stops_its_followers_and_exits(tiny_gptq_dir, tmp_path) -> None:
+    """An app that ends (Ctrl-C) without closing its model: the model closes at exit, so the follower leaves the
+    group with the first card (it is not just killed) and the process ends: on GPUs, a group left open with its
+    graphs can hang the exit."""
+    log = tmp_path / "stderr.log"
+    with log.open("w") as stderr:
+        leader, follower = start_leader(tiny_gptq_dir, "exit", stderr)
+    try:
+        assert leader.wait(timeout=120) == 0
+        assert_gone_soon(follower)
+    finally:
+        leader.kill()
+    assert "[tensor-parallel 1] Left the group" in log.read_text()
+
+
+def start_leader(folder, then: str, stderr=None):
+    """A process that loads a tensor-parallel model on the CPU, then waits or exits; it and its follower's pid."""
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
     leader = subprocess.Popen(
-        [sys.executable, "-c", LEADER, str(tiny_gptq_dir)], cwd=root, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", LEADER, str(folder), then], cwd=root, stdout=subprocess.PIPE, stderr=stderr, text=True
     )
-    try:
-        line = ""
-        while not line.startswith("follower "):  # libraries print their banners first
-            line = leader.stdout.readline()
-            assert line, "the leader exited before its follower started"
-        follower = int(line.split()[1])
-        os.kill(leader.pid, signal.SIGKILL)
-        leader.wait(timeout=30)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and os.path.exists(f"/proc/{follower}") and not zombie(follower):
-            time.sleep(0.5)
-        assert not os.path.exists(f"/proc/{follower}") or zombie(follower), "the follower outlived its leader"
-    finally:
-        leader.kill()
+    line = ""
+    while not line.startswith("follower "):  # libraries print their banners first
+        line = leader.stdout.readline()
+        if not line:
+            leader.kill()
+            raise AssertionError("the leader exited before its follower started")
+    return leader, int(line.split()[1])
+
+
+def assert_gone_soon(pid: int, within_s: float = 30) -> None:
+    import os
+    import time
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and not zombie(pid):
+        time.sleep(0.5)
+    assert not os.path.exists(f"/proc/{pid}") or zombie(pid), "the follower outlived its leader"
 
 
 def zombie(pid: int) -> bool:
