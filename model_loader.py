@@ -307,7 +307,8 @@ def load_uncached(
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     gpus = capped_gpus(device, gpu_memory_limit) if device.startswith("cuda") else []
     if len(gpus) > 1 or split == "tensor":
-        problem = tensor_parallel_problem_of(info, len(gpus)) if len(gpus) > 1 else None
+        asks = fast and split != "layers" and len(gpus) > 1  # the shape is read as the fast engine reads it
+        problem = tensor_parallel_problem_of(info, len(gpus)) if asks else None
         device, placement, context_length = split_over_gpus(
             info, gpus, ":" in device, fast, context_length, slots, split, problem
         )
