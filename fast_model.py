@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -19,6 +20,9 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+if TYPE_CHECKING:
+    from random_checkpoint import QwenShape
 
 from quant_linear import GPTQ_PARTS, GPTQSettings, build_quant_linear, columns_of, fuse_gptq_tensors, rows_of
 
@@ -42,6 +46,23 @@ class ModelShape:
     rms_norm_eps: float
     tie_word_embeddings: bool
     max_position_embeddings: int
+
+    @classmethod
+    def from_qwen_shape(cls, shape: QwenShape) -> ModelShape:
+        """A catalog model's shape (`random_checkpoint.QWEN_SHAPES`), before any checkpoint is downloaded."""
+        return cls(
+            vocab_size=shape.vocab_size,
+            hidden_size=shape.hidden_size,
+            intermediate_size=shape.intermediate_size,
+            num_layers=shape.num_hidden_layers,
+            num_heads=shape.num_attention_heads,
+            num_kv_heads=shape.num_key_value_heads,
+            head_dim=shape.head_dim,
+            rope_theta=shape.rope_theta,
+            rms_norm_eps=shape.rms_norm_eps,
+            tie_word_embeddings=shape.tie_word_embeddings,
+            max_position_embeddings=shape.max_position_embeddings,
+        )
 
     @classmethod
     def from_config(cls, config: dict) -> ModelShape:

@@ -41,6 +41,8 @@ from vram_planner import CUDA_CONTEXT_BYTES, GIB, OVERHEAD_BYTES, PATHS, ModelSh
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from catalog import CatalogEntry
+
 log = logging.getLogger(__name__)
 
 CARD_COUNTS = (1, 2, 4)  # the setups the table shows
@@ -578,6 +580,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--path", choices=PATHS, default="fast", help="generation path (fast engine or plain)")
     parser.add_argument("--model", help="a catalog key (qwen1.5-72b): plan one placement on --cards")
     parser.add_argument("--cards", default="24,24", help="with --model: free GiB of each card, e.g. 24,24")
+    parser.add_argument(
+        "--split",
+        choices=("auto", "layers", "tensor"),
+        default="auto",
+        help="with --model, for a model that needs several cards: as the loader splits it (auto), or forced",
+    )
     return parser.parse_args(argv)
 
 
@@ -595,11 +603,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = [float(part) for part in args.cards.split(",")]
     gpus = [GpuSpec(i, int(size * GIB), int(size * GIB)) for i, size in enumerate(sizes)]
     try:
-        print(plan_placement(entry.model_shape(), gpus, args.context, path=args.path).summary())
-    except PlacementRefused as refused:
-        print(f"{refused.problem}\n  Fix: {refused.fix}", file=sys.stderr)
+        print(planned_split(entry, gpus, args.context, args.path, args.split).summary())
+    except ValueError as refused:  # PlacementRefused (with its fix), or a split the model's shape does not allow
+        fix = getattr(refused, "fix", "")
+        print(getattr(refused, "problem", str(refused)) + (f"\n  Fix: {fix}" if fix else ""), file=sys.stderr)
         return 1
     return 0
+
+
+def planned_split(entry: CatalogEntry, gpus: Sequence[GpuSpec], context: int, path: str, split: str) -> Placement:
+    """What the loader would do with a catalog model on these cards: one card if one holds it, else the split
+    it chooses (`model_loader.split_over_gpus`). Official Qwen GPTQ-Int4 checkpoints have no act-order."""
+    from fast_model import ModelShape as EngineShape
+    from fast_model import tensor_parallel_problem
+    from model_loader import split_over_gpus
+    from quant_linear import GPTQSettings
+
+    shape = entry.model_shape()
+    settings = GPTQSettings(bits=shape.bits, group_size=shape.group_size, sym=True, desc_act=False)
+    problem = tensor_parallel_problem(EngineShape.from_qwen_shape(entry.shape), settings, len(gpus))
+    _, placement, _ = split_over_gpus(shape, gpus, False, path == "fast", context, 1, split, problem)
+    return placement or plan_placement(shape, gpus, context, path=path)
 
 
 if __name__ == "__main__":

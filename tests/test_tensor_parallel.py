@@ -24,20 +24,7 @@ TYPICAL = GPTQSettings(bits=4, group_size=128, sym=True, desc_act=False)
 
 
 def shape_of(name: str) -> ModelShape:
-    s = QWEN_SHAPES[name]
-    return ModelShape(
-        vocab_size=s.vocab_size,
-        hidden_size=s.hidden_size,
-        intermediate_size=s.intermediate_size,
-        num_layers=s.num_hidden_layers,
-        num_heads=s.num_attention_heads,
-        num_kv_heads=s.num_key_value_heads,
-        head_dim=s.head_dim,
-        rope_theta=s.rope_theta,
-        rms_norm_eps=s.rms_norm_eps,
-        tie_word_embeddings=s.tie_word_embeddings,
-        max_position_embeddings=s.max_position_embeddings,
-    )
+    return ModelShape.from_qwen_shape(QWEN_SHAPES[name])
 
 
 @pytest.mark.parametrize("name", ["qwen1.5-7b", "qwen1.5-72b", "qwen2.5-7b", "qwen2.5-72b", "tiny"])
