@@ -123,6 +123,8 @@ class Placement:
 
     def layer_devices(self) -> list[int | str]:
         """Each decoder layer's CUDA index (or "cpu"), in order: where the fast engine puts a layer and its cache."""
+        if self.tensor_parallel:
+            raise ValueError("With tensor parallelism every card holds a share of every layer, not whole layers")
         devices: list[int | str] = []
         for card in self.cards:
             devices += [card.gpu.index] * card.layers

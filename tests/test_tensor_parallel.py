@@ -118,6 +118,8 @@ def test_the_planner_halves_every_card_and_says_how_long_a_context_fits() -> Non
     halves = {card.weights for card in placement.cards}
     assert len(halves) == 1 and abs(halves.pop() * 2 - shape.weights) <= 2
     assert "1/2 of every layer" in placement.summary()
+    with pytest.raises(ValueError, match="not whole layers"):
+        placement.device_map()  # what transformers would need: it has no such split
     longest = largest_tensor_parallel_context(shape, cards)
     assert 2304 <= longest < 4096
     with pytest.raises(PlacementRefused, match=f"longest context that fits: {longest:,}"):
