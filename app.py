@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from auth import PASSWORD_ENV, exposure_problem, without_password
-from model_loader import SPLITS
+from model_loader import SPLIT_HELP, SPLITS
 
 STREAMLIT_FLAGS = {
     "server.headless": "true",
@@ -34,13 +34,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--slots", type=int, default=1, help="replies the fast engine writes at once; each has its own KV cache"
     )
-    parser.add_argument(
-        "--split",
-        choices=SPLITS,
-        default="auto",
-        help="a model over several GPUs: tensor (every layer halved, the cards work together), layers (whole "
-        "layers per card, the cards take turns), auto (tensor where the model's shape allows it)",
-    )
+    parser.add_argument("--split", choices=SPLITS, default="auto", help=SPLIT_HELP)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=6006)
     parser.add_argument(

@@ -37,6 +37,10 @@ VRAM_HEADROOM = 0.25
 DEFAULT_GPU_CONTEXT_CAP = 8192
 ENGINES = ("auto", "fast", "plain")
 SPLITS = ("auto", "layers", "tensor")  # how a model is split over several GPUs: see split_over_gpus
+SPLIT_HELP = (
+    "a model over several GPUs: tensor (every layer halved, the cards work together), layers (whole layers per "
+    "card, the cards take turns), auto (tensor where the model's shape allows it)"
+)
 FAST_ENGINE_KERNELS = ("marlin", "torch_aten", "torch")
 
 

@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from auth import is_loopback, password_matches
-from model_loader import SPLITS
+from model_loader import SPLIT_HELP, SPLITS
 from openai_protocol import (
     ApiError,
     ChatCompletionRequest,
@@ -389,13 +389,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--engine", default="auto", help="auto, fast (CUDA graphs, batching) or plain")
     parser.add_argument("--slots", type=int, default=1, help="sequences decoded together (the fast engine)")
-    parser.add_argument(
-        "--split",
-        choices=SPLITS,
-        default="auto",
-        help="a model over several GPUs: tensor (every layer halved, the cards work together), layers (whole "
-        "layers per card, the cards take turns), auto (tensor where the model's shape allows it)",
-    )
+    parser.add_argument("--split", choices=SPLITS, default="auto", help=SPLIT_HELP)
     parser.add_argument("--context", type=int, default=None, help="tokens per request, prompt and reply")
     parser.add_argument("--queue-limit", type=int, default=None, help="requests that may wait; more get 429")
     return parser.parse_args(argv)

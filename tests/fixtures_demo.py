@@ -1,10 +1,14 @@
-"""The built-in demo model, built once per machine (idempotent; a few minutes the first time)."""
+"""The built-in demo model, built once per machine (idempotent; a few minutes the first time), and served."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from openai_protocol import ServedModel
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +17,12 @@ def demo_model_dir() -> Path:
     from demo_model import build_demo_model
 
     return build_demo_model()
+
+
+@pytest.fixture(scope="session")
+def served(demo_model_dir: Path) -> ServedModel:
+    """The demo model as the API serves it (the API and remote-backend tests; the loader caches the model)."""
+    from model_loader import load
+    from openai_protocol import ServedModel
+
+    return ServedModel.of(load(demo_model_dir))

@@ -32,11 +32,6 @@ GREEDY = ChatSettings(sampling=SamplingSettings(max_new_tokens=24, temperature=0
 
 
 @pytest.fixture(scope="module")
-def served(demo_model_dir: Path) -> ServedModel:
-    return ServedModel.of(load(demo_model_dir))
-
-
-@pytest.fixture(scope="module")
 def server(served: ServedModel) -> Iterator[RemoteServer]:
     with serving(create_app(served, api_key=KEY)) as url:
         yield RemoteServer(f"{url}/v1", KEY)

@@ -44,11 +44,6 @@ SHORT = 24
 
 
 @pytest.fixture(scope="module")
-def served(demo_model_dir: Path) -> ServedModel:
-    return ServedModel.of(load(demo_model_dir))
-
-
-@pytest.fixture(scope="module")
 def base_url(served: ServedModel) -> Iterator[str]:
     with serving(create_app(served, api_key=KEY)) as url:
         yield url
