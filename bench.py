@@ -293,11 +293,11 @@ def load_for_timing(folder: Path, attention: str, args, report: dict) -> tuple[A
 
 def report_plan(placement, report: dict) -> None:
     """Show the placement, and keep what the planner expects torch's allocator to hold on each card (its total
-    less the CUDA context and slack), to set against the measured peaks."""
+    less the CUDA contexts and slack), to set against the measured peaks."""
     from vram_planner import CUDA_CONTEXT_BYTES, OVERHEAD_BYTES
 
     print(placement.summary())
-    planned = [(card.total - CUDA_CONTEXT_BYTES - OVERHEAD_BYTES) / 1e9 for card in placement.cards]
+    planned = [(card.total - card.contexts * CUDA_CONTEXT_BYTES - OVERHEAD_BYTES) / 1e9 for card in placement.cards]
     report["planned_per_card_gb"] = planned
 
 

@@ -76,6 +76,7 @@ class CardLoad:
     kv_cache: int
     workspace: int  # activations + CUDA context + overhead (+ one offloaded layer in transit, on the main GPU)
     share: int = 1  # tensor parallelism: the card holds 1/share of every layer, of the embedding and of the head
+    contexts: int = 1  # CUDA contexts on the card (in `workspace`): 2 where a tensor-parallel follower runs
 
     @property
     def total(self) -> int:
@@ -96,7 +97,8 @@ class CardLoad:
                 parts.append("norm + lm_head")
         return (
             f"GPU {self.gpu.index}: {', '.join(parts)}; {gib(self.total)} of {gib(self.gpu.free_bytes)} free "
-            f"(weights {gib(self.weights)}, KV cache {gib(self.kv_cache)}, workspace {gib(self.workspace)})"
+            f"(weights {gib(self.weights)}, KV cache {gib(self.kv_cache)}, workspace {gib(self.workspace)}"
+            + (", with the first card's process's CUDA context)" if self.contexts > 1 else ")")
         )
 
 
@@ -374,7 +376,13 @@ def _tensor_parallel_loads(
     n, layers = len(gpus), shape.num_layers
     weights = (layers * costs.layer_weights + costs.embedding + costs.head) // max(n, 1)
     kv = layers * costs.layer_kv // max(n, 1)
-    return tuple(CardLoad(gpu, 0, layers, True, True, weights, kv, costs.workspace, share=n) for gpu in gpus)
+    # The first card's process reads every card's free memory (planning, the page's GPU table), which leaves a
+    # CUDA context of its own on each follower's card: seen as 806 MiB on the second of two H200s.
+    contexts = [1] + [2] * (n - 1)
+    return tuple(
+        CardLoad(gpu, 0, layers, True, True, weights, kv, costs.workspace + (k - 1) * CUDA_CONTEXT_BYTES, n, k)
+        for gpu, k in zip(gpus, contexts, strict=True)
+    )
 
 
 def largest_tensor_parallel_context(

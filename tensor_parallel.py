@@ -31,6 +31,7 @@ import torch.distributed as dist
 
 from engine import FastEngine, Progress
 from fast_model import Shard, load_transformer
+from vram_planner import CUDA_CONTEXT_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -242,10 +243,13 @@ def load_tensor_parallel(
     outbox = spawn.Queue()
     inboxes = [spawn.Queue() for _ in devices[1:]]
     followers = []
+    # On a follower's card this process has a CUDA context too (`placement._tensor_parallel_loads`): a cap
+    # standing for a smaller card leaves the follower the rest.
+    follower_limit = gpu_memory_limit - CUDA_CONTEXT_BYTES if gpu_memory_limit else None
     for rank, (device, inbox) in enumerate(zip(devices[1:], inboxes, strict=True), start=1):
         process = spawn.Process(
             target=follow,
-            args=(rank, world, port, str(device), gpu_memory_limit, build, inbox, outbox),
+            args=(rank, world, port, str(device), follower_limit, build, inbox, outbox),
             name=f"tensor-parallel-{rank}",
             daemon=True,
         )

@@ -361,13 +361,15 @@ def test_a_model_that_needs_two_cards_has_its_tensors_split_where_it_can() -> No
 
 
 def test_the_command_line_shows_the_split_the_loader_would_choose(capsys: pytest.CaptureFixture[str]) -> None:
-    """`python placement.py --model qwen1.5-72b --cards 24,24`: tensor parallel by default, the layers on request;
-    a model one card holds stays on one card; a refusal goes to stderr with exit code 1."""
+    """`python placement.py --model qwen1.5-72b --cards 24,24`: tensor parallel by default, the layers on request
+    or where only they hold the context; a model one card holds stays on one card; a refusal goes to stderr."""
     from placement import main
 
-    assert main(["--model", "qwen1.5-72b", "--cards", "24,24", "--context", "2304"]) == 0
+    assert main(["--model", "qwen1.5-72b", "--cards", "24,24", "--context", "2048"]) == 0
     assert "tensor parallel" in capsys.readouterr().out
-    assert main(["--model", "qwen1.5-72b", "--cards", "24,24", "--context", "2304", "--split", "layers"]) == 0
+    assert main(["--model", "qwen1.5-72b", "--cards", "24,24", "--context", "2048", "--split", "layers"]) == 0
+    assert "GPU 0: embedding, layers 0-39" in capsys.readouterr().out
+    assert main(["--model", "qwen1.5-72b", "--cards", "24,24", "--context", "2304"]) == 0  # too long for halves
     assert "GPU 0: embedding, layers 0-39" in capsys.readouterr().out
     assert main(["--model", "qwen1.5-7b", "--cards", "24,24", "--context", "2048"]) == 0
     assert "on one GPU" in capsys.readouterr().out

@@ -109,19 +109,24 @@ def assert_each_token_is_the_top_choice(engine, prompt: list[int], answer: list[
 def test_the_planner_halves_every_card_and_says_how_long_a_context_fits() -> None:
     """Qwen1.5-72B on two 24 GiB cards: each holds half of the 41 GB and half of the KV cache."""
     from placement import PlacementRefused, largest_tensor_parallel_context, plan_tensor_parallel, standard_gpus
+    from vram_planner import CUDA_CONTEXT_BYTES
     from vram_planner import ModelShape as PlannedShape
 
     shape = PlannedShape.from_qwen_shape(QWEN_SHAPES["qwen1.5-72b"], name="Qwen1.5-72B-Chat-GPTQ-Int4")
     cards = standard_gpus(2, 24)
-    placement = plan_tensor_parallel(shape, cards, 2304)
+    placement = plan_tensor_parallel(shape, cards, 2048)
     assert placement.tensor_parallel and [card.share for card in placement.cards] == [2, 2]
     halves = {card.weights for card in placement.cards}
     assert len(halves) == 1 and abs(halves.pop() * 2 - shape.weights) <= 2
     assert "1/2 of every layer" in placement.summary()
+    # The second card also holds the first process's CUDA context.
+    first, second = placement.cards
+    assert (first.contexts, second.contexts) == (1, 2)
+    assert second.workspace - first.workspace == CUDA_CONTEXT_BYTES and "first card's process" in second.describe()
     with pytest.raises(ValueError, match="not whole layers"):
         placement.device_map()  # what transformers would need: it has no such split
     longest = largest_tensor_parallel_context(shape, cards)
-    assert 2304 <= longest < 4096
+    assert 2048 <= longest < 2304  # the layer split holds 2,590: no second context on any card
     with pytest.raises(PlacementRefused, match=f"longest context that fits: {longest:,}"):
         plan_tensor_parallel(shape, cards, 8192)
 
