@@ -267,23 +267,21 @@ def load_for_timing(folder: Path, attention: str, args, report: dict) -> tuple[A
     """The engine as the loader would place it (one card, layers split, or tensor parallel), and its cards."""
     from checkpoint import find_checkpoint
     from engine import load_engine
-    from model_loader import capped_gpus, place_on_gpus, tensor_parallel_plan
+    from model_loader import place_on_gpus
 
     cards = card_indices(args.device)
     info = find_checkpoint(folder)
-    if args.split == "tensor":
+    device, placement, _ = place_on_gpus(info, args.device, True, args.context, 1, memory_limit(args), args.split)
+    if placement:
+        report_plan(placement, report)
+    if placement and placement.tensor_parallel:
         from tensor_parallel import load_tensor_parallel
 
-        _, placement, _ = tensor_parallel_plan(info, capped_gpus(args.device, memory_limit(args)), args.context, 1)
-        report_plan(placement, report)
         devices = [torch.device(f"cuda:{card}") for card in cards]
         engine = load_tensor_parallel(
             folder, "marlin", devices, args.context, torch.float16, None, attention, 1, memory_limit(args)
         )
         return engine, CardPeaks(cards[:1], engine)
-    device, placement, _ = place_on_gpus(info, args.device, args.context, "fast", 1, memory_limit(args))
-    if placement:
-        report_plan(placement, report)
     layer_devices = [torch.device(f"cuda:{i}") for i in placement.layer_devices()] if placement else None
     engine = load_engine(
         folder, "marlin", torch.device(device), args.context, decode_attention=attention, layer_devices=layer_devices

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from checkpoint import CheckpointInfo, find_checkpoint
 from generation import Engine, PlainEngine
 from kernels import KernelChoice, choose_kernel
-from placement import GpuSpec, Placement, PlacementRefused
+from placement import SPLITS, GpuSpec, Placement, PlacementRefused
 from scheduler import DEFAULT_QUEUE_LIMIT, Scheduler
 
 if TYPE_CHECKING:
@@ -36,7 +36,6 @@ CPU_CONTEXT_TOKENS = 4096
 VRAM_HEADROOM = 0.25
 DEFAULT_GPU_CONTEXT_CAP = 8192
 ENGINES = ("auto", "fast", "plain")
-SPLITS = ("auto", "layers", "tensor")  # how a model is split over several GPUs: see split_over_gpus
 SPLIT_HELP = (
     "a model over several GPUs: tensor (every layer halved, the cards work together), layers (whole layers per "
     "card, the cards take turns), auto (tensor where the model's shape allows it)"
@@ -120,14 +119,24 @@ def capped_gpus(device: str, limit: int | None = None) -> list[GpuSpec]:
 
 
 def place_on_gpus(
-    info: CheckpointInfo, device: str, context_length: int | None, path: str, slots: int, limit: int | None = None
+    info: CheckpointInfo,
+    device: str,
+    fast: bool,
+    context_length: int | None,
+    slots: int,
+    limit: int | None,
+    split: str,
 ) -> tuple[str, Placement | None, int | None]:
-    """The layer split over several GPUs, capped at `limit` bytes each: see `choose_placement`. One visible card:
-    `device` as it is."""
+    """The GPUs `device` names, capped at `limit` bytes each, and how the model goes on them: see
+    `split_over_gpus`. One visible card (or the CPU) without a tensor split asked for: `device` as it is."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     gpus = capped_gpus(device, limit)
-    if len(gpus) < 2:
+    if len(gpus) < 2 and split != "tensor":
         return device, None, context_length
-    return choose_placement(info, gpus, ":" in device, context_length, path, slots)
+    asks = fast and split != "layers" and len(gpus) > 1  # the shape is read as the fast engine reads it
+    problem = tensor_parallel_problem_of(info, len(gpus)) if asks else None
+    return split_over_gpus(info, gpus, ":" in device, fast, context_length, slots, split, problem)
 
 
 def choose_placement(
@@ -306,16 +315,9 @@ def load_uncached(
     first = device.split(",")[0]  # "cuda:0,1" names two cards; kernels are chosen for the first
     choice: KernelChoice = choose_kernel(info, device_capability(first), backend)
     fast, engine_reason = pick_engine(engine, info, first, choice.backend)
-    placement = None
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
-    gpus = capped_gpus(device, gpu_memory_limit) if device.startswith("cuda") else []
-    if len(gpus) > 1 or split == "tensor":
-        asks = fast and split != "layers" and len(gpus) > 1  # the shape is read as the fast engine reads it
-        problem = tensor_parallel_problem_of(info, len(gpus)) if asks else None
-        device, placement, context_length = split_over_gpus(
-            info, gpus, ":" in device, fast, context_length, slots, split, problem
-        )
+    device, placement, context_length = place_on_gpus(
+        info, device, fast, context_length, slots, gpu_memory_limit, split
+    )
     cards = [f"cuda:{card.gpu.index}" for card in placement.cards] if placement else [device]
     log.info("Loading %s on %s with the %s kernel (%s)", info.path, ",".join(cards), choice.backend, choice.reason)
     if placement:

@@ -156,7 +156,7 @@ class ModelHolder:
         self.device = device
         self.engine = engine
         self.slots = slots
-        self.split = split  # over several GPUs: model_loader.SPLITS
+        self.split = split  # over several GPUs: placement.SPLITS
         self.loaded: LoadedModel | None = None
         self.lock = threading.Lock()
 

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CARD_COUNTS = (1, 2, 4)  # the setups the table shows
+SPLITS = ("auto", "layers", "tensor")  # how a model is split over several GPUs: model_loader.split_over_gpus
 CARD_SIZES_GIB = (24, 48, 80)
 # PCIe 4.0 x16 moves 32 GB/s per direction on paper and about 25 GB/s in pinned host-to-device copies;
 # accelerate copies from pageable memory, which is slower, so the speed it gives is an upper bound.
@@ -593,7 +594,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cards", default="24,24", help="with --model: free GiB of each card, e.g. 24,24")
     parser.add_argument(
         "--split",
-        choices=("auto", "layers", "tensor"),
+        choices=SPLITS,
         default="auto",
         help="with --model, for a model that needs several cards: as the loader splits it (auto), or forced",
     )

@@ -19,6 +19,7 @@ import torch
 
 from model_loader import load_uncached
 from tensor_parallel import free_port
+from tests.live_server import wait_until_serving
 from tests.teacher_forcing import FORCED, PROMPT, assert_logits_agree, forced_tokens, teacher_forced
 
 pytestmark = pytest.mark.gpu
@@ -117,19 +118,6 @@ def test_the_api_server_runs_and_stops_a_tensor_parallel_model(qwen7b_shaped, tm
     assert code == 0, output[-6000:]
     time.sleep(1)
     assert not [p.pid for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-
-
-def wait_until_serving(base: str, server: subprocess.Popen, log_file: Path, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert server.poll() is None, log_file.read_text()[-3000:]
-        try:
-            if httpx.get(f"{base}/health", timeout=5).json()["status"] == "ok":
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"not serving after {timeout_s:.0f} s: {log_file.read_text()[-3000:]}")
 
 
 def free_cards() -> None:

@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,7 +29,8 @@ from openai_protocol import ChatCompletionRequest, ServedModel, StopText, valida
 from prompt import encode_chat
 from scheduler import Scheduler
 from serve import API_KEY_ENV, create_app, key_problem
-from tests.live_server import serving
+from tensor_parallel import free_port
+from tests.live_server import serving, wait_until_serving
 from tests.near_tie import assert_near_tie
 from tests.test_demo_model import QUESTIONS  # the demo model answers each right, each differently
 
@@ -330,10 +330,7 @@ def test_off_loopback_the_server_needs_a_key() -> None:
 def test_ctrl_c_stops_the_server_cleanly(demo_model_dir: Path, tmp_path: Path) -> None:
     """A user's Ctrl-C: the server stops, closes its model and exits with 0 (uvicorn re-raises the signal once
     it has stopped; a traceback there would look like a crash)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = tmp_path / "serve.log"
+    port, log = free_port(), tmp_path / "serve.log"
     with log.open("w") as output:
         server = subprocess.Popen(
             [sys.executable, "serve.py", "--model", str(demo_model_dir), "--port", str(port)],
@@ -342,22 +339,12 @@ def test_ctrl_c_stops_the_server_cleanly(demo_model_dir: Path, tmp_path: Path) -
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 120
-        while not health_is_ok(f"http://127.0.0.1:{port}"):
-            assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
+        wait_until_serving(f"http://127.0.0.1:{port}", server, log, timeout_s=120)
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=60) == 0, log.read_text()[-3000:]
     finally:
         server.kill()
     assert "Stopped" in log.read_text() and "Traceback" not in log.read_text()
-
-
-def health_is_ok(base_url: str) -> bool:
-    try:
-        return httpx.get(f"{base_url}/health", timeout=5).json()["status"] == "ok"
-    except httpx.TransportError:
-        return False
 
 
 # -- the queue -------------------------------------------------------------------------------------------------
