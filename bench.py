@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from generation import Engine, SamplingSettings
-from scheduler import Scheduler
+from gptq_chat.engine.generation import Engine, SamplingSettings
+from gptq_chat.engine.scheduler import Scheduler
 
 # Peak memory bandwidth by card (vendor datasheets, SXM parts), bytes/s.
 PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "4090": 1.01e12}
@@ -61,8 +61,8 @@ def bytes_per_token(weight_bytes: int, kv_bytes_per_token: int, context: int) ->
 
 def prepare_checkpoint(folder: Path | None, shape: str) -> tuple[Path, float | None]:
     """The folder to measure; a random-weight checkpoint of `shape` is written there first if it is empty."""
-    from qwen_tokenizer import save_qwen_tokenizer
-    from random_checkpoint import write_random_gptq_checkpoint
+    from gptq_chat.testing.qwen_tokenizer import save_qwen_tokenizer
+    from gptq_chat.testing.random_checkpoint import write_random_gptq_checkpoint
 
     folder = folder or Path(f"/tmp/bench-{shape}")
     if (folder / "config.json").is_file():
@@ -80,7 +80,7 @@ def random_prompt(length: int, seed: int) -> list[int]:
 
 def card_indices(device: str) -> list[int]:
     """ "cuda" → the current card; "cuda:0,1" → [0, 1]."""
-    from gpu_memory import named_gpus
+    from gptq_chat.loading.gpus import named_gpus
 
     return named_gpus(device) or [torch.cuda.current_device()]
 
@@ -143,8 +143,8 @@ def memory_limit(args) -> int | None:
 
 def fitting_context(info, args) -> int:
     """The longest context every timed path holds on these cards (capped), in steps of 256 tokens."""
-    from model_loader import capped_gpus
-    from placement import largest_context, largest_tensor_parallel_context
+    from gptq_chat.loading.loader import capped_gpus
+    from gptq_chat.loading.placement import largest_context, largest_tensor_parallel_context
 
     gpus = capped_gpus(args.device, memory_limit(args))
     fits = [largest_context(info, gpus, path="plain"), largest_context(info, gpus)]
@@ -190,7 +190,7 @@ def main() -> None:
         parser.error("sdpa-fp16reduce re-captures the first card's graphs only: it cannot be timed with --split tensor")
     logging.basicConfig(level=logging.WARNING)
 
-    from checkpoint import find_checkpoint
+    from gptq_chat.loading.checkpoint import find_checkpoint
 
     folder, written = prepare_checkpoint(args.dir, args.shape)
     info = find_checkpoint(folder)
@@ -265,9 +265,9 @@ def time_engine(folder: Path, variant: str, prompts: list[int], args, report: di
 
 def load_for_timing(folder: Path, attention: str, args, report: dict) -> tuple[Any, CardPeaks]:
     """The engine as the loader would place it (one card, layers split, or tensor parallel), and its cards."""
-    from checkpoint import find_checkpoint
-    from engine import load_engine
-    from model_loader import place_on_gpus
+    from gptq_chat.engine.fast_engine import load_engine
+    from gptq_chat.loading.checkpoint import find_checkpoint
+    from gptq_chat.loading.loader import place_on_gpus
 
     cards = card_indices(args.device)
     info = find_checkpoint(folder)
@@ -275,7 +275,7 @@ def load_for_timing(folder: Path, attention: str, args, report: dict) -> tuple[A
     if placement:
         report_plan(placement, report)
     if placement and placement.tensor_parallel:
-        from tensor_parallel import load_tensor_parallel
+        from gptq_chat.engine.tensor_parallel import load_tensor_parallel
 
         devices = [torch.device(f"cuda:{card}") for card in cards]
         engine = load_tensor_parallel(
@@ -292,7 +292,7 @@ def load_for_timing(folder: Path, attention: str, args, report: dict) -> tuple[A
 def report_plan(placement, report: dict) -> None:
     """Show the placement, and keep what the planner expects torch's allocator to hold on each card (its total
     less the CUDA contexts and slack), to set against the measured peaks."""
-    from vram_planner import CUDA_CONTEXT_BYTES, OVERHEAD_BYTES
+    from gptq_chat.loading.memory_plan import CUDA_CONTEXT_BYTES, OVERHEAD_BYTES
 
     print(placement.summary())
     planned = [(card.total - card.contexts * CUDA_CONTEXT_BYTES - OVERHEAD_BYTES) / 1e9 for card in placement.cards]
@@ -304,7 +304,7 @@ def chat_turn(engine: Engine, folder: Path, context: int) -> dict:
     sampling, streamed detokenization (random weights: the words are noise, the path is the real one)."""
     from transformers import AutoTokenizer
 
-    from chat import ChatSettings, complete_reply
+    from gptq_chat.chat.reply import ChatSettings, complete_reply
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     settings = ChatSettings(SamplingSettings(max_new_tokens=32), context_length=context)
@@ -319,7 +319,7 @@ def chat_turn(engine: Engine, folder: Path, context: int) -> dict:
 
 
 def time_plain(folder: Path, prompts: list[int], args, report: dict) -> list[Measurement]:
-    from model_loader import load_uncached
+    from gptq_chat.loading.loader import load_uncached
 
     started = time.perf_counter()
     plain = load_uncached(

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from bench import prepare_checkpoint, random_prompt
-from generation import SamplingSettings
-from scheduler import Scheduler
+from gptq_chat.engine.generation import SamplingSettings
+from gptq_chat.engine.scheduler import Scheduler
 
 
 @dataclass
@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    from engine import load_engine
+    from gptq_chat.engine.fast_engine import load_engine
 
     folder, _ = prepare_checkpoint(args.dir, args.shape)
     levels = [int(s) for s in args.streams.split(",")]

@@ -17,9 +17,9 @@ import logging
 import sys
 from pathlib import Path
 
-import catalog
-from checkpoint import CheckpointError
-from paths import models_home
+from gptq_chat.loading.checkpoint import CheckpointError
+from gptq_chat.models import catalog
+from gptq_chat.models.home import models_home
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def fetch(args: argparse.Namespace) -> int:
     """Download (or import) one model and say where it is and how to chat with it."""
-    import model_store
+    from gptq_chat.models import store as model_store
 
     root = (args.dir or models_home()).expanduser()
     place = None
@@ -90,7 +90,7 @@ def fetch(args: argparse.Namespace) -> int:
             place = model_store.ModelPlace(root, path.parent.name, path.name)
             origin = "imported and verified"
         else:
-            from hub_download import HUB_NAMES, download_model, hub_id
+            from gptq_chat.models.hub_download import HUB_NAMES, download_model, hub_id
 
             model = args.model or catalog.DEFAULT_MODEL
             place = model_store.place_for(hub_id(model, args.source), root)
@@ -122,8 +122,8 @@ def fetch(args: argparse.Namespace) -> int:
 
 def catalog_table(context: int) -> str:
     """The known models with download size, VRAM at `context`, and how many cards of each common size hold it."""
-    from placement import CARD_SIZES_GIB, needs_row
-    from vram_planner import gib, plan
+    from gptq_chat.loading.memory_plan import gib, plan
+    from gptq_chat.loading.placement import CARD_SIZES_GIB, needs_row
 
     cards = "".join(f"{f'{size} GiB':>10}" for size in CARD_SIZES_GIB)
     lines = [
@@ -160,7 +160,7 @@ def catalog_table(context: int) -> str:
 
 
 def installed_table(root: Path | None) -> str:
-    import model_store
+    from gptq_chat.models import store as model_store
 
     root = (root or models_home()).expanduser()
     items = model_store.installed(root)
@@ -175,7 +175,7 @@ def installed_table(root: Path | None) -> str:
 
 def remove(model: str, root: Path | None, *, assume_yes: bool) -> int:
     """Delete the folder(s) `model` names, after the user confirms."""
-    import model_store
+    from gptq_chat.models import store as model_store
 
     root = (root or models_home()).expanduser()
     found = model_store.matching(model, root)
@@ -200,7 +200,7 @@ def remove(model: str, root: Path | None, *, assume_yes: bool) -> int:
 
 
 def build_demo(args: argparse.Namespace) -> int:
-    from demo_model import build_demo_model
+    from gptq_chat.models.demo_model import build_demo_model
 
     path = build_demo_model(args.dir, force=args.force, progress=lambda message, fraction: None)
     print(f"Demo model ready: {path}")

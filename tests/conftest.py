@@ -1,7 +1,7 @@
 """Shared fixtures: each lives in its own module, listed here."""
 
 pytest_plugins = [
-    "tests.fixtures_qwen",
-    "tests.fixtures_demo",
-    "tests.fixtures_random",
+    "tests.support.fixtures_qwen",
+    "tests.support.fixtures_demo",
+    "tests.support.fixtures_random",
 ]

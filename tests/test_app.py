@@ -18,11 +18,15 @@ from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
 from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
 from streamlit.testing.v1 import AppTest
 
-import model_switch
-from auth import exposure_problem, is_loopback, password_matches, without_password
-from chat import Reply, ReplyStats
-from conversations import DATA_ENV, ConversationStore
-from history import (
+from gptq_chat.api.access import exposure_problem, is_loopback, password_matches, without_password
+from gptq_chat.chat.conversations import DATA_ENV, ConversationStore
+from gptq_chat.chat.prompt import encode_chat, with_system
+from gptq_chat.chat.reply import Reply, ReplyStats
+from gptq_chat.chat.think import answer_only, split_think
+from gptq_chat.loading import holder as model_switch
+from gptq_chat.loading.loader import load
+from gptq_chat.models.installed import MODEL_ENV
+from gptq_chat.ui.history import (
     can_regenerate,
     context_use,
     left_out,
@@ -33,14 +37,10 @@ from history import (
     with_edited_last_user,
     without_last_reply,
 )
-from i18n import LANGUAGES, TEXT, context_line, pick_language, stats_line
-from installed import MODEL_ENV
-from model_loader import load
-from presets import CUSTOM, PRESETS, preset_of
-from prompt import encode_chat, with_system
-from rendering import to_markdown
-from replies import stream_into, wait_turn
-from think import answer_only, split_think
+from gptq_chat.ui.i18n import LANGUAGES, TEXT, context_line, pick_language, stats_line
+from gptq_chat.ui.presets import CUSTOM, PRESETS, preset_of
+from gptq_chat.ui.rendering import to_markdown
+from gptq_chat.ui.replies import stream_into, wait_turn
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -336,7 +336,7 @@ def test_a_traceback_kept_by_a_library_does_not_keep_the_old_model_alive() -> No
 
 
 def test_fit_check_counts_the_memory_the_current_model_gives_back(demo_model_dir: Path) -> None:
-    from checkpoint import find_checkpoint
+    from gptq_chat.loading.checkpoint import find_checkpoint
 
     info = find_checkpoint(demo_model_dir)
     assert model_switch.fit_problem(info, "cpu", available=16 * 2**30) is None

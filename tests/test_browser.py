@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser_app import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, streamlit_server
+from tests.support.browser_app import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, streamlit_server
 
 pytestmark = [
     pytest.mark.browser,

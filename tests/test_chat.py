@@ -8,10 +8,10 @@ import threading
 import pytest
 import torch
 
-from chat import ChatSettings, complete_reply, stream_reply
-from generation import SamplingSettings, checkpoint_defaults
-from model_loader import load
-from prompt import build_prompt
+from gptq_chat.chat.prompt import build_prompt
+from gptq_chat.chat.reply import ChatSettings, complete_reply, stream_reply
+from gptq_chat.engine.generation import SamplingSettings, checkpoint_defaults
+from gptq_chat.loading.loader import load
 
 pytestmark = pytest.mark.slow
 

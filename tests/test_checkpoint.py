@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from checkpoint import CheckpointError, find_checkpoint, inspect_checkpoint, resolve_model_dir
+from gptq_chat.loading.checkpoint import CheckpointError, find_checkpoint, inspect_checkpoint, resolve_model_dir
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conversations import (
+from gptq_chat.chat.conversations import (
     DATA_ENV,
     ChatRef,
     Conflict,

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-import demo_model
-import paths
-from demo_model import MARKER_NAME, DemoModelError, build_demo_model, is_complete
+from gptq_chat.models import demo_model
+from gptq_chat.models import home as paths
+from gptq_chat.models.demo_model import MARKER_NAME, DemoModelError, build_demo_model, is_complete
 
 pytestmark = pytest.mark.slow
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import doctor
-from doctor import FAIL, OK, WARN, Gpu, Machine, exit_code, run_checks
-from paths import DEMO_MODEL_NAME, REPO_ROOT
-from placement import largest_context, standard_gpus
-from vram_planner import FAST_GRAPH_POOL_BYTES, GIB, plan
+from gptq_chat.doctor import checks as doctor
+from gptq_chat.doctor.checks import FAIL, OK, WARN, Gpu, Machine, exit_code, run_checks
+from gptq_chat.loading.memory_plan import FAST_GRAPH_POOL_BYTES, GIB, plan
+from gptq_chat.loading.placement import largest_context, standard_gpus
+from gptq_chat.models.home import DEMO_MODEL_NAME, REPO_ROOT
 
 ON_CPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report of a machine without a GPU")
 

@@ -43,7 +43,7 @@ def write_token_ids_tokenizer(folder: Path) -> None:
 @pytest.fixture(scope="module")
 def qwen7b(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Qwen1.5-7B-Chat's shapes, random int4 weights, no EOS token (so every generation makes all its tokens)."""
-    from random_checkpoint import write_random_gptq_checkpoint
+    from gptq_chat.testing.random_checkpoint import write_random_gptq_checkpoint
 
     started = time.perf_counter()
     folder = tmp_path_factory.mktemp("models") / "Qwen" / "Qwen1.5-7B-Chat-GPTQ-Int4-random"
@@ -69,9 +69,9 @@ def report_figures():
 
 
 def test_doctor_reports_gpu_kernel_and_plan_and_nothing_blocks(qwen7b: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import doctor
-    from checkpoint import find_checkpoint
-    from vram_planner import GIB, ModelShape, plan
+    from gptq_chat.doctor import checks as doctor
+    from gptq_chat.loading.checkpoint import find_checkpoint
+    from gptq_chat.loading.memory_plan import GIB, ModelShape, plan
 
     monkeypatch.setenv("GPTQ_CHAT_HOME", str(qwen7b.parent.parent))
     monkeypatch.delenv("GPTQ_CHAT_MODEL", raising=False)
@@ -103,7 +103,7 @@ def test_doctor_reports_gpu_kernel_and_plan_and_nothing_blocks(qwen7b: Path, mon
 
 
 def generate(loaded, prompt_length: int) -> list[int]:
-    from generation import SamplingSettings
+    from gptq_chat.engine.generation import SamplingSettings
 
     settings = SamplingSettings(max_new_tokens=NEW_TOKENS, temperature=0.0, repetition_penalty=1.0)
     prompt = torch.randint(1000, 100_000, (prompt_length,), generator=torch.Generator().manual_seed(0)).tolist()
@@ -119,8 +119,8 @@ def free_cuda() -> None:
 
 def compare(folder: Path, path: str, context: int, prompt: int, load_peak: int, run_peak: int, base: int) -> None:
     """The planner's bytes for torch's allocator (its total less the CUDA context and allocator slack) vs measured."""
-    from checkpoint import find_checkpoint
-    from vram_planner import ModelShape, plan
+    from gptq_chat.loading.checkpoint import find_checkpoint
+    from gptq_chat.loading.memory_plan import ModelShape, plan
 
     result = plan(ModelShape.from_checkpoint(find_checkpoint(folder)), context, [], prompt_tokens=prompt, path=path)
     planned = result.total - result.cuda_context - result.overhead
@@ -145,7 +145,7 @@ def compare(folder: Path, path: str, context: int, prompt: int, load_peak: int, 
 
 
 def test_planner_matches_the_plain_path_peak_at_2k_and_8k(qwen7b: Path) -> None:
-    from model_loader import load_uncached
+    from gptq_chat.loading.loader import load_uncached
 
     free_cuda()
     base = torch.cuda.memory_allocated()
@@ -168,7 +168,7 @@ def test_planner_matches_the_plain_path_peak_at_2k_and_8k(qwen7b: Path) -> None:
 
 @pytest.mark.parametrize("context", CONTEXTS)
 def test_planner_matches_the_fast_engine_peak(qwen7b: Path, context: int) -> None:
-    from model_loader import load_uncached
+    from gptq_chat.loading.loader import load_uncached
 
     free_cuda()
     base = torch.cuda.memory_allocated()

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 import download
-import model_store
-from installed import default_model, installed_models
-from paths import REPO_ROOT
-from tests.hub_server import FakeHub
+from gptq_chat.models import store as model_store
+from gptq_chat.models.home import REPO_ROOT
+from gptq_chat.models.installed import default_model, installed_models
+from tests.support.hub_server import FakeHub
 
 MS_ID = "qwen/Qwen1.5-7B-Chat-GPTQ-Int4"  # the default model, as ModelScope names it
 HF_ID = "Qwen/Qwen1.5-7B-Chat-GPTQ-Int4"
@@ -100,7 +100,7 @@ def test_default_download_from_modelscope_is_verified_found_by_the_app_and_loads
 
     import torch
 
-    from model_loader import load_uncached
+    from gptq_chat.loading.loader import load_uncached
 
     loaded = load_uncached(default_model(), device="cpu")
     logits = loaded.model(torch.tensor([[1, 2, 3]])).logits

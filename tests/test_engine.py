@@ -9,13 +9,13 @@ import time
 import pytest
 import torch
 
-from chat import ChatSettings, complete_reply, stream_reply
-from engine import common_prefix, window_buckets
-from generation import SamplingSettings, checkpoint_defaults
-from model_loader import load
-from prompt import encode_chat, with_system
-from scheduler import Scheduler
-from tests.near_tie import assert_near_tie
+from gptq_chat.chat.prompt import encode_chat, with_system
+from gptq_chat.chat.reply import ChatSettings, complete_reply, stream_reply
+from gptq_chat.engine.fast_engine import common_prefix, window_buckets
+from gptq_chat.engine.generation import SamplingSettings, checkpoint_defaults
+from gptq_chat.engine.scheduler import Scheduler
+from gptq_chat.loading.loader import load
+from tests.support.near_tie import assert_near_tie
 
 pytestmark = pytest.mark.slow
 QUESTIONS = ["What is the capital of France?", "Name three colors.", "How many days are in a week?"]
@@ -168,7 +168,7 @@ def test_a_stream_closed_before_reading_leaves_the_queue(paths, batched, which) 
 def test_a_model_split_over_two_devices_gives_the_same_text(paths, demo_model_dir) -> None:
     """The layers in two segments (on the CPU, `cpu` and `cpu:0` count as two devices): the hidden state
     hand-over between segments, per-segment positions and caches give the one-device engine's text."""
-    from engine import load_engine
+    from gptq_chat.engine.fast_engine import load_engine
 
     _, fast = paths
     layers = fast.model.shape.num_layers

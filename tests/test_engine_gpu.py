@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from generation import SamplingSettings
-from model_loader import load_uncached
-from scheduler import Scheduler
-from tests.teacher_forcing import (
+from gptq_chat.engine.generation import SamplingSettings
+from gptq_chat.engine.scheduler import Scheduler
+from gptq_chat.loading.loader import load_uncached
+from tests.support.teacher_forcing import (
     FORCED,
     GREEDY,
     PROMPT,
@@ -44,7 +44,7 @@ def plain_logits(qwen_shaped: Path, tokens: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("attention", ["sdpa", "matmul"])
 def test_engine_logits_match_the_plain_path(qwen_shaped, tokens, plain_logits, attention) -> None:
-    from engine import load_engine
+    from gptq_chat.engine.fast_engine import load_engine
 
     engine = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024, decode_attention=attention)
     assert engine.use_graphs and len(engine.graphs) == 2 * len(engine.windows) and engine.prefill_graphs
@@ -52,7 +52,7 @@ def test_engine_logits_match_the_plain_path(qwen_shaped, tokens, plain_logits, a
 
 
 def test_graphs_replay_what_the_eager_step_computes(qwen_shaped, tokens) -> None:
-    from engine import load_engine
+    from gptq_chat.engine.fast_engine import load_engine
 
     graphs = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024)
     eager = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024, use_graphs=False)
@@ -61,7 +61,7 @@ def test_graphs_replay_what_the_eager_step_computes(qwen_shaped, tokens) -> None
 
 
 def test_generate_streams_and_reuses_the_prompt_prefix(qwen_shaped, tokens) -> None:
-    from engine import load_engine
+    from gptq_chat.engine.fast_engine import load_engine
 
     engine = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024)
     prompt = tokens[:PROMPT].tolist()
@@ -78,7 +78,7 @@ def test_generate_streams_and_reuses_the_prompt_prefix(qwen_shaped, tokens) -> N
 
 
 def test_sampling_respects_top_k_on_the_gpu(qwen_shaped, tokens) -> None:
-    from engine import load_engine
+    from gptq_chat.engine.fast_engine import load_engine
 
     engine = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024)
     prompt = tokens[:PROMPT].tolist()
@@ -93,7 +93,7 @@ def test_sampling_respects_top_k_on_the_gpu(qwen_shaped, tokens) -> None:
 def test_sequences_decoded_together_match_each_decoded_alone(qwen_shaped) -> None:
     """Four slots in one batched step (different prompt lengths, prompts in slots 1-3 prefilled eagerly)
     give each sequence the logits it gets alone, within the tolerance above."""
-    from engine import load_engine
+    from gptq_chat.engine.fast_engine import load_engine
 
     engine = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024, slots=4)
     assert engine.rows == [1, 2, 4] and len(engine.graphs) == 2 * 3 * len(engine.windows)

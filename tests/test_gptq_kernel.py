@@ -39,7 +39,7 @@ import pytest
 import torch
 from torch import nn
 
-import random_checkpoint as rc
+from gptq_chat.testing import random_checkpoint as rc
 
 U_BF16, U_FP16, U_FP32 = 2.0**-8, 2.0**-11, 2.0**-24
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from checkpoint import CheckpointInfo
-from doctor import typical_checkpoint
-from kernels import KERNELS, KernelError, choose_kernel
+from gptq_chat.doctor.checks import typical_checkpoint
+from gptq_chat.loading.checkpoint import CheckpointInfo
+from gptq_chat.loading.kernels import KERNELS, KernelError, choose_kernel
 
 HOPPER, AMPERE, TURING, PASCAL = (9, 0), (8, 0), (7, 5), (6, 1)
 

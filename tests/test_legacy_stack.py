@@ -20,10 +20,10 @@ import pytest
 import torch
 from packaging.utils import canonicalize_name
 
-import doctor
-import gptq_stack
-from kernels import KERNELS, KernelChoice
-from paths import REPO_ROOT
+from gptq_chat.doctor import checks as doctor
+from gptq_chat.loading import gptq_stack
+from gptq_chat.loading.kernels import KERNELS, KernelChoice
+from gptq_chat.models.home import REPO_ROOT
 from tests.test_doctor import fake_site
 
 LEGACY = REPO_ROOT / "env" / "legacy-cu118"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoint import CheckpointError
-from kernels import KernelError
-from model_loader import load, load_uncached
+from gptq_chat.loading.checkpoint import CheckpointError
+from gptq_chat.loading.kernels import KernelError
+from gptq_chat.loading.loader import load, load_uncached
 
 
 def test_tiny_qwen_checkpoint_loads_with_a_gptq_kernel_on_cpu(tiny_gptq_dir: Path) -> None:

@@ -17,10 +17,10 @@ import psutil
 import pytest
 import torch
 
-from model_loader import load_uncached
-from tensor_parallel import free_port
-from tests.live_server import wait_until_serving
-from tests.teacher_forcing import FORCED, PROMPT, assert_logits_agree, forced_tokens, teacher_forced
+from gptq_chat.engine.tensor_parallel import free_port
+from gptq_chat.loading.loader import load_uncached
+from tests.support.live_server import wait_until_serving
+from tests.support.teacher_forcing import FORCED, PROMPT, assert_logits_agree, forced_tokens, teacher_forced
 
 pytestmark = pytest.mark.gpu
 two_gpus = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two GPUs")
@@ -130,7 +130,7 @@ def free_cards() -> None:
 
 CAP_CHECK = """
 import sys, torch
-from model_loader import load_uncached
+from gptq_chat.loading.loader import load_uncached
 loaded = load_uncached(sys.argv[1], backend="marlin", device="cuda:0", engine="plain", gpu_memory_limit=4 << 30)
 assert loaded.facts.default_context <= 8192, loaded.facts.default_context
 try:

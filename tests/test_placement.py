@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import catalog
-from placement import (
+from gptq_chat.loading.memory_plan import CUDA_CONTEXT_BYTES, FAST_GRAPH_POOL_BYTES, GIB, OVERHEAD_BYTES, ModelShape
+from gptq_chat.loading.placement import (
     PCIE_BYTES_PER_S,
     GpuSpec,
     Placement,
@@ -19,7 +19,7 @@ from placement import (
     plan_placement,
     standard_gpus,
 )
-from vram_planner import CUDA_CONTEXT_BYTES, FAST_GRAPH_POOL_BYTES, GIB, OVERHEAD_BYTES, ModelShape
+from gptq_chat.models import catalog
 
 KIB, MIB = 1024, 1024**2
 FIXED = CUDA_CONTEXT_BYTES + OVERHEAD_BYTES
@@ -219,9 +219,9 @@ def test_the_tiny_checkpoint_loads_with_a_per_module_map_as_with_one_device(tiny
     without GPUs both "cards" are the CPU, so the two loads must compute the same logits."""
     from transformers import AutoModelForCausalLM
 
-    from checkpoint import inspect_checkpoint
-    from gptq_stack import from_pretrained_kwargs
-    from kernels import choose_kernel
+    from gptq_chat.loading.checkpoint import inspect_checkpoint
+    from gptq_chat.loading.gptq_stack import from_pretrained_kwargs
+    from gptq_chat.loading.kernels import choose_kernel
 
     info = inspect_checkpoint(tiny_gptq_dir)
     placed = plan_placement(info, standard_gpus(2, 24), 1024, path="plain", split=True)
@@ -280,7 +280,7 @@ def test_needs_table_rows_for_7b_14b_and_72b() -> None:
 
 
 def test_gpu_memory_rows_show_used_total_and_free_per_card() -> None:
-    from gpu_memory import gpu_memory_rows, usage, visible_gpus
+    from gptq_chat.loading.gpus import gpu_memory_rows, usage, visible_gpus
 
     gpus = [GpuSpec(0, 24 * GIB, 23 * GIB, "NVIDIA GeForce RTX 4090"), GpuSpec(1, 80 * GIB, 20 * GIB, "NVIDIA H100")]
     first, second = gpu_memory_rows(gpus)
@@ -297,7 +297,7 @@ def test_gpu_memory_rows_show_used_total_and_free_per_card() -> None:
 def test_switching_to_a_model_that_needs_two_cards_is_checked_over_both() -> None:
     """The page's model switch plans the split before unloading anything: 72B on two 24 GiB cards holds its
     minimum context; on two 16 GiB cards it is refused with the numbers."""
-    from model_switch import split_fit_problem
+    from gptq_chat.loading.holder import split_fit_problem
 
     big = shape("qwen1.5-72b")
     assert split_fit_problem(big, standard_gpus(2, 24)) is None
@@ -311,7 +311,7 @@ def test_switching_to_a_model_that_needs_two_cards_is_checked_over_both() -> Non
 
 def test_the_loader_splits_only_what_one_card_cannot_hold() -> None:
     """`model_loader.choose_placement`, the loader's decision on several cards."""
-    from model_loader import DEFAULT_GPU_CONTEXT_CAP, choose_placement
+    from gptq_chat.loading.loader import DEFAULT_GPU_CONTEXT_CAP, choose_placement
 
     two = standard_gpus(2, 24)
     main, placement, context = choose_placement(shape("qwen1.5-7b"), two, False, None, "fast", 1)
@@ -331,8 +331,8 @@ def test_the_loader_splits_only_what_one_card_cannot_hold() -> None:
 def test_a_model_that_needs_two_cards_has_its_tensors_split_where_it_can() -> None:
     """`model_loader.split_over_gpus`: "auto" halves every layer (tensor parallelism, the faster split) unless
     the engine, the model's shape or the context asked for rules it out; then the layers are split."""
-    from model_loader import DEFAULT_GPU_CONTEXT_CAP, split_over_gpus
-    from placement import largest_tensor_parallel_context
+    from gptq_chat.loading.loader import DEFAULT_GPU_CONTEXT_CAP, split_over_gpus
+    from gptq_chat.loading.placement import largest_tensor_parallel_context
 
     two, big = standard_gpus(2, 24), shape("qwen1.5-72b")
     main, placement, context = split_over_gpus(big, two, False, True, None, 1, "auto", None)
@@ -363,7 +363,7 @@ def test_a_model_that_needs_two_cards_has_its_tensors_split_where_it_can() -> No
 def test_the_command_line_shows_the_split_the_loader_would_choose(capsys: pytest.CaptureFixture[str]) -> None:
     """`python placement.py --model qwen1.5-72b --cards 24,24`: tensor parallel by default, the layers on request
     or where only they hold the context; a model one card holds stays on one card; a refusal goes to stderr."""
-    from placement import main
+    from gptq_chat.loading.placement import main
 
     assert main(["--model", "qwen1.5-72b", "--cards", "24,24", "--context", "2048"]) == 0
     assert "tensor parallel" in capsys.readouterr().out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prompt import PromptTooLong, build_prompt, encode_chat, encode_text, with_system
+from gptq_chat.chat.prompt import PromptTooLong, build_prompt, encode_chat, encode_text, with_system
 
 IM_START, IM_END = 151644, 151645
 

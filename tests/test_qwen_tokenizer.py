@@ -17,7 +17,7 @@ import tiktoken
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-from qwen_tokenizer import (
+from gptq_chat.testing.qwen_tokenizer import (
     QWEN15_CHAT_TEMPLATE,
     QWEN_PRETOKENIZE_REGEX,
     SPECIAL_TOKEN_IDS,

@@ -10,17 +10,17 @@ import pytest
 from streamlit import config as streamlit_config
 from streamlit.testing.v1 import AppTest
 
-from chat import ChatSettings, stream_reply
-from conversations import DATA_ENV
-from generation import SamplingSettings
-from installed import MODEL_ENV
-from model_loader import load
-from openai_protocol import ServedModel
-from prompt import encode_chat, with_system
-from remote_backend import RemoteError, RemoteModel, RemoteServer, list_models, stream_remote_reply
-from serve import create_app
-from tests.browser_app import free_port
-from tests.live_server import serving
+from gptq_chat.api.protocol import ServedModel
+from gptq_chat.api.remote import RemoteError, RemoteModel, RemoteServer, list_models, stream_remote_reply
+from gptq_chat.api.server import create_app
+from gptq_chat.chat.conversations import DATA_ENV
+from gptq_chat.chat.prompt import encode_chat, with_system
+from gptq_chat.chat.reply import ChatSettings, stream_reply
+from gptq_chat.engine.generation import SamplingSettings
+from gptq_chat.loading.loader import load
+from gptq_chat.models.installed import MODEL_ENV
+from tests.support.browser_app import free_port
+from tests.support.live_server import serving
 
 pytestmark = pytest.mark.slow
 

@@ -24,14 +24,14 @@ import httpx
 import openai
 import pytest
 
-from model_loader import load
-from openai_protocol import ChatCompletionRequest, ServedModel, StopText, validate
-from prompt import encode_chat
-from scheduler import Scheduler
-from serve import API_KEY_ENV, create_app, key_problem
-from tensor_parallel import free_port
-from tests.live_server import serving, wait_until_serving
-from tests.near_tie import assert_near_tie
+from gptq_chat.api.protocol import ChatCompletionRequest, ServedModel, StopText, validate
+from gptq_chat.api.server import API_KEY_ENV, create_app, key_problem
+from gptq_chat.chat.prompt import encode_chat
+from gptq_chat.engine.scheduler import Scheduler
+from gptq_chat.engine.tensor_parallel import free_port
+from gptq_chat.loading.loader import load
+from tests.support.live_server import serving, wait_until_serving
+from tests.support.near_tie import assert_near_tie
 from tests.test_demo_model import QUESTIONS  # the demo model answers each right, each differently
 
 pytestmark = pytest.mark.slow

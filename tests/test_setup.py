@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-import doctor
-from paths import REPO_ROOT
+from gptq_chat.doctor import checks as doctor
+from gptq_chat.models.home import REPO_ROOT
 
 SETUP = REPO_ROOT / "env" / "setup.sh"
 

@@ -8,14 +8,14 @@ import threading
 import pytest
 import torch
 
-from engine import load_engine
-from fast_model import ModelShape, tensor_parallel_problem
-from generation import SamplingSettings
-from quant_linear import GPTQSettings
-from random_checkpoint import QWEN_SHAPES
-from scheduler import Scheduler
-from tensor_parallel import load_tensor_parallel
-from tests.teacher_forcing import PROMPT, assert_logits_agree, forced_alone, forced_tokens
+from gptq_chat.engine.fast_engine import load_engine
+from gptq_chat.engine.generation import SamplingSettings
+from gptq_chat.engine.network import ModelShape, tensor_parallel_problem
+from gptq_chat.engine.quant_linear import GPTQSettings
+from gptq_chat.engine.scheduler import Scheduler
+from gptq_chat.engine.tensor_parallel import load_tensor_parallel
+from gptq_chat.testing.random_checkpoint import QWEN_SHAPES
+from tests.support.teacher_forcing import PROMPT, assert_logits_agree, forced_alone, forced_tokens
 
 pytestmark = pytest.mark.slow
 CPU = torch.device("cpu")
@@ -108,9 +108,14 @@ def assert_each_token_is_the_top_choice(engine, prompt: list[int], answer: list[
 
 def test_the_planner_halves_every_card_and_says_how_long_a_context_fits() -> None:
     """Qwen1.5-72B on two 24 GiB cards: each holds half of the 41 GB and half of the KV cache."""
-    from placement import PlacementRefused, largest_tensor_parallel_context, plan_tensor_parallel, standard_gpus
-    from vram_planner import CUDA_CONTEXT_BYTES
-    from vram_planner import ModelShape as PlannedShape
+    from gptq_chat.loading.memory_plan import CUDA_CONTEXT_BYTES
+    from gptq_chat.loading.memory_plan import ModelShape as PlannedShape
+    from gptq_chat.loading.placement import (
+        PlacementRefused,
+        largest_tensor_parallel_context,
+        plan_tensor_parallel,
+        standard_gpus,
+    )
 
     shape = PlannedShape.from_qwen_shape(QWEN_SHAPES["qwen1.5-72b"], name="Qwen1.5-72B-Chat-GPTQ-Int4")
     cards = standard_gpus(2, 24)
@@ -132,7 +137,7 @@ def test_the_planner_halves_every_card_and_says_how_long_a_context_fits() -> Non
 
 
 def test_the_loader_refuses_tensor_parallelism_off_the_gpus(tiny_gptq_dir) -> None:
-    from model_loader import load_uncached
+    from gptq_chat.loading.loader import load_uncached
 
     with pytest.raises(ValueError, match="Tensor parallelism needs two GPUs or more; 0 named or visible"):
         load_uncached(tiny_gptq_dir, device="cpu", split="tensor")
@@ -143,7 +148,7 @@ def test_the_loader_refuses_tensor_parallelism_off_the_gpus(tiny_gptq_dir) -> No
 LEADER = """
 import sys, time, torch
 from pathlib import Path
-from tensor_parallel import load_tensor_parallel
+from gptq_chat.engine.tensor_parallel import load_tensor_parallel
 engine = load_tensor_parallel(Path(sys.argv[1]), "torch_aten", [torch.device("cpu")] * 2, 256, torch.bfloat16)
 print("follower", engine.followers[0].pid, flush=True)
 if sys.argv[2] == "wait":

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import catalog
-from checkpoint import inspect_checkpoint
-from random_checkpoint import QWEN_SHAPES
-from vram_planner import (
+from gptq_chat.loading.checkpoint import inspect_checkpoint
+from gptq_chat.loading.memory_plan import (
     CUDA_CONTEXT_BYTES,
     GIB,
     OVERHEAD_BYTES,
@@ -17,6 +15,8 @@ from vram_planner import (
     max_context,
     plan,
 )
+from gptq_chat.models import catalog
+from gptq_chat.testing.random_checkpoint import QWEN_SHAPES
 
 KIB, MIB = 1024, 1024**2
 

@@ -1,0 +1,410 @@
+"""The OpenAI chat-completions protocol without HTTP: request schema, validation, generated text, responses.
+
+`serve.py` is the thin HTTP layer over this module. Here a request body becomes token ids and
+`SamplingSettings` (or an `ApiError` in OpenAI's error shape, with the status it deserves), and the
+token stream becomes text cut at the client's stop strings and OpenAI's response and chunk shapes.
+The client's messages are the history as sent: a prompt that does not fit is refused
+(`context_length_exceeded`), never shortened behind the client's back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from gptq_chat.chat.prompt import Message, encode_chat
+from gptq_chat.chat.reply import IncrementalDecoder
+from gptq_chat.engine.generation import SamplingSettings, checkpoint_defaults
+from gptq_chat.engine.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from gptq_chat.loading.loader import LoadedModel
+
+MAX_STOP_STRINGS = 4  # as OpenAI's API
+SYSTEM_ROLES = ("system", "developer")
+TYPE_TAGS = ("str", "int", "float", "bool")  # "developer" is OpenAI's newer name for the system message
+
+
+class ApiError(Exception):
+    """An error the client gets as `{"error": {"message", "type", "param", "code"}}` with `status`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+# -- the request schema -------------------------------------------------------------------------------------
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields we act on; others (seed, user, penalties...) are accepted and ignored, as vLLM does."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[ChatMessage]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None  # beyond OpenAI, as vLLM and SGLang accept: -1 or 0 is off
+    repetition_penalty: float | None = None  # likewise
+    n: int | None = 1
+    stop: str | list[str] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+
+
+def param_path(location: tuple[Any, ...]) -> str:
+    """A pydantic error location as OpenAI names a parameter: `messages[0].role`."""
+    path = ""
+    for part in location:
+        if part == "body":
+            continue
+        if isinstance(part, str) and (part in TYPE_TAGS or "[" in part):
+            break  # pydantic names the member of a union that failed (`content.str`): not a parameter
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
+
+
+def invalid_body(errors: list[dict[str, Any]]) -> ApiError:
+    """The first schema error (from pydantic or FastAPI) as OpenAI's 400, naming the parameter."""
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return ApiError(400, "We could not parse the JSON body of your request: it is not valid JSON.")
+    param = param_path(tuple(first.get("loc", ())))
+    return ApiError(400, f"Invalid value for '{param}': {first.get('msg', 'invalid')}.", param=param or None)
+
+
+def parse_request(body: Any) -> ChatCompletionRequest:
+    """A decoded JSON body → the request, or a 400 naming the bad parameter."""
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except ValidationError as error:
+        raise invalid_body(error.errors()) from None
+
+
+# -- the model the requests go to -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the API needs of a loaded model: its name, the scheduler, the tokenizer, defaults and window."""
+
+    name: str
+    scheduler: Scheduler
+    tokenizer: Any
+    defaults: SamplingSettings  # the checkpoint's generation_config.json, and its stop tokens
+    context_length: int  # prompt + completion tokens per request
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @classmethod
+    def of(cls, loaded: LoadedModel, name: str | None = None, scheduler: Scheduler | None = None) -> ServedModel:
+        """From a `model_loader.LoadedModel`; `scheduler` replaces its own (tests: a tiny queue)."""
+        return cls(
+            name=name or loaded.facts.name,
+            scheduler=scheduler or loaded.scheduler,
+            tokenizer=loaded.tokenizer,
+            defaults=checkpoint_defaults(loaded.generation_config, loaded.tokenizer),
+            context_length=loaded.facts.default_context,
+        )
+
+
+# -- validation: request → job --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatJob:
+    """A validated request: what to generate and how to answer."""
+
+    prompt_ids: list[int]
+    sampling: SamplingSettings
+    stops: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+
+
+def chat_messages(messages: list[ChatMessage]) -> list[Message]:
+    """An optional system message, then user and assistant turns alternating, ending with the user's."""
+    if not messages:
+        raise ApiError(400, "'messages' must contain at least one message.", param="messages")
+    turns: list[Message] = []
+    for index, message in enumerate(messages):
+        role = "system" if message.role in SYSTEM_ROLES else message.role
+        if role not in ("system", "user", "assistant"):
+            raise ApiError(
+                400,
+                f"Invalid role '{message.role}' in messages[{index}]: use system, user or assistant.",
+                param=f"messages[{index}].role",
+            )
+        if role == "system" and index > 0:
+            raise ApiError(400, "Only the first message may be a system message.", param=f"messages[{index}].role")
+        expected = "user" if not turns or turns[-1]["role"] != "user" else "assistant"
+        if role != "system" and role != expected:
+            raise ApiError(
+                400,
+                f"messages[{index}] is a '{role}' message where a '{expected}' message was expected: "
+                "after an optional system message, user and assistant messages must alternate, starting "
+                "with the user.",
+                param=f"messages[{index}].role",
+            )
+        turns.append({"role": role, "content": message.text()})
+    if turns[-1]["role"] != "user":
+        raise ApiError(400, "The last message must be the user's.", param=f"messages[{len(turns) - 1}].role")
+    return turns
+
+
+def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > MAX_STOP_STRINGS:
+        raise ApiError(400, f"'stop' takes at most {MAX_STOP_STRINGS} strings, not {len(stops)}.", param="stop")
+    if any(not s for s in stops):
+        raise ApiError(400, "Stop strings must not be empty.", param="stop")
+    return tuple(stops)
+
+
+def sampling_settings(request: ChatCompletionRequest, defaults: SamplingSettings, max_tokens: int) -> SamplingSettings:
+    """The checkpoint's defaults, overridden by what the request sets; out-of-range values are a 400."""
+    chosen: dict[str, Any] = {"max_new_tokens": max_tokens}
+    for name, value in (
+        ("temperature", request.temperature),
+        ("top_p", request.top_p),
+        ("top_k", None if request.top_k is None else max(request.top_k, 0)),
+        ("repetition_penalty", request.repetition_penalty),
+    ):
+        if value is not None:
+            chosen[name] = value
+    try:
+        return replace(defaults, **chosen)
+    except ValueError as error:  # SamplingSettings names each parameter out of range first
+        param = str(error).split()[0]
+        raise ApiError(400, f"Invalid value: {error}.", param=param) from None
+
+
+def context_error(model: ServedModel, prompt: int, completion: int | None) -> ApiError:
+    """OpenAI's `context_length_exceeded`, with the numbers."""
+    window = f"This model's maximum context length is {model.context_length:,} tokens. However, "
+    if completion is None:
+        detail = f"your messages resulted in {prompt:,} tokens, which leaves no room for a reply."
+        param = "messages"
+    else:
+        detail = (
+            f"you requested {prompt + completion:,} tokens ({prompt:,} in the messages, {completion:,} in the "
+            "completion). Please reduce the length of the messages or completion."
+        )
+        param = "max_tokens"
+    return ApiError(400, window + detail, param=param, code="context_length_exceeded")
+
+
+def validate(request: ChatCompletionRequest, model: ServedModel) -> ChatJob:
+    """Everything a request can get wrong, checked before it takes a place in the queue."""
+    if request.model != model.name:
+        raise ApiError(
+            404,
+            f"The model '{request.model}' does not exist. This server serves '{model.name}'.",
+            param="model",
+            code="model_not_found",
+        )
+    if request.n not in (None, 1):
+        raise ApiError(400, f"Only n=1 is supported, not n={request.n}.", param="n")
+    stops = stop_strings(request.stop)
+    prompt_ids = encode_chat(model.tokenizer, chat_messages(request.messages))
+    room = model.context_length - len(prompt_ids)
+    if room < 1:
+        raise context_error(model, len(prompt_ids), None)
+    requested = request.max_completion_tokens if request.max_tokens is None else request.max_tokens
+    if requested is not None and requested < 1:
+        raise ApiError(400, f"max_tokens must be at least 1, not {requested}.", param="max_tokens")
+    if requested is not None and requested > room:
+        raise context_error(model, len(prompt_ids), requested)
+    return ChatJob(
+        prompt_ids=prompt_ids,
+        sampling=sampling_settings(request, model.defaults, requested or room),
+        stops=stops,
+        stream=bool(request.stream),
+        include_usage=bool(request.stream_options and request.stream_options.include_usage),
+    )
+
+
+# -- generated text -----------------------------------------------------------------------------------------
+
+
+class StopText:
+    """Text in, text out, cut at the first stop string; text that may begin one is held back until it cannot.
+
+    Nothing emitted is ever part of a stop string: a tail that is a prefix of one waits for more text.
+    """
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+
+    def push(self, piece: str) -> str:
+        self.text += piece
+        found = [i for i in (self.text.find(stop, self.sent) for stop in self.stops) if i >= 0]
+        if found:
+            self.stopped = True
+            return self.emit(min(found))
+        return self.emit(len(self.text) - self.held_back())
+
+    def held_back(self) -> int:
+        """The length of the longest tail of the text that is the start of a stop string."""
+        tails = (k for stop in self.stops for k in range(1, len(stop)) if self.text.endswith(stop[:k]))
+        return max(tails, default=0)
+
+    def emit(self, end: int) -> str:
+        piece = self.text[self.sent : end]
+        self.sent = max(self.sent, end)
+        return piece
+
+    def flush(self) -> str:
+        """What was held back, once no more text comes (and no stop string was met)."""
+        return "" if self.stopped else self.emit(len(self.text))
+
+
+@dataclass
+class Completion:
+    """One completion's counts; `finish_reason` is set when its text ends."""
+
+    prompt_tokens: int
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+
+def completion_text(tokens: Iterator[int], tokenizer: Any, job: ChatJob, result: Completion) -> Iterator[str]:
+    """Text pieces of the reply, cut at the stop strings; closing early (or a stop) closes `tokens`."""
+    decoder = IncrementalDecoder(tokenizer)
+    cut = StopText(job.stops)
+    stop_ids = set(job.sampling.stop_token_ids)
+    try:
+        for token in tokens:
+            if token in stop_ids:
+                break
+            result.completion_tokens += 1
+            piece = cut.push(decoder.push(token))
+            if piece:
+                yield piece
+            if cut.stopped:
+                break
+        tail = cut.flush()
+        if tail:
+            yield tail
+        full = result.completion_tokens >= job.sampling.max_new_tokens and not cut.stopped
+        result.finish_reason = "length" if full else "stop"
+    finally:
+        tokens.close()  # type: ignore[attr-defined]  # frees the request's place in the scheduler now
+
+
+# -- responses ---------------------------------------------------------------------------------------------
+
+
+def usage(result: Completion) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+
+
+def completion_response(completion_id: str, model: str, text: str, result: Completion) -> dict[str, Any]:
+    """The non-streaming `chat.completion` object."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": result.finish_reason,
+            }
+        ],
+        "usage": usage(result),
+    }
+
+
+def chunk(
+    completion_id: str,
+    model: str,
+    delta: dict[str, str],
+    finish_reason: str | None = None,
+    with_usage: bool = False,
+) -> dict[str, Any]:
+    """One `chat.completion.chunk` of a stream (`usage: null` when the client asked for a usage chunk)."""
+    body: dict[str, Any] = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+    }
+    if with_usage:
+        body["usage"] = None
+    return body
+
+
+def usage_chunk(completion_id: str, model: str, result: Completion) -> dict[str, Any]:
+    """The last chunk before `[DONE]` when `stream_options.include_usage` is set: no choices, the counts."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [],
+        "usage": usage(result),
+    }
+
+
+def model_list(model: ServedModel) -> dict[str, Any]:
+    """`/v1/models`; `max_model_len` as vLLM reports it, so clients (the page) can size their settings."""
+    card = {
+        "id": model.name,
+        "object": "model",
+        "created": model.created,
+        "owned_by": "gptq-chat",
+        "max_model_len": model.context_length,
+    }
+    return {"object": "list", "data": [card]}

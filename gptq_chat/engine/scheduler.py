@@ -1,0 +1,366 @@
+"""One front door for every generation: a bounded queue in front of the engine, and batching where it can.
+
+The page's tabs, the API's clients and the benchmarks all call `Scheduler.generate`. An engine
+that decodes several sequences at once (`FastEngine`, one KV cache row per slot) is driven by
+one worker thread that admits requests into free slots and runs one batched decode step for all
+of them: continuous batching, a request joins or leaves between any two steps. The worker runs
+one step ahead of the host: it launches step k+1 before it reads step k's tokens, so the GPU
+never waits for Python. Any other engine (the plain transformers path) serves one request at a
+time in its caller's thread. A full queue is refused at once with `QueueFull`, never left to hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gptq_chat.engine.generation import Engine, SamplingSettings
+
+if TYPE_CHECKING:
+    from gptq_chat.engine.fast_engine import FastEngine
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE_LIMIT = 64
+SECONDS_PER_QUEUED_REQUEST = 2.0  # a rough Retry-After: how long each request ahead of you may hold a slot
+REUSE_AT_LEAST = 16  # prompt tokens a parked slot must share with a new prompt to be chosen over the lowest slot
+
+
+class QueueFull(RuntimeError):
+    """More requests are waiting than the queue admits; try again after `retry_after` seconds."""
+
+    def __init__(self, waiting: int, retry_after: float) -> None:
+        super().__init__(f"{waiting} requests are already waiting for the model; try again in {retry_after:.0f} s")
+        self.waiting = waiting
+        self.retry_after = retry_after
+
+
+@dataclass
+class SchedulerStats:
+    """A snapshot for /health, the page and the benchmarks."""
+
+    slots: int
+    active: int
+    waiting: int
+    queue_limit: int
+    served: int
+
+
+@dataclass
+class Request:
+    """One generation: the worker fills `tokens` (ids, then None, or an exception), the caller drains it."""
+
+    prompt_ids: list[int]
+    settings: SamplingSettings
+    stop: threading.Event
+    budget: int
+    tokens: queue.Queue = field(default_factory=queue.Queue)
+    generated: list[int] = field(default_factory=list)
+    launched: int = 0  # decode steps that fed one of this request's tokens
+    slot: int = -1
+    done: bool = False
+
+    @property
+    def position(self) -> int:
+        """Cache position of the token the next decode step feeds."""
+        return len(self.prompt_ids) + self.launched
+
+    @property
+    def steps_left(self) -> bool:
+        return not self.done and not self.stop.is_set() and self.launched < self.budget - 1
+
+    def fed(self) -> list[int]:
+        """Tokens whose K/V the slot holds once the launched steps have run (those the host knows)."""
+        return self.prompt_ids + self.generated[: self.launched]
+
+
+@dataclass
+class Launched:
+    """A decode step on its way: which request each row belonged to, and where its tokens will land."""
+
+    rows: list[tuple[int, Request]]
+    host: Any  # pinned tensor the tokens are copied into
+    ready: Any  # CUDA event (None on the CPU)
+
+
+class TokenStream(Iterator[int]):
+    """A request's tokens. Closing it (or dropping it) before reading anything still frees its place:
+    a generator that never started would not run its clean-up."""
+
+    def __init__(self, tokens: Generator[int, None, None], cancel: Callable[[], None]) -> None:
+        self.tokens = tokens
+        self.cancel: Callable[[], None] | None = cancel
+
+    def __next__(self) -> int:
+        self.cancel = None  # started: the generator's own clean-up takes over
+        return next(self.tokens)
+
+    def close(self) -> None:
+        if self.cancel is not None:
+            self.cancel, cancel = None, self.cancel
+            cancel()
+        self.tokens.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class Scheduler:
+    """Implements the `generation.Engine` interface over any engine; see the module docstring."""
+
+    def __init__(self, engine: Engine, queue_limit: int = DEFAULT_QUEUE_LIMIT) -> None:
+        self.engine = engine
+        self.queue_limit = queue_limit
+        self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)
+        self.waiting = 0
+        self.active = 0
+        self.served = 0
+        self.closed = False
+        self.batched = hasattr(engine, "decode")  # a FastEngine: slots to batch over
+        self.slots: int = getattr(engine, "slots", 1) if self.batched else 1
+        self.pending: deque[Request] = deque()
+        self.running: dict[int, Request] = {}
+        if self.batched:
+            self.worker = threading.Thread(target=self.run, args=(engine,), name="scheduler", daemon=True)
+            self.worker.start()
+
+    @property
+    def name(self) -> str:
+        return self.engine.name + (f", {self.slots} sequences at once" if self.slots > 1 else "")
+
+    @property
+    def busy(self) -> bool:
+        """Whether a new request would have to wait for a slot."""
+        with self.lock:
+            return self.active + self.waiting >= self.slots
+
+    def stats(self) -> SchedulerStats:
+        with self.lock:
+            return SchedulerStats(self.slots, self.active, self.waiting, self.queue_limit, self.served)
+
+    def close(self) -> None:
+        """Stop the worker (model switch, shutdown); requests still queued end with an error."""
+        with self.lock:
+            self.closed = True
+            self.wake.notify_all()
+        if self.batched and threading.current_thread() is not self.worker:
+            self.worker.join(timeout=30)  # it holds the engine (and its GPU memory) until it returns
+        release = getattr(self.engine, "close", None)  # a tensor-parallel engine stops its worker processes
+        if release is not None:
+            release()
+
+    # -- the front door --------------------------------------------------------------------------
+    def generate(self, prompt_ids: list[int], settings: SamplingSettings, stop: threading.Event) -> Iterator[int]:
+        """Queue a generation now (raising `QueueFull` or `ValueError` at once if it cannot be); iterate for tokens.
+
+        Closing the iterator early (a client that went away) frees the request's slot at once.
+        """
+        context = getattr(self.engine, "context_length", None)
+        if not prompt_ids or (context is not None and len(prompt_ids) >= context):
+            raise ValueError(f"The prompt has {len(prompt_ids)} tokens; the engine's context holds {context}.")
+        budget = settings.max_new_tokens if context is None else min(settings.max_new_tokens, context - len(prompt_ids))
+        request = Request(list(prompt_ids), settings, stop, budget)
+        with self.lock:
+            if self.closed:
+                raise RuntimeError("The model is being unloaded; try again in a moment.")
+            queued = self.active + self.waiting - self.slots + 1  # requests that would wait, this one included
+            if queued > self.queue_limit:
+                retry = SECONDS_PER_QUEUED_REQUEST * max(queued, 1) / self.slots
+                raise QueueFull(self.waiting, retry)
+            self.waiting += 1
+            if self.batched:
+                self.pending.append(request)
+                self.wake.notify()
+        return TokenStream(self.drain(request) if self.batched else self.serve_one(request), self.withdraw(request))
+
+    def withdraw(self, request: Request) -> Callable[[], None]:
+        """What closing a stream that was never read does: the request leaves the queue (its count too)."""
+
+        def cancel() -> None:
+            request.stop.set()
+            with self.lock:
+                if self.batched:
+                    self.wake.notify()  # the worker drops it when it comes to it
+                else:
+                    self.waiting -= 1
+                    self.served += 1
+
+        return cancel
+
+    def drain(self, request: Request) -> Generator[int, None, None]:
+        """The caller's side of a batched request."""
+        try:
+            while (item := request.tokens.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not request.done:
+                request.stop.set()  # the worker frees the slot before its next step
+                with self.lock:
+                    self.wake.notify()
+
+    def serve_one(self, request: Request) -> Generator[int, None, None]:
+        """One request at a time, in the caller's thread: the engine's own lock keeps the order."""
+        started = False
+        try:
+            tokens = self.engine.generate(request.prompt_ids, request.settings, request.stop)
+            try:
+                for token in tokens:
+                    if not started:
+                        started = True
+                        self.count_started()
+                    yield token
+            finally:
+                tokens.close()
+        finally:
+            with self.lock:
+                if started:
+                    self.active -= 1
+                else:
+                    self.waiting -= 1
+                self.served += 1
+
+    def count_started(self) -> None:
+        with self.lock:
+            self.waiting -= 1
+            self.active += 1
+
+    # -- the batching worker ---------------------------------------------------------------------
+    def run(self, engine: FastEngine) -> None:
+        """Admit, step, deliver, until closed; an engine failure fails the requests it touched, not the worker."""
+        import torch
+
+        cuda = engine.device.type == "cuda"
+        if cuda:
+            torch.cuda.set_device(engine.device)  # prompt graphs replay on this thread's current card
+        hosts = [torch.zeros(engine.slots, dtype=torch.long, pin_memory=cuda) for _ in range(2)]
+        inflight: Launched | None = None
+        steps = 0
+        while True:
+            with self.lock:
+                while not self.closed and not self.pending and not self.running and inflight is None:
+                    self.wake.wait()
+                if self.closed:
+                    self.fail_all(RuntimeError("The model was unloaded."))
+                    return
+                admitted = self.take_pending(engine)
+            try:
+                for request in admitted:
+                    self.start(engine, request)
+                self.drop_cancelled(engine)
+                launched = self.launch(engine, hosts[steps % 2], cuda)
+                steps += 1
+                if inflight is not None:
+                    self.deliver(engine, inflight)
+                inflight = launched
+            except Exception as error:  # a CUDA or shape error: tell every caller, keep serving
+                log.exception("Decode step failed")
+                with self.lock:
+                    self.fail_all(error, keep_pending=True)
+                try:
+                    engine.reset()
+                except Exception:  # e.g. a tensor-parallel worker that died: each new request will be told
+                    log.exception("Engine reset failed")
+                inflight = None
+
+    def take_pending(self, engine: FastEngine) -> list[Request]:
+        """Move queued requests into free slots (lock held): the slot whose cache shares most, else the lowest."""
+        from gptq_chat.engine.fast_engine import common_prefix
+
+        admitted = []
+        while self.pending and len(self.running) < self.slots:
+            request = self.pending.popleft()
+            self.waiting -= 1
+            if request.stop.is_set():
+                self.served += 1
+                request.done = True
+                request.tokens.put(None)
+                continue
+            free = [s for s in range(self.slots) if s not in self.running]
+            shared = {s: common_prefix(engine.cached[s], request.prompt_ids) for s in free}
+            best = max(free, key=lambda s: (shared[s], -s))
+            request.slot = best if shared[best] >= REUSE_AT_LEAST else free[0]
+            self.running[request.slot] = request
+            self.active += 1
+            admitted.append(request)
+        return admitted
+
+    def start(self, engine: FastEngine, request: Request) -> None:
+        """Prefill into the request's slot and hand over its first token."""
+        try:
+            engine.prefill(request.prompt_ids, request.settings, request.slot)
+            first = int(engine.next_tokens[request.slot])
+        except Exception as error:
+            request.tokens.put(error)
+            self.finish(engine, request)
+            return
+        self.accept(engine, request, first)
+
+    def launch(self, engine: FastEngine, host: Any, cuda: bool) -> Launched | None:
+        """Run one decode step over every slot up to the highest busy one; copy its tokens to `host`."""
+        rows = [(slot, r) for slot, r in sorted(self.running.items()) if r.steps_left]
+        if not rows:
+            return None
+        greedy = all(r.settings.temperature == 0 for _, r in rows)
+        engine.decode(rows[-1][0] + 1, max(r.position for _, r in rows) + 1, greedy)
+        for _, request in rows:
+            request.launched += 1
+        host.copy_(engine.next_tokens, non_blocking=cuda)
+        ready = None
+        if cuda:
+            import torch
+
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(engine.next_tokens.device))  # the card that chose them
+        return Launched(rows, host, ready)
+
+    def deliver(self, engine: FastEngine, step: Launched) -> None:
+        """Hand each row's token to its request once the step has run."""
+        if step.ready is not None:
+            step.ready.synchronize()
+        tokens = step.host.tolist()
+        for slot, request in step.rows:
+            if not request.done:
+                self.accept(engine, request, tokens[slot])
+
+    def accept(self, engine: FastEngine, request: Request, token: int) -> None:
+        """A new token for `request`: pass it on, and end the request on a stop token, its budget or a stop."""
+        request.generated.append(token)
+        request.tokens.put(token)
+        ended = token in request.settings.stop_token_ids or len(request.generated) >= request.budget
+        if ended or request.stop.is_set():
+            self.finish(engine, request)
+
+    def drop_cancelled(self, engine: FastEngine) -> None:
+        for request in [r for r in self.running.values() if r.stop.is_set() and not r.done]:
+            self.finish(engine, request)
+
+    def finish(self, engine: FastEngine, request: Request) -> None:
+        """End a request and free its slot (the cache keeps its K/V for a prompt that starts the same way)."""
+        request.done = True
+        engine.park(request.slot, request.fed())
+        with self.lock:
+            del self.running[request.slot]
+            self.active -= 1
+            self.served += 1
+        request.tokens.put(None)  # last: a caller that saw the end finds the slot free and its cache kept
+
+    def fail_all(self, error: BaseException, keep_pending: bool = False) -> None:
+        """Every running request (and, unless kept, every queued one) ends with `error` (lock held)."""
+        victims = list(self.running.values()) + ([] if keep_pending else list(self.pending))
+        for request in victims:
+            request.done = True
+            request.tokens.put(error)
+        self.served += len(victims)
+        self.active -= len(self.running)
+        self.running.clear()
+        if not keep_pending:
+            self.waiting -= len(self.pending)
+            self.pending.clear()

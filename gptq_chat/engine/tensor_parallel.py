@@ -1,0 +1,277 @@
+"""Tensor parallelism: one model over several GPUs, every card reading its share of every layer at once.
+
+With the layers split (`placement.py`) the cards take turns, so one sequence decodes no faster than on one card.
+Here each card holds 1/N of every layer (`fast_model.Shard`) and they work on each step together, summing their
+partial results over NCCL twice a layer, inside the captured CUDA graphs, as vLLM and gpt-fast do.
+
+One process per card, as NCCL wants. This process drives the first card and the scheduler talks to it
+(`TensorParallelEngine`, the `FastEngine` interface); each other card has a follower process (`follow`) that
+loads its shard, captures the same graphs, and then repeats every call that touches the GPU, in the same order:
+the collectives inside those calls keep the cards in step. The first card alone samples; the others take its
+tokens (`Shard.agree`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from gptq_chat.engine.fast_engine import FastEngine, Progress
+from gptq_chat.engine.network import Shard, load_transformer
+from gptq_chat.loading.memory_plan import CUDA_CONTEXT_BYTES
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = timedelta(minutes=10)  # a 72B shard loads in about a minute; a hung start must end
+MIRRORED = ("prefill", "decode", "park", "reset", "set_position", "feed")  # FastEngine's calls that touch the GPU
+CLOSE = "close"
+CARD_QUERIES: dict[str, Callable[[torch.device], Any]] = {  # asked of every card, answered by each process
+    "peak_memory": lambda device: torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0,
+    "reset_peak_memory": lambda device: torch.cuda.reset_peak_memory_stats(device) if device.type == "cuda" else None,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_group(rank: int, world: int, port: int, device: torch.device, limit: int | None = None) -> None:
+    """Enter this process's place in the group: NCCL between GPUs, gloo on the CPU (the tests). `limit` caps what
+    this process may allocate on its card (bytes), as if the card were that size."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        if limit:
+            from gptq_chat.loading.gpus import cap_card
+
+            cap_card(device.index, limit)
+        dist.init_process_group(
+            "nccl",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world,
+            timeout=START_TIMEOUT,
+            device_id=device,
+        )
+    else:
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=START_TIMEOUT
+        )
+    check = torch.ones(1, device=device)
+    dist.all_reduce(check)  # the communicator is made now, before any graph capture
+    if int(check.item()) != world:
+        raise RuntimeError(f"tensor-parallel group check: {check.item()} != {world}")
+
+
+def build_engine(
+    folder: Path,
+    backend: str,
+    device: torch.device,
+    context_length: int,
+    dtype: torch.dtype,
+    shard: Shard,
+    slots: int,
+    decode_attention: str,
+    progress: Progress | None = None,
+) -> FastEngine:
+    """This card's shard and its engine, graphs captured (every card captures the same graphs in the same order)."""
+    model = load_transformer(folder, backend, device, dtype, progress, decode_attention, shard=shard)
+    engine = FastEngine(model, context_length, slots=slots)
+    engine.capture(progress)
+    return engine
+
+
+def follow(
+    rank: int, world: int, port: int, device: str, limit: int | None, build: dict[str, Any], inbox: Any, outbox: Any
+) -> None:
+    """A follower process: load this card's shard, then repeat the first card's calls until told to close."""
+    logging.basicConfig(level=logging.INFO, format=f"[tensor-parallel {rank}] %(message)s")
+    leader = os.getppid()
+    try:
+        join_group(rank, world, port, torch.device(device), limit)
+        engine = build_engine(device=torch.device(device), shard=Shard(rank, world), **build)
+    except BaseException as error:
+        outbox.put(f"GPU {device}: {type(error).__name__}: {error}")
+        raise
+    outbox.put("ready")
+    while (call := next_call(inbox, leader)) is not None and call[0] != CLOSE:
+        name, args, kwargs = call
+        if name in CARD_QUERIES:
+            outbox.put((rank, CARD_QUERIES[name](torch.device(device))))
+            continue
+        try:
+            getattr(engine, name)(*args, **kwargs)
+        except Exception:  # the first card raised the same (same inputs, same checks) and went on
+            log.exception("%s failed", name)
+    if call is not None:  # leaving is collective: only with the first card (an orphan just exits)
+        engine.release_graphs()
+        dist.destroy_process_group()
+        log.info("Left the group")
+
+
+def next_call(inbox: Any, leader: int) -> tuple[str, tuple, dict] | None:
+    """The first card's next call, or None once its process (`leader`) is gone: killed, it could not say so, and
+    no follower may keep a GPU's memory for ever."""
+    while True:
+        try:
+            return inbox.get(timeout=5)
+        except queue.Empty:
+            if os.getppid() != leader:
+                return None
+
+
+class TensorParallelEngine:
+    """The first card's engine, whose GPU calls every follower repeats; reads go to the first card's engine."""
+
+    def __init__(self, local: FastEngine, followers: list[Any], inboxes: list[Any], outbox: Any) -> None:
+        self.local = local
+        self.followers = followers
+        self.inboxes = inboxes
+        self.outbox = outbox
+        self.world = len(followers) + 1
+        self.name = f"{local.name}, tensor parallel over {self.world} GPUs"
+        self.closed = False
+        # At exit too (Ctrl-C in the page or the API server): a process that ends with its graphs and group
+        # still alive can hang in NCCL's teardown (pytorch/pytorch#115388).
+        atexit.register(self.close)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in MIRRORED:
+            return self.mirrored(name)
+        return getattr(self.local, name)
+
+    def mirrored(self, name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.check_followers()
+            self.tell(name, *args, **kwargs)
+            return getattr(self.local, name)(*args, **kwargs)
+
+        return call
+
+    def ask_every_card(self, query: str) -> list[Any]:
+        """One of `CARD_QUERIES`, answered by every card's process, first card first."""
+        self.check_followers()
+        self.tell(query)
+        answers = dict(self.outbox.get(timeout=60) for _ in self.inboxes)
+        return [CARD_QUERIES[query](self.local.device), *(answers[rank] for rank in range(1, self.world))]
+
+    def tell(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """Send a call (or a query, or the close) to every follower, in the order they must run it."""
+        for inbox in self.inboxes:
+            inbox.put((name, args, kwargs))
+
+    def check_followers(self) -> None:
+        """A follower that died would leave the first card waiting in a collective for ever: refuse instead."""
+        dead = [p for p in self.followers if not p.is_alive()]
+        if dead:
+            codes = ", ".join(f"{p.name} exited with code {p.exitcode}" for p in dead)
+            raise RuntimeError(f"A tensor-parallel worker stopped ({codes}); reload the model.")
+
+    def close(self) -> None:
+        """Stop the followers and leave the group (model switch, shutdown).
+
+        Leaving an NCCL group is collective: every process must do it at the same time, so the first card leaves
+        while the followers do (each first frees its graphs, which hold the group's communicator), and only then
+        waits for them to exit.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        atexit.unregister(self.close)
+        started = time.perf_counter()
+        self.tell(CLOSE)
+        self.local.release_graphs()
+        leave_group()
+        log.info("Left the tensor-parallel group in %.1f s", time.perf_counter() - started)
+        for process in self.followers:
+            process.join(timeout=60)
+            if process.is_alive():
+                log.warning("%s did not exit; killing it", process.name)
+                process.kill()
+                process.join(timeout=10)
+
+
+def leave_group() -> None:
+    """Destroy this process's group, giving up after a minute (a dead follower can keep NCCL waiting for ever)."""
+    if not dist.is_initialized():
+        return
+    leaving = threading.Thread(target=dist.destroy_process_group, name="leave-tensor-parallel-group", daemon=True)
+    leaving.start()
+    leaving.join(timeout=60)
+    if leaving.is_alive():
+        log.warning("The tensor-parallel group did not close; restart the app before loading another such model")
+
+
+def load_tensor_parallel(
+    folder: Path,
+    backend: str,
+    devices: list[torch.device],
+    context_length: int,
+    dtype: torch.dtype,
+    progress: Progress | None = None,
+    decode_attention: str = "sdpa",
+    slots: int = 1,
+    gpu_memory_limit: int | None = None,
+) -> TensorParallelEngine:
+    """Start a follower process for every card after the first, load every shard, capture the graphs."""
+    if dist.is_initialized():
+        raise RuntimeError("A tensor-parallel model is already loaded in this process; unload it first.")
+    world, port = len(devices), free_port()
+    build = {
+        "folder": folder,
+        "backend": backend,
+        "context_length": context_length,
+        "dtype": dtype,
+        "slots": slots,
+        "decode_attention": decode_attention,
+    }
+    spawn = multiprocessing.get_context("spawn")
+    outbox = spawn.Queue()
+    inboxes = [spawn.Queue() for _ in devices[1:]]
+    followers = []
+    # On a follower's card this process has a CUDA context too (`placement._tensor_parallel_loads`): a cap
+    # standing for a smaller card leaves the follower the rest.
+    follower_limit = gpu_memory_limit - CUDA_CONTEXT_BYTES if gpu_memory_limit else None
+    for rank, (device, inbox) in enumerate(zip(devices[1:], inboxes, strict=True), start=1):
+        process = spawn.Process(
+            target=follow,
+            args=(rank, world, port, str(device), follower_limit, build, inbox, outbox),
+            name=f"tensor-parallel-{rank}",
+            daemon=True,
+        )
+        process.start()
+        followers.append(process)
+    started = time.perf_counter()
+    try:
+        join_group(0, world, port, devices[0], gpu_memory_limit)
+        local = build_engine(device=devices[0], shard=Shard(0, world), progress=progress, **build)
+        for _ in followers:
+            answer = outbox.get(timeout=START_TIMEOUT.total_seconds())
+            if answer != "ready":
+                raise RuntimeError(f"A tensor-parallel worker failed to load: {answer}")
+    except BaseException:
+        for process in followers:
+            process.kill()
+        leave_group()
+        raise
+    log.info(
+        "Tensor parallel over %d devices ready in %.1f s (pid %d leads)",
+        world,
+        time.perf_counter() - started,
+        os.getpid(),
+    )
+    return TensorParallelEngine(local, followers, inboxes, outbox)

@@ -1,0 +1,218 @@
+"""The one model this app process keeps loaded, switching it from the page, and the memory beside it.
+
+Every browser tab uses the same model (a GPU holds one). Switching frees the old model before the
+new one loads, and refuses up front, with the numbers, a model that would not fit in the memory it
+would get. `model_loader.load` caches models per process, so freeing means dropping its entry too.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import types
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from gptq_chat.loading import loader as model_loader
+from gptq_chat.loading.checkpoint import CheckpointInfo, find_checkpoint
+from gptq_chat.loading.gpus import gpus_for
+from gptq_chat.loading.loader import LoadedModel, Progress, load, pick_device
+from gptq_chat.loading.memory_plan import ModelShape, gib, plan
+from gptq_chat.loading.placement import GpuSpec, PlacementRefused, plan_placement
+from gptq_chat.models.home import models_home
+from gptq_chat.models.installed import installed_models
+
+MIN_CONTEXT = 1024  # a model that cannot hold this much context is of no use for chatting
+
+
+class SwitchRefused(RuntimeError):
+    """The model was not switched; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Memory of the device the model runs on: VRAM on a GPU, RAM on the CPU."""
+
+    kind: str  # "VRAM" or "RAM"
+    used: int
+    free: int
+    total: int
+
+
+def device_memory(device: str) -> Memory:
+    """Live numbers: on a GPU what every process uses (as nvidia-smi would), on the CPU this process."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, total = torch.cuda.mem_get_info(torch.device(device))
+        return Memory("VRAM", total - free, free, total)
+    import psutil
+
+    system = psutil.virtual_memory()
+    return Memory("RAM", int(psutil.Process().memory_info().rss), int(system.available), int(system.total))
+
+
+def display_name(path: Path | str) -> str:
+    """A model's name as the list shows it: relative to the models folder where it lives there."""
+    path = Path(path)
+    try:
+        return str(path.relative_to(models_home()))
+    except ValueError:
+        return path.name
+
+
+def model_choices(current: Path | None) -> list[Path]:
+    """Downloaded models (the demo last), with the loaded one included even if it lives elsewhere."""
+    found = installed_models()
+    if current is not None and all(p.resolve() != current.resolve() for p in found):
+        found.insert(0, current)
+    return found
+
+
+def fit_problem(info: CheckpointInfo, device: str, available: int, freed: int = 0) -> str | None:
+    """Why `info` would not fit in `available` + `freed` bytes (with the numbers), or None if it fits."""
+    context = min(MIN_CONTEXT, info.max_position_embeddings)
+    room = available + freed
+    need_plan = plan(ModelShape.from_checkpoint(info), context, [room])
+    on_gpu = device.startswith("cuda")
+    need = need_plan.total if on_gpu else need_plan.total - need_plan.cuda_context
+    if need_plan.fits if on_gpu else need <= room:
+        return None
+    kind = "VRAM" if on_gpu else "RAM"
+    overhead = need - need_plan.weights - need_plan.kv_cache - need_plan.activations
+    freed_text = f" + {gib(freed)} freed by unloading the current model" if freed else ""
+    return (
+        f"{info.name} does not fit: at {context:,} tokens of context it needs {gib(need)} of {kind} "
+        f"(weights {gib(need_plan.weights)} + KV cache {gib(need_plan.kv_cache)} + activations "
+        f"{gib(need_plan.activations)} + overhead {gib(overhead)}), "
+        f"but only {gib(room)} would be free ({gib(available)} free now{freed_text}). "
+        "Close other programs on the GPU, or pick a smaller model."
+    )
+
+
+def split_fit_problem(info: CheckpointInfo | ModelShape, gpus: list[GpuSpec], freed: int = 0) -> str | None:
+    """As `fit_problem`, over several cards (the loader splits a model no card holds); the current model's
+    memory, once unloaded, counts as freed evenly over them."""
+    room = [replace(gpu, free_bytes=gpu.free_bytes + freed // len(gpus)) for gpu in gpus]
+    try:
+        plan_placement(info, room, min(MIN_CONTEXT, info.max_position_embeddings), path="plain")
+    except PlacementRefused as refused:
+        return f"{refused.problem} {refused.fix}"
+    return None
+
+
+def forget(loaded: LoadedModel) -> None:
+    """Drop the loader's cached reference, so that the model is freed once nobody else holds it."""
+    for key, value in list(model_loader._cache.items()):
+        if value is loaded:
+            del model_loader._cache[key]
+
+
+def clear_finished_frames(*objects: object) -> int:
+    """Clear finished call frames that still hold `objects`; returns how many were cleared.
+
+    Some libraries keep an exception from a lazy import for the life of the process, and since Python
+    3.11 its traceback keeps every calling frame with its last locals: the first load's
+    `model_loader.load_uncached` frame, holding the model, among them (seen on an H100: the first model
+    was never freed). A running frame refuses to be cleared (RuntimeError) and is left alone.
+    """
+    cleared = 0
+    for target in objects:
+        for referrer in gc.get_referrers(target):
+            if isinstance(referrer, types.FrameType):
+                try:
+                    referrer.clear()
+                    cleared += 1
+                except RuntimeError:
+                    pass
+    return cleared
+
+
+def release_memory(device: str) -> None:
+    """Collect what was dropped and hand cached GPU memory back to the driver (other apps see it free)."""
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        for index in range(torch.cuda.device_count()):  # a split model used several cards
+            with torch.cuda.device(index):
+                torch.cuda.empty_cache()
+
+
+class ModelHolder:
+    """The model every tab of this app process uses; made once per process by the page."""
+
+    def __init__(
+        self,
+        reference: str | None,
+        backend: str,
+        device: str | None,
+        engine: str,
+        slots: int = 1,
+        split: str = "auto",
+    ) -> None:
+        self.reference = reference  # None: the built-in demo model (built on first use)
+        self.backend = backend
+        self.device = device
+        self.engine = engine
+        self.slots = slots
+        self.split = split  # over several GPUs: placement.SPLITS
+        self.loaded: LoadedModel | None = None
+        self.lock = threading.Lock()
+
+    def get(self, progress: Progress | None = None) -> LoadedModel:
+        """The loaded model, loading it (or building the demo model) the first time."""
+        with self.lock:
+            if self.loaded is None:
+                if self.reference is None:
+                    from gptq_chat.models.demo_model import build_demo_model
+
+                    self.reference = str(build_demo_model(progress=progress))
+                self.loaded = self._load(self.reference, progress)
+            return self.loaded
+
+    def switch(self, reference: str, progress: Progress | None = None) -> LoadedModel:
+        """Free the current model, then load `reference`; raises SwitchRefused (nothing changed) if it can't."""
+        with self.lock:
+            info = find_checkpoint(reference)
+            current = self.loaded
+            if current is not None and current.info.path.resolve() == info.path.resolve():
+                return current
+            device = pick_device(self.device)
+            freed = current.facts.memory_bytes if current is not None else 0
+            gpus = gpus_for(device)
+            if len(gpus) > 1:
+                problem = split_fit_problem(info, gpus, freed)
+            else:
+                problem = fit_problem(info, device, device_memory(device).free, freed)
+            if problem:
+                raise SwitchRefused(problem)
+            if current is not None:
+                self._unload(current)
+                del current  # the last reference in this frame: the model can be collected now
+                release_memory(device)
+            self.reference = str(info.path)
+            self.loaded = self._load(self.reference, progress)
+            return self.loaded
+
+    def _unload(self, current: LoadedModel) -> None:
+        """Forget `current`, waiting for no reply: one being written makes the switch refuse instead."""
+        busy = "A reply is being written (maybe in another tab); switch when it has finished."
+        queue = current.scheduler.stats()
+        if queue.active or queue.waiting:
+            raise SwitchRefused(busy)
+        engine_lock = getattr(current.engine, "lock", None)  # the plain path's
+        if engine_lock is not None and not engine_lock.acquire(blocking=False):
+            raise SwitchRefused(busy)
+        try:
+            current.scheduler.close()
+            self.loaded = None
+            forget(current)
+            clear_finished_frames(current.model, current.engine)
+        finally:
+            if engine_lock is not None:
+                engine_lock.release()
+
+    def _load(self, reference: str, progress: Progress | None) -> LoadedModel:
+        options = {"backend": self.backend, "device": self.device, "engine": self.engine, "slots": self.slots}
+        return load(reference, progress, **options, split=self.split)
