@@ -1,11 +1,17 @@
 """Decode speed, time to first token and memory: the plain transformers path against our engine, in one run.
 
-    python bench.py --shape qwen1.5-7b            # writes a random-weight checkpoint first (on the GPU)
-    python bench.py --dir /path/to/checkpoint      # or measure a real one
+    python bench.py --shape qwen1.5-7b                 # writes a random-weight checkpoint first (on the GPU)
+    python bench.py --dir /path/to/checkpoint           # or measure a real one
+    python bench.py --shape qwen1.5-7b --streams 1,4,16,64   # many users at once, through the scheduler
 
 Weights' values do not matter for speed; end-of-sequence is disabled so every run decodes the
 full count. Like gpt-fast it prints what it achieved against the limit: tokens/s and the memory
 bandwidth that implies, as a fraction of the card's peak.
+
+With --streams, every stream sends its own prompt (--prompt tokens, 512 by default) and decodes --new-tokens;
+all streams of a level start together, from their own threads, through the same `Scheduler` the page and the API
+use. Aggregate speed counts every token of every stream over the level's wall time (prefills included);
+per-stream speed is each stream's own decode rate after its first token.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import argparse
 import gc
 import json
 import logging
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,8 +32,9 @@ from typing import Any
 
 import torch
 
-from gptq_chat.engine.generation import Engine, SamplingSettings
+from gptq_chat.engine.protocols import SamplingSettings, TokenSource
 from gptq_chat.engine.scheduler import Scheduler
+from gptq_chat.loading.memory_plan import embedding_bytes
 
 # Peak memory bandwidth by card (vendor datasheets, SXM parts), bytes/s.
 PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "4090": 1.01e12}
@@ -47,11 +55,6 @@ class Measurement:
 def peak_bandwidth() -> float | None:
     name = torch.cuda.get_device_name()
     return next((bw for key, bw in PEAK_BANDWIDTH.items() if key in name), None)
-
-
-def embedding_bytes(info) -> int:
-    """The input embedding: a decode step reads one row of it, not all (fp16)."""
-    return info.vocab_size * info.hidden_size * 2
 
 
 def bytes_per_token(weight_bytes: int, kv_bytes_per_token: int, context: int) -> int:
@@ -108,7 +111,9 @@ class CardPeaks:
         return [torch.cuda.max_memory_allocated(card) / 1e9 for card in self.cards]
 
 
-def measure(engine: Engine, name: str, prompt_len: int, settings: SamplingSettings, memory: CardPeaks) -> Measurement:
+def measure(
+    engine: TokenSource, name: str, prompt_len: int, settings: SamplingSettings, memory: CardPeaks
+) -> Measurement:
     """Time to first token and steady decode speed of one generation; the first token is not counted in decode.
 
     A generation with another prompt runs first, so one-time work (lazy initialisation) is not
@@ -160,7 +165,7 @@ def free_memory() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="qwen1.5-7b", help="a key of random_checkpoint.QWEN_SHAPES")
+    parser.add_argument("--shape", default="qwen1.5-7b", help="a Qwen shape key (qwen1.5-7b, qwen2.5-7b, 72b, ...)")
     parser.add_argument("--dir", type=Path, help="checkpoint folder (written there if missing, with --shape)")
     parser.add_argument("--prompts", default="128,4096,7936", help='prompt lengths ("max": fill the context)')
     parser.add_argument("--new-tokens", type=int, default=256)
@@ -185,10 +190,15 @@ def main() -> None:
     parser.add_argument("--sampled", action="store_true", help="also time sampled decoding (temperature 0.7)")
     parser.add_argument("--chat", action="store_true", help="also answer one chat message (chat template, tokenizer)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--streams", help="many users at once: stream counts to time together, e.g. 1,4,16,64")
+    parser.add_argument("--prompt", type=int, default=512, help="with --streams: each stream's prompt tokens")
     args = parser.parse_args()
     if args.split == "tensor" and "fp16reduce" in args.variants:
         parser.error("sdpa-fp16reduce re-captures the first card's graphs only: it cannot be timed with --split tensor")
     logging.basicConfig(level=logging.WARNING)
+    if args.streams:
+        time_streams(args)
+        return
 
     from gptq_chat.loading.checkpoint import find_checkpoint
 
@@ -222,7 +232,7 @@ def main() -> None:
     bandwidth = peak_bandwidth()
     for result in results:
         context = result.prompt_tokens + result.new_tokens // 2
-        moved = bytes_per_token(info.weight_bytes - embedding_bytes(info), info.kv_bytes_per_token, context)
+        moved = bytes_per_token(info.weight_bytes - embedding_bytes(info.shape), info.shape.kv_bytes_per_token, context)
         reading = len(cards) if "tensor parallel" in result.path else 1  # else the cards take turns
         if bandwidth:
             result.bandwidth_fraction = moved * result.decode_tokens_per_s / (bandwidth * reading)
@@ -299,7 +309,7 @@ def report_plan(placement, report: dict) -> None:
     report["planned_per_card_gb"] = planned
 
 
-def chat_turn(engine: Engine, folder: Path, context: int) -> dict:
+def chat_turn(engine: TokenSource, folder: Path, context: int) -> dict:
     """One turn of the page's chat through the loaded model: the checkpoint's tokenizer, its chat template,
     sampling, streamed detokenization (random weights: the words are noise, the path is the real one)."""
     from transformers import AutoTokenizer
@@ -372,6 +382,103 @@ def table(results: list[Measurement], report: dict) -> str:
     extras = {k: v for k, v in report.items() if k.endswith(("_s", "_graphs")) and v is not None}
     lines.append("; ".join(f"{k} = {v:.1f}" if isinstance(v, float) else f"{k} = {v}" for k, v in extras.items()))
     return "\n".join(lines)
+
+
+# -- many users at once (--streams) -----------------------------------------------------------------------
+
+
+@dataclass
+class Level:
+    streams: int
+    aggregate_tokens_per_s: float
+    per_stream_median: float
+    per_stream_min: float
+    first_token_ms_median: float
+    first_token_ms_max: float
+    wall_s: float
+    peak_vram_gb: float
+
+
+def run_level(scheduler: Scheduler, streams: int, prompt_len: int, new_tokens: int) -> Level:
+    """`streams` generations at once; each records when its tokens arrived."""
+    settings = SamplingSettings(max_new_tokens=new_tokens, temperature=0.0, repetition_penalty=1.0)
+    prompts = [random_prompt(prompt_len, seed=streams * 1000 + i) for i in range(streams)]
+    stamps: list[list[float]] = [[] for _ in range(streams)]
+    gate = threading.Barrier(streams + 1)
+
+    def stream(i: int) -> None:
+        gate.wait()
+        for _ in scheduler.generate(prompts[i], settings, threading.Event()):
+            stamps[i].append(time.perf_counter())
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    gate.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    wall = max(s[-1] for s in stamps) - started
+    rates = [(len(s) - 1) / (s[-1] - s[0]) for s in stamps]
+    firsts = [(s[0] - started) * 1e3 for s in stamps]
+    return Level(
+        streams=streams,
+        aggregate_tokens_per_s=sum(len(s) for s in stamps) / wall,
+        per_stream_median=statistics.median(rates),
+        per_stream_min=min(rates),
+        first_token_ms_median=statistics.median(firsts),
+        first_token_ms_max=max(firsts),
+        wall_s=wall,
+        peak_vram_gb=torch.cuda.max_memory_allocated() / 1e9,
+    )
+
+
+def streams_table(levels: list[Level], header: str) -> str:
+    single = next((lv.aggregate_tokens_per_s for lv in levels if lv.streams == 1), None)
+    lines = [
+        header,
+        "| streams | aggregate tokens/s | x one stream | per stream (median / min) | first token ms "
+        "(median / max) | wall s | peak VRAM GB |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for lv in levels:
+        ratio = f"{lv.aggregate_tokens_per_s / single:.1f}" if single else "-"
+        lines.append(
+            f"| {lv.streams} | {lv.aggregate_tokens_per_s:.0f} | {ratio} | {lv.per_stream_median:.1f} / "
+            f"{lv.per_stream_min:.1f} | {lv.first_token_ms_median:.0f} / {lv.first_token_ms_max:.0f} | "
+            f"{lv.wall_s:.1f} | {lv.peak_vram_gb:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def time_streams(args: argparse.Namespace) -> None:
+    """One engine with a slot per stream of the largest level; each level in turn, through one scheduler."""
+    from gptq_chat.engine.fast_engine import load_engine
+
+    folder, _ = prepare_checkpoint(args.dir, args.shape)
+    levels = [int(s) for s in args.streams.split(",")]
+    context = args.prompt + args.new_tokens
+    attention = args.variants.split(",")[0]
+    started = time.perf_counter()
+    engine = load_engine(folder, "marlin", torch.device("cuda"), context, decode_attention=attention, slots=max(levels))
+    scheduler = Scheduler(engine, queue_limit=0)
+    header = (
+        f"\n{torch.cuda.get_device_name()}, {folder}: {max(levels)} slots of {context} tokens, "
+        f"{attention} decode attention; loaded and captured {engine.stats.graphs} graphs in "
+        f"{time.perf_counter() - started:.1f} s (warm-up {engine.stats.warmup_seconds:.1f} s)"
+    )
+    print(header, flush=True)
+    run_level(scheduler, 1, args.prompt, 4)  # first-use work (lazy init) is not timed
+    results = []
+    for streams in levels:
+        results.append(run_level(scheduler, streams, args.prompt, args.new_tokens))
+        print(results[-1], flush=True)
+    scheduler.close()
+    print(streams_table(results, header))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
 
 
 if __name__ == "__main__":

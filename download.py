@@ -2,6 +2,7 @@
 
     python download.py [MODEL] [--source modelscope|hf|local] [--revision R] [--dir D]
     python download.py --list [--context N]      known models: download size, VRAM, which cards they fit
+    python download.py --list --cards 24,24 [MODEL] [--split S]   what fits your cards, and where each part goes
     python download.py --installed               what is on disk, with sizes and completeness
     python download.py --remove MODEL [--yes]    delete one (asks first)
     python download.py --demo                    build the small built-in demo model (no network)
@@ -18,6 +19,8 @@ import sys
 from pathlib import Path
 
 from gptq_chat.loading.checkpoint import CheckpointError
+from gptq_chat.loading.fit import SPLIT_HELP, SPLITS
+from gptq_chat.loading.gpus import parse_card_sizes
 from gptq_chat.models import catalog
 from gptq_chat.models.home import models_home
 
@@ -36,6 +39,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dir", type=Path, help="models folder (default: $GPTQ_CHAT_HOME or ./models)")
     parser.add_argument("--list", action="store_true", help="show the known GPTQ-Int4 models")
     parser.add_argument("--context", type=int, default=8192, help="context length for --list's VRAM figures")
+    parser.add_argument(
+        "--cards",
+        type=parse_card_sizes,
+        help="with --list: plan for these cards (GiB each, e.g. 24,24 for two RTX 4090s)",
+    )
+    parser.add_argument("--split", choices=SPLITS, default="auto", help=f"with --list --cards: {SPLIT_HELP}")
     parser.add_argument("--installed", action="store_true", help="show the downloaded models")
     parser.add_argument("--remove", metavar="MODEL", help="delete a downloaded model (asks first)")
     parser.add_argument("--yes", action="store_true", help="do not ask before --remove")
@@ -47,6 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.context < 1:
         parser.error("--context must be a positive number of tokens")
+    if args.model and args.list and not args.cards:
+        parser.error("--list MODEL shows where MODEL goes on the cards you name: add --cards, e.g. --cards 24,24")
     if args.source == "local" and not args.model and not (args.list or args.installed or args.remove or args.demo):
         parser.error("--source local needs the folder or archive to import: download.py PATH --source local")
     return args
@@ -64,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.demo:
             return build_demo(args)
+        if args.list and args.cards:
+            return print_fit(args.model, args.cards, args.context, args.split)
         if args.list:
             print(catalog_table(args.context))
             return 0
@@ -127,20 +140,19 @@ def catalog_table(context: int) -> str:
 
     cards = "".join(f"{f'{size} GiB':>10}" for size in CARD_SIZES_GIB)
     lines = [
-        f"Known GPTQ-Int4 chat models; VRAM for {context:,} tokens of context on one card "
+        f"Known GPTQ-Int4 chat models; VRAM for {context:,} tokens of context on one card, with the fast engine "
         "(python download.py KEY fetches one):",
         "",
         f"{'key':<14}{'ModelScope id':<40}{'download':>11}{'VRAM':>11}{cards}",
     ]
     sources = []
     for entry in catalog.KNOWN_MODELS:
-        shape = entry.model_shape()
         mark = "*" if entry.download_size_is_published else " "
-        if context > shape.max_position_embeddings:
+        if context > entry.shape.max_position_embeddings:
             need, verdicts = "n/a", [f"{'>max ctx':>10}"] * len(CARD_SIZES_GIB)
         else:
-            need = gib(plan(shape, context, []).total)
-            row = needs_row(shape, context, path="plain")
+            need = gib(plan(entry, context, path="fast").total)
+            row = needs_row(entry, context, path="fast")
             verdicts = [f"{row.compact(size):>10}" for size in CARD_SIZES_GIB]
         size = f"{entry.download_bytes / 1e9:.2f} GB{mark}"
         lines.append(f"{entry.key:<14}{entry.modelscope_id:<40}{size:>11}{need:>11}{''.join(verdicts)}")
@@ -150,13 +162,58 @@ def catalog_table(context: int) -> str:
         "",
         "yes: one card holds it; x2, x4: it needs that many cards of that size (its layers split over them);",
         "x4 <=Nk: four cards hold at most N thousand tokens of context; no: not even the weights fit on four.",
-        "VRAM = weights + fp16 KV cache + prefill activations + CUDA context + overhead (see vram_planner.py);",
-        "each card of a split holds its layers' KV cache. Every setup of 1, 2, 4 cards: python placement.py",
+        "VRAM = weights + fp16 KV cache + prefill activations + CUDA context + overhead (gptq_chat/loading/",
+        "memory_plan.py); each card of a split holds its share of the KV cache. Your own cards: --cards 24,24.",
         "Download sizes marked * are the hub's published file sizes (+ tokenizer files), the rest are computed",
         "from the model's shape (within 1 % of every published size). Published sizes from:",
         *sources,
     ]
     return "\n".join(lines)
+
+
+def fit_verdict(entry: catalog.CatalogEntry, cards: list[int], context: int, split: str) -> str:
+    """Where the loader would put `entry` on `cards` at `context`: one card, which split, or how much context fits."""
+    from gptq_chat.loading.fit import fit
+    from gptq_chat.loading.gpus import GpuSpec
+    from gptq_chat.loading.placement import PlacementRefused
+
+    gpus = [GpuSpec(i, size, size) for i, size in enumerate(cards)]
+    try:
+        layout = fit(entry, gpus, fast=True, context=context, split=split)
+    except PlacementRefused as refused:
+        longest = refused.largest_context
+        return f"no: at most {longest:,} tokens of context" if longest else "no: not even the weights fit"
+    except ValueError as refused:  # a split this model's shape does not allow
+        return f"no: {refused}"
+    if layout.placement is None:
+        return f"yes, on {layout.device.replace('cuda:', 'GPU ')}"
+    how = "tensor parallel" if layout.placement.tensor_parallel else "layers split"
+    return f"yes, {how} over {len(layout.placement.cards)} GPUs"
+
+
+def print_fit(model: str | None, cards: list[int], context: int, split: str) -> int:
+    """`--list --cards`: every known model on these cards (or one model, part by part), as the loader decides."""
+    from gptq_chat.loading.fit import fit
+    from gptq_chat.loading.gpus import GpuSpec
+    from gptq_chat.loading.memory_plan import gib
+
+    named = " + ".join(gib(size) for size in cards)
+    if model is None:
+        print(f"On {named} at {context:,} tokens of context (fast engine, --split {split}):\n")
+        for entry in catalog.KNOWN_MODELS:
+            print(f"{entry.key:<14}{fit_verdict(entry, cards, context, split)}")
+        return 0
+    entry = catalog.find(model)
+    if entry is None:
+        raise CheckpointError(f"Unknown model {model}", "see the known ones: python download.py --list")
+    gpus = [GpuSpec(i, size, size) for i, size in enumerate(cards)]
+    try:
+        print(fit(entry, gpus, fast=True, context=context, split=split).summary())
+    except ValueError as refused:  # PlacementRefused (with its fix), or a split the model's shape does not allow
+        fix = getattr(refused, "fix", "")
+        print(getattr(refused, "problem", str(refused)) + (f"\n  Fix: {fix}" if fix else ""), file=sys.stderr)
+        return 1
+    return 0
 
 
 def installed_table(root: Path | None) -> str:

@@ -293,7 +293,7 @@ def test_switching_frees_the_old_model_and_refuses_one_that_does_not_fit(
     two_models: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GPTQ_CHAT_HOME", str(two_models))
-    holder = model_switch.ModelHolder(str(two_models / "Qwen/Tiny-A-GPTQ-Int4"), "auto", "cpu", "auto")
+    holder = model_switch.ModelHolder(str(two_models / "Qwen/Tiny-A-GPTQ-Int4"), device="cpu")
     first = weakref.ref(holder.get().model)
     assert [model_switch.display_name(p) for p in model_switch.model_choices(None)] == [
         "Qwen/Tiny-A-GPTQ-Int4",
@@ -336,13 +336,18 @@ def test_a_traceback_kept_by_a_library_does_not_keep_the_old_model_alive() -> No
 
 
 def test_fit_check_counts_the_memory_the_current_model_gives_back(demo_model_dir: Path) -> None:
+    """The switch asks the loader's rule with the current model's memory counted as freed (`plan_load(freed=)`)."""
     from gptq_chat.loading.checkpoint import find_checkpoint
+    from gptq_chat.loading.fit import CPU_CONTEXT_TOKENS
+    from gptq_chat.loading.loader import plan_load
+    from gptq_chat.loading.placement import PlacementRefused
 
     info = find_checkpoint(demo_model_dir)
-    assert model_switch.fit_problem(info, "cpu", available=16 * 2**30) is None
-    problem = model_switch.fit_problem(info, "cuda", available=256 * 2**20, freed=128 * 2**20)
-    assert problem is not None and "VRAM" in problem and "0.4 GiB would be free" in problem
-    assert "0.1 GiB freed by unloading the current model" in problem
+    assert plan_load(info, device="cpu", ram=16 * 2**30).layout.device == "cpu"
+    with pytest.raises(PlacementRefused, match=r"needs [\d.]+ GiB of RAM .* only 0\.4 GiB would be free"):
+        plan_load(info, device="cpu", ram=256 * 2**20, freed=128 * 2**20)
+    roomy = plan_load(info, device="cpu", ram=256 * 2**20, freed=4 * 2**30)
+    assert roomy.layout.context == min(CPU_CONTEXT_TOKENS, info.shape.max_position_embeddings)
 
 
 # -- the page through AppTest ---------------------------------------------------------------------------

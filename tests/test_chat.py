@@ -10,7 +10,7 @@ import torch
 
 from gptq_chat.chat.prompt import build_prompt
 from gptq_chat.chat.reply import ChatSettings, complete_reply, stream_reply
-from gptq_chat.engine.generation import SamplingSettings, checkpoint_defaults
+from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.loading.loader import load
 
 pytestmark = pytest.mark.slow
@@ -23,8 +23,7 @@ def demo(demo_model_dir):
 
 
 def greedy(loaded, max_new_tokens: int = 48, **changes) -> ChatSettings:
-    defaults = checkpoint_defaults(loaded.generation_config, loaded.tokenizer)
-    sampling = dataclasses.replace(defaults, temperature=0.0, max_new_tokens=max_new_tokens)
+    sampling = dataclasses.replace(loaded.defaults, temperature=0.0, max_new_tokens=max_new_tokens)
     return ChatSettings(sampling=sampling, **changes)
 
 
@@ -134,7 +133,7 @@ def test_long_chat_keeps_working_by_dropping_old_turns(demo) -> None:
 
 def test_checkpoint_defaults_come_from_generation_config(demo) -> None:
     loaded, _ = demo
-    defaults = checkpoint_defaults(loaded.generation_config, loaded.tokenizer)
+    defaults = loaded.defaults
     config = loaded.generation_config
     assert defaults.stop_token_ids and loaded.tokenizer.convert_tokens_to_ids("<|im_end|>") in defaults.stop_token_ids
     assert defaults.temperature == pytest.approx(config.temperature)
@@ -147,6 +146,6 @@ def test_loader_reports_the_kernel_and_caches(demo, demo_model_dir) -> None:
     assert facts.device == "cpu" and facts.bits == 4 and facts.group_size == 64
     assert facts.kernel_class == "TorchAtenLinear" and facts.backend == "torch_aten"
     assert facts.engine == "transformers generate" and "CPU" in facts.engine_reason
-    assert facts.quantized_layers == 7 * loaded.info.num_layers
+    assert facts.quantized_layers == 7 * loaded.info.shape.num_layers
     assert facts.default_context <= facts.max_context
     assert load(demo_model_dir, device="cpu") is loaded

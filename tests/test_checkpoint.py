@@ -25,13 +25,19 @@ def edit_config(folder: Path, change) -> None:
 
 def test_valid_checkpoint_is_described(checkpoint_copy: Path) -> None:
     info = inspect_checkpoint(checkpoint_copy)
-    assert info.bits == 4
+    assert info.gptq.bits == 4 and info.gptq.group_size == 128 and info.gptq.sym and not info.gptq.desc_act
     assert info.model_type == "qwen2"
     assert info.weight_bytes == sum(f.stat().st_size for f in info.weight_files) > 0
-    assert (
-        info.kv_bytes_per_token
-        == 2 * info.num_layers * info.num_key_value_heads * (info.hidden_size // info.num_attention_heads) * 2
-    )
+    shape = info.shape  # the tiny test shape: 2 layers, 2 KV heads of 256 / 4 = 64
+    assert (shape.num_layers, shape.num_kv_heads, shape.head_dim) == (2, 2, 64)
+    assert shape.kv_bytes_per_token == 2 * 2 * 2 * 64 * 2  # K and V, layers, KV heads, head_dim, fp16
+
+
+def test_a_head_dim_the_config_states_wins_over_hidden_size_over_heads(checkpoint_copy: Path) -> None:
+    """Some models (Qwen3, Gemma) give head_dim explicitly, and hidden / heads would be wrong for them."""
+    edit_config(checkpoint_copy, lambda c: c.update(head_dim=128))
+    shape = inspect_checkpoint(checkpoint_copy).shape
+    assert shape.head_dim == 128 and shape.kv_dim == 2 * 128 and shape.q_dim == 4 * 128
 
 
 def test_missing_folder_names_the_places_tried_and_the_fix(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ def test_build_is_idempotent(demo_model_dir: Path) -> None:
 def test_a_fresh_process_finds_the_built_model_in_seconds_without_torch(demo_model_dir: Path) -> None:
     """What `python download.py --demo` does the second time: no torch import, no rebuild."""
     script = (
-        "import sys, demo_model; p = demo_model.build_demo_model(); "
+        "import sys; from gptq_chat.models import demo_model; p = demo_model.build_demo_model(); "
         "assert 'torch' not in sys.modules, 'torch was imported'; print(p)"
     )
     started = time.monotonic()

@@ -21,6 +21,7 @@ import torch
 
 from gptq_chat.doctor import checks as doctor
 from gptq_chat.doctor.checks import FAIL, OK, WARN, Gpu, Machine, exit_code, run_checks
+from gptq_chat.loading.gpus import GpuSpec
 from gptq_chat.loading.memory_plan import FAST_GRAPH_POOL_BYTES, GIB, plan
 from gptq_chat.loading.placement import largest_context, standard_gpus
 from gptq_chat.models.home import DEMO_MODEL_NAME, REPO_ROOT
@@ -277,7 +278,7 @@ def test_inside_the_ranges_but_untested_is_a_warning(tmp_path: Path) -> None:
     assert "bash env/setup.sh" in check.fix and "env/tested-gpu.txt" in check.fix
 
 
-def test_the_lent_gpu_set_is_a_tested_set(tmp_path: Path) -> None:
+def test_the_gpu_machines_set_is_a_tested_set(tmp_path: Path) -> None:
     site = fake_site(tmp_path / "site", torch="2.11.0+cu130", transformers="5.17.0", optimum="2.3.0", gptqmodel="7.6.0")
     check = doctor.check_packages([str(site)])
     assert check.status == OK and "env/tested-gpu.txt" in check.message
@@ -330,15 +331,16 @@ def test_a_known_model_not_downloaded_names_the_download_command(models: Path) -
 
 
 def test_too_little_vram_for_a_model_is_blocking(models: Path, tiny_gptq_dir: Path) -> None:
-    """The tiny checkpoint (78 MB of weights) at 4,096 tokens: its plan's total is just over 1 GiB, stated 1 GiB."""
+    """The tiny checkpoint (78 MB of weights) at 4,096 tokens: its plan's total is just over 1 GiB, stated 1 GiB
+    (this machine: no GPU, so the plain path)."""
     tiny = copy_checkpoint(tiny_gptq_dir, models / "Qwen" / "Tiny-GPTQ-Int4")
-    result = run_doctor("--vram", "1GiB", "--context", "4096")
-    assert result.returncode == 1, result.stdout + result.stderr
-    line = next(line for line in result.stdout.splitlines() if line.startswith(f"{FAIL} memory"))
-    assert "Tiny-GPTQ-Int4 at 4,096 tokens (plain path) needs 1.1 GiB" in line
-    assert "more than GPU 0: 1.0 GiB stated" in line
-    assert "fix:" in result.stdout.split(line)[1].splitlines()[1]
-    assert run_doctor("--model", str(tiny), "--vram", "2GiB", "--context", "4096").returncode == 0
+    checks = run_checks(context=4096, vram=[GIB], root=models)
+    memory = by_name(checks, "memory")
+    assert exit_code(checks) == 1 and memory.status == FAIL
+    assert "Tiny-GPTQ-Int4 at 4,096 tokens (plain path) needs 1.1 GiB" in memory.message
+    assert "more than GPU 0: 1.0 GiB stated" in memory.message and memory.fix
+    roomy = run_checks(model=str(tiny), context=4096, vram=[2 * GIB], root=models)
+    assert by_name(roomy, "memory").status == OK
 
 
 def test_7b_at_32k_on_24_gib_names_the_context_and_the_models_that_fit(models: Path) -> None:
@@ -346,9 +348,11 @@ def test_7b_at_32k_on_24_gib_names_the_context_and_the_models_that_fit(models: P
         rtx_4090(models, models), doctor.Chosen("qwen1.5-7b", entry=doctor.catalog.find("qwen1.5-7b")), 32768, None,
         "plain",
     )  # fmt: skip
-    expected = plan(doctor.catalog.find("qwen1.5-7b").model_shape(), 32768, [23 * GIB])
+    qwen7b = doctor.catalog.find("qwen1.5-7b")
+    expected = plan(qwen7b, 32768)
+    longest = largest_context(qwen7b, [GpuSpec(0, 23 * GIB, 23 * GIB)], path="plain")
     assert check.status == FAIL and f"needs {expected.total / GIB:.1f} GiB" in check.message
-    assert f"context length to {expected.max_context // 256 * 256:,} tokens or less" in check.fix
+    assert f"context length to {longest // 256 * 256:,} tokens or less" in check.fix
     assert "qwen2.5-" in check.fix  # grouped-query attention: a 7B Qwen2.5 holds 32k tokens on this card
 
 
@@ -359,21 +363,25 @@ def test_a_model_too_big_for_one_card_is_split_over_the_cards(models: Path, path
     machine = rtx_4090(models, models)
     split = doctor.check_memory(machine, chosen, 8192, [48 * GIB, 48 * GIB], path)
     assert split.status == OK and "split over 2" in split.message
-    assert "GPU 0: embedding, layers 0-39" in split.message and "GPU 1: layers 40-79, norm + lm_head" in split.message
+    if path == "fast":  # as the loader would: every layer halved (tensor parallelism), where the engine runs it
+        assert "GPU 0: 1/2 of every layer" in split.message and "GPU 1: 1/2 of every layer" in split.message
+    else:
+        assert "GPU 0: embedding, layers 0-39" in split.message
+        assert "GPU 1: layers 40-79, norm + lm_head" in split.message
     short = doctor.check_memory(machine, chosen, 8192, [24 * GIB, 24 * GIB], path)
-    longest = largest_context(entry.model_shape(), standard_gpus(2, 24), path=path)
+    longest = largest_context(entry, standard_gpus(2, 24), path=path)
     assert short.status == FAIL and f"context length to {longest // 256 * 256:,} tokens or less" in short.fix
 
 
 def test_the_fast_engine_figure_has_a_static_cache_graph_pool_and_last_row_logits() -> None:
-    shape = doctor.catalog.find("qwen1.5-7b").model_shape()
-    plain, fast = (plan(shape, 8192, [80 * GIB], path=path) for path in ("plain", "fast"))
+    qwen7b = doctor.catalog.find("qwen1.5-7b")
+    plain, fast = (plan(qwen7b, 8192, path=path) for path in ("plain", "fast"))
     assert fast.weights == plain.weights and fast.kv_cache == plain.kv_cache == 4 * GIB
     prefill = 8192 * (2 * 4096 + 4 * 11008) * 2
     assert fast.activations - prefill - FAST_GRAPH_POOL_BYTES == 2 * 8192 * 128 * 2 + 151936 * 11
-    assert fast.fits and fast.options["path"] == "fast"
+    assert fast.options["path"] == "fast"
     with pytest.raises(ValueError, match="path"):
-        plan(shape, 8192, [80 * GIB], path="vllm")
+        plan(qwen7b, 8192, path="vllm")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -397,6 +405,10 @@ def test_python_versions(tmp_path: Path) -> None:
     assert doctor.check_python(replace(machine, python=(3, 13, 1))).status == WARN
 
 
-def test_vram_sizes_parse_in_the_units_people_type() -> None:
-    assert doctor.parse_size("24GiB") == doctor.parse_size("24") == 24 * GIB
-    assert doctor.parse_size("80GB") == 80 * 10**9 and doctor.parse_size("8192MiB") == 8 * GIB
+def test_card_sizes_parse_in_the_units_people_type() -> None:
+    from gptq_chat.loading.gpus import parse_card_sizes
+
+    assert parse_card_sizes("24GiB") == parse_card_sizes("24") == [24 * GIB]
+    assert parse_card_sizes("80GB,8192MiB") == [80 * 10**9, 8 * GIB]
+    with pytest.raises(ValueError, match="not a card size"):
+        parse_card_sizes("24,lots")

@@ -12,7 +12,7 @@ import torch
 from gptq_chat.chat.prompt import encode_chat, with_system
 from gptq_chat.chat.reply import ChatSettings, complete_reply, stream_reply
 from gptq_chat.engine.fast_engine import common_prefix, window_buckets
-from gptq_chat.engine.generation import SamplingSettings, checkpoint_defaults
+from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.engine.scheduler import Scheduler
 from gptq_chat.loading.loader import load
 from tests.support.near_tie import assert_near_tie
@@ -39,8 +39,7 @@ def wait_until_idle(scheduler, seconds: float = 5.0) -> bool:
 
 
 def greedy(loaded, max_new_tokens: int = 32) -> ChatSettings:
-    sampling = checkpoint_defaults(loaded.generation_config, loaded.tokenizer)
-    return ChatSettings(sampling=dataclasses.replace(sampling, temperature=0.0, max_new_tokens=max_new_tokens))
+    return ChatSettings(sampling=dataclasses.replace(loaded.defaults, temperature=0.0, max_new_tokens=max_new_tokens))
 
 
 def ask(question: str) -> list[dict]:

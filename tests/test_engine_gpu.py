@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptq_chat.engine.generation import SamplingSettings
+from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.engine.scheduler import Scheduler
 from gptq_chat.loading.loader import load_uncached
 from tests.support.teacher_forcing import (

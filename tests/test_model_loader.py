@@ -17,11 +17,11 @@ def test_tiny_qwen_checkpoint_loads_with_a_gptq_kernel_on_cpu(tiny_gptq_dir: Pat
     loaded = load_uncached(tiny_gptq_dir, device="cpu")
     facts = loaded.facts
     assert facts.device == "cpu" and facts.backend == "torch_aten"
-    assert facts.quantized_layers == 7 * loaded.info.num_layers
+    assert facts.quantized_layers == 7 * loaded.info.shape.num_layers
     assert facts.kernel_class.endswith("Linear")
-    assert facts.load_seconds > 0 and facts.max_context == loaded.info.max_position_embeddings
+    assert facts.load_seconds > 0 and facts.max_context == loaded.info.shape.max_position_embeddings
     logits = loaded.model(torch.tensor([[1, 2, 3]])).logits
-    assert logits.shape == (1, 3, loaded.info.vocab_size) and torch.isfinite(logits).all()
+    assert logits.shape == (1, 3, loaded.info.shape.vocab_size) and torch.isfinite(logits).all()
 
 
 def test_broken_folder_fails_fast_before_loading(tmp_path: Path) -> None:

@@ -74,7 +74,7 @@ def test_tensor_parallel_over_two_cards_matches_the_plain_split(qwen7b_shaped, t
     engine = loaded.engine
     try:
         assert loaded.facts.device == "cuda:0,cuda:1" and "tensor parallel over 2 GPUs" in loaded.facts.engine
-        assert engine.use_graphs and engine.prefill_graphs and engine.model.shape.num_heads == 16
+        assert engine.local.use_graphs and engine.local.prefill_graphs and engine.model.shape.num_heads == 16
         ours = teacher_forced(engine, [tokens.tolist()], [PROMPT])[0].cpu()
         assert_logits_agree(ours, split_plain_logits, "tensor parallel vs split plain")
     finally:

@@ -1,17 +1,28 @@
-"""Placements over several GPUs, with the shapes of Qwen's real configs (random_checkpoint.QWEN_SHAPES)."""
+"""Placements over several GPUs and the one fit rule, with the shapes of Qwen's real configs (engine/qwen_shapes.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import pytest
 import torch
 
-from gptq_chat.loading.memory_plan import CUDA_CONTEXT_BYTES, FAST_GRAPH_POOL_BYTES, GIB, OVERHEAD_BYTES, ModelShape
+from gptq_chat.engine.devices import CUDA_CONTEXT_BYTES
+from gptq_chat.loading.fit import DEFAULT_GPU_CONTEXT_CAP, MIN_CONTEXT, fit, with_freed
+from gptq_chat.loading.gpus import GpuSpec
+from gptq_chat.loading.memory_plan import (
+    FAST_GRAPH_POOL_BYTES,
+    GIB,
+    OVERHEAD_BYTES,
+    embedding_bytes,
+    layer_weight_bytes,
+    real_share,
+    total_weight_bytes,
+)
 from gptq_chat.loading.placement import (
     PCIE_BYTES_PER_S,
-    GpuSpec,
     Placement,
     PlacementRefused,
     largest_context,
@@ -25,8 +36,9 @@ KIB, MIB = 1024, 1024**2
 FIXED = CUDA_CONTEXT_BYTES + OVERHEAD_BYTES
 
 
-def shape(key: str) -> ModelShape:
-    return catalog.find(key).model_shape()
+def shape(key: str) -> catalog.CatalogEntry:
+    """A catalog model: its shape, Qwen's GPTQ settings, its published size."""
+    return catalog.find(key)
 
 
 def layer_counts(placement: Placement) -> list[int]:
@@ -39,7 +51,7 @@ def assert_fits(placement: Placement) -> None:
         placement.layer_devices()
         == [d for card in placement.cards for d in [card.gpu.index] * card.layers] + ["cpu"] * placement.cpu_layers
     )
-    assert len(placement.layer_devices()) == placement.shape.num_layers
+    assert len(placement.layer_devices()) == placement.model.shape.num_layers
     first = 0
     for card in placement.cards:
         assert card.first_layer == first and card.total <= card.gpu.free_bytes
@@ -53,7 +65,7 @@ def test_72b_on_two_24_gib_cards_holds_only_the_context_its_free_bytes_allow() -
     qwen72b = shape("qwen1.5-72b")
     hidden, intermediate, vocab, head_dim = 8192, 24576, 152064, 128
     matrix = vocab * hidden * 2  # the fp16 embedding, and the untied lm_head of the same shape
-    layers_half = (qwen72b.weights - 2 * matrix - hidden * 2) // 2  # 40 of 80 identical layers
+    layers_half = (total_weight_bytes(qwen72b) - 2 * matrix - hidden * 2) // 2  # 40 of 80 identical layers
     weights_on_head_card = layers_half + matrix + hidden * 2
     per_token = (
         40 * 2 * hidden * 2  # fp16 K and V of its 40 layers (64 heads x 128 = 8192, no GQA)
@@ -82,8 +94,8 @@ def test_72b_on_one_24_gib_card_is_refused_with_the_numbers() -> None:
         plan_placement(qwen72b, [GpuSpec(0, 24 * GIB, 23 * GIB, "RTX 4090")], 8192)
     error = refused.value
     assert error.largest_context == 0 and error.available == {0: 23 * GIB}
-    assert error.needed[0] > qwen72b.weights + 8192 * 5 * MIB // 2  # weights + 20 GiB of KV cache, and more
-    assert f"weights {qwen72b.weights / GIB:.1f} GiB + KV cache 20.0 GiB" in error.problem
+    assert error.needed[0] > total_weight_bytes(qwen72b) + 8192 * 5 * MIB // 2  # weights + 20 GiB of KV cache, and more
+    assert f"weights {total_weight_bytes(qwen72b) / GIB:.1f} GiB + KV cache 20.0 GiB" in error.problem
     assert "has 23.0 GiB free" in error.problem and "Not even the weights fit" in error.problem
     assert "one 80 GiB card holds 8,192 tokens" in error.fix and "--tensor-parallel-size 2" in error.fix
     assert error.problem in str(error) and error.fix in str(error)  # shown like a CheckpointError
@@ -94,7 +106,7 @@ def test_72b_on_two_80_gib_cards_holds_its_whole_window() -> None:
     gpus = standard_gpus(2, 80)
     at_8k = plan_placement(qwen72b, gpus, 8192)
     assert at_8k.single_card and at_8k.cards[0].gpu.index == 0  # 61 GiB: one card holds it
-    assert largest_context(qwen72b, gpus) == qwen72b.max_position_embeddings == 32768
+    assert largest_context(qwen72b, gpus) == qwen72b.shape.max_position_embeddings == 32768
     at_32k = plan_placement(qwen72b, gpus, 32768)  # 80 GiB of KV cache alone: split
     assert layer_counts(at_32k) == [40, 40] and all(card.kv_cache == 40 * GIB for card in at_32k.cards)
     assert_fits(at_32k)
@@ -117,7 +129,7 @@ def test_a_forced_split_of_7b_gives_each_card_as_many_layers() -> None:
     four = plan_placement(qwen7b, standard_gpus(4, 24), 8192, split=True)
     # the end cards also hold a 1.2 GB fp16 matrix (about 5 layers with their KV cache): fewer layers there,
     # and no two cards further apart than one layer
-    per_layer = qwen7b.layer_weight_bytes + 8192 * 16 * KIB
+    per_layer = layer_weight_bytes(qwen7b) + 8192 * 16 * KIB
     totals = [card.total for card in four.cards]
     assert max(totals) - min(totals) <= per_layer and sum(layer_counts(four)) == 32
     assert four.cards[0].layers < four.cards[1].layers and four.cards[3].layers < four.cards[2].layers
@@ -131,7 +143,7 @@ def test_uneven_cards_get_layers_until_moving_one_would_make_the_fullest_card_fu
     assert_fits(placed)
     big, small = placed.cards
     assert big.layers > 3 * small.layers
-    per_layer = qwen72b.layer_weight_bytes + 16384 * 32 * KIB  # its weights and its 16k tokens of K and V
+    per_layer = layer_weight_bytes(qwen72b) + 16384 * 32 * KIB  # its weights and its 16k tokens of K and V
     fullest = max(placed.cards, key=lambda card: card.total / card.gpu.free_bytes)
     other = small if fullest is big else big
     # one layer fewer on the fullest card would make the other one fuller than the fullest is now
@@ -154,11 +166,11 @@ def test_the_fast_engine_charges_a_tied_head_its_copy_on_the_last_card() -> None
     assert_fits(placed)
     first, last = placed.cards
     assert first.embedding and last.head and not last.embedding
-    per_layer = (first.weights - model.embedding_bytes * model.layer_share()) / first.layers
-    assert last.weights - last.layers * per_layer >= model.embedding_bytes * model.layer_share() * 0.99
+    per_layer = (first.weights - embedding_bytes(model.shape) * real_share(model)) / first.layers
+    assert last.weights - last.layers * per_layer >= embedding_bytes(model.shape) * real_share(model) * 0.99
     plain = plan_placement(model, standard_gpus(2, 24), 8192, split=True, path="plain")
     assert sum(c.weights for c in placed.cards) - sum(c.weights for c in plain.cards) == pytest.approx(
-        model.embedding_bytes * model.layer_share(), rel=0.01
+        embedding_bytes(model.shape) * real_share(model), rel=0.01
     )
 
 
@@ -180,9 +192,9 @@ def meta_model(key: str) -> torch.nn.Module:
     config = Qwen2Config(
         hidden_size=real.hidden_size,
         intermediate_size=real.intermediate_size,
-        num_hidden_layers=real.num_hidden_layers,
-        num_attention_heads=real.num_attention_heads,
-        num_key_value_heads=real.num_key_value_heads,
+        num_hidden_layers=real.num_layers,
+        num_attention_heads=real.num_heads,
+        num_key_value_heads=real.num_kv_heads,
         vocab_size=real.vocab_size,
         tie_word_embeddings=real.tie_word_embeddings,
     )
@@ -226,7 +238,7 @@ def test_the_tiny_checkpoint_loads_with_a_per_module_map_as_with_one_device(tiny
     info = inspect_checkpoint(tiny_gptq_dir)
     placed = plan_placement(info, standard_gpus(2, 24), 1024, path="plain", split=True)
     assert set(placed.device_map().values()) == {0, 1}  # its tied 78 MB embedding on one card, layers on the other
-    kwargs = from_pretrained_kwargs(info.bits, choose_kernel(info, None), torch.float32)
+    kwargs = from_pretrained_kwargs(info.gptq.bits, choose_kernel(info, None), torch.float32)
     per_module = {name: "cpu" for name in placed.device_map()}
     tokens = torch.tensor([[1, 2, 3, 4]])
     logits = []
@@ -247,7 +259,7 @@ def test_cpu_offload_only_when_asked_and_then_loudly(caplog: pytest.LogCaptureFi
         placed = plan_placement(qwen72b, gpus, 8192, path="plain", allow_cpu_offload=True)
     assert_fits(placed)
     assert placed.layer_devices()[-placed.cpu_layers :] == ["cpu"] * placed.cpu_layers  # the last layers
-    assert placed.cpu_bytes == placed.cpu_layers * qwen72b.layer_weight_bytes
+    assert placed.cpu_bytes == placed.cpu_layers * layer_weight_bytes(qwen72b)
     # every token copies the offloaded weights over PCIe: that bounds the speed
     assert f"at most {PCIE_BYTES_PER_S / placed.cpu_bytes:.1f} tokens/s" in placed.warning
     assert placed.warning in caplog.text and placed.warning in placed.summary()
@@ -262,21 +274,22 @@ def test_cpu_offload_only_when_asked_and_then_loudly(caplog: pytest.LogCaptureFi
 
 def test_needs_table_rows_for_7b_14b_and_72b() -> None:
     seven, fourteen, seventy_two = (needs_row(shape(key), 8192) for key in ("qwen1.5-7b", "qwen1.5-14b", "qwen1.5-72b"))
-    assert [s.cell() for s in seven.setups] == ["yes"] * 9  # 5.9 GB of weights, 4 GiB of KV cache at 8k
-    assert [s.cell() for s in fourteen.setups] == ["yes"] * 9  # 9.9 GB, 6.25 GiB at 8k (40 layers x 5120)
-    cells = {(s.cards, s.card_gib): s.cell() for s in seventy_two.setups}
-    assert cells[(1, 24)] == "no"  # 38.4 GiB of weights
+    assert all(s.fits for s in seven.setups)  # 5.9 GB of weights, 4 GiB of KV cache at 8k
+    assert all(s.fits for s in fourteen.setups)  # 9.9 GB, 6.25 GiB at 8k (40 layers x 5120)
+    cells = {(s.cards, s.card_gib): s for s in seventy_two.setups}
+    assert not cells[(1, 24)].fits and cells[(1, 24)].largest_context == 0  # 38.4 GiB of weights
     two_by_24 = largest_context(shape("qwen1.5-72b"), standard_gpus(2, 24))  # first principles: the test above
-    assert cells[(2, 24)] == f"<={two_by_24 // 1024}k"
+    assert not cells[(2, 24)].fits and cells[(2, 24)].largest_context == two_by_24
     # 4 x 24 GiB, 2 x 48 GiB, 1 x 80 GiB: 38.4 GiB + 20 GiB of KV cache + a few GiB of workspace fit in each
-    assert cells[(4, 24)] == cells[(2, 48)] == cells[(1, 80)] == "yes"
-    assert cells[(1, 48)] == "<=3k"  # (48 - 38.4 - 1 fixed) GiB over 2.5 MiB KV + 0.2 MiB prefill per token: ~3.2k
+    assert cells[(4, 24)].fits and cells[(2, 48)].fits and cells[(1, 80)].fits
+    # (48 - 38.4 - 1 fixed) GiB over 2.5 MiB KV + 0.2 MiB prefill per token: ~3.2k
+    assert 3072 <= cells[(1, 48)].largest_context < 4096
     assert [seventy_two.compact(size) for size in (24, 48, 80)] == ["x4", "x2", "yes"]
     assert seven.compact(24) == "yes"
     # 16 GiB of KV cache at 32k on top of 5.5 GiB of weights: one 24 GiB card holds (24 - 5.5 - 1 fixed) GiB over
     # 512 KiB of K and V + 82 KiB of plain prefill per token, about 30.8k tokens
     long_chat = needs_row(shape("qwen1.5-7b"), 32768, path="plain")
-    assert long_chat.compact(24) == "x2" and long_chat.setups[0].cell() == "<=30k"
+    assert long_chat.compact(24) == "x2" and 30 * 1024 <= long_chat.setups[0].largest_context < 31 * 1024
 
 
 def test_gpu_memory_rows_show_used_total_and_free_per_card() -> None:
@@ -295,83 +308,109 @@ def test_gpu_memory_rows_show_used_total_and_free_per_card() -> None:
 
 
 def test_switching_to_a_model_that_needs_two_cards_is_checked_over_both() -> None:
-    """The page's model switch plans the split before unloading anything: 72B on two 24 GiB cards holds its
-    minimum context; on two 16 GiB cards it is refused with the numbers."""
-    from gptq_chat.loading.holder import split_fit_problem
-
+    """The page's model switch asks the loader's rule before unloading anything, with the current model's memory
+    counted as freed: 72B on two 24 GiB cards holds its minimum context; on two 16 GiB cards it is refused."""
     big = shape("qwen1.5-72b")
-    assert split_fit_problem(big, standard_gpus(2, 24)) is None
-    problem = split_fit_problem(big, standard_gpus(2, 16))
-    assert problem is not None and "GiB" in problem and "vllm" in problem.lower()
+    assert fit(big, standard_gpus(2, 24), fast=True).context >= MIN_CONTEXT
+    with pytest.raises(PlacementRefused) as refused:
+        fit(big, standard_gpus(2, 16), fast=True)
+    assert "GiB" in refused.value.problem and "vllm" in refused.value.fix.lower()
     # What the current model frees counts: two cards each 9 GiB short are enough once 18 GiB are freed.
     short = [GpuSpec(i, 24 * GIB, 15 * GIB) for i in range(2)]
-    assert split_fit_problem(big, short) is not None
-    assert split_fit_problem(big, short, freed=18 * GIB) is None
+    with pytest.raises(PlacementRefused):
+        fit(big, short, fast=True)
+    assert [gpu.free_bytes for gpu in with_freed(short, 18 * GIB)] == [24 * GIB, 24 * GIB]
+    assert fit(big, with_freed(short, 18 * GIB), fast=True).context >= MIN_CONTEXT
+
+
+def test_no_model_is_loaded_with_less_context_than_a_chat_needs() -> None:
+    """Asked for no context, the rule plans the longest that fits; below MIN_CONTEXT it refuses, with the longest."""
+    big = shape("qwen1.5-72b")
+    cramped = standard_gpus(2, 21)  # holds the weights and a few hundred tokens
+    longest = largest_context(big, cramped)
+    assert 0 < longest < MIN_CONTEXT
+    with pytest.raises(PlacementRefused, match=f"The longest context that fits: {longest:,} tokens"):
+        fit(big, cramped, fast=True, split="layers")
+    assert fit(big, cramped, fast=True, split="layers", context=longest).context == longest  # asked for: as asked
 
 
 def test_the_loader_splits_only_what_one_card_cannot_hold() -> None:
-    """`model_loader.choose_placement`, the loader's decision on several cards."""
-    from gptq_chat.loading.loader import DEFAULT_GPU_CONTEXT_CAP, choose_placement
-
-    two = standard_gpus(2, 24)
-    main, placement, context = choose_placement(shape("qwen1.5-7b"), two, False, None, "fast", 1)
-    assert (main, placement, context) == ("cuda:0", None, None)  # one card holds it: as on a one-GPU machine
-    main, placement, context = choose_placement(shape("qwen1.5-7b"), two, True, 4096, "fast", 1)  # "cuda:0,1"
-    assert placement is not None and context == 4096 and [c.layers for c in placement.cards] == [16, 16]
+    """`fit.fit`, the loader's decision on several cards."""
+    two, seven = standard_gpus(2, 24), shape("qwen1.5-7b")
+    layout = fit(seven, two, fast=True)
+    assert (layout.device, layout.placement, layout.context) == ("cuda:0", None, DEFAULT_GPU_CONTEXT_CAP)
+    layout = fit(seven, two, fast=True, context=4096, split="layers", named=True)  # "cuda:0,1"
+    assert layout.placement is not None and layout.context == 4096 and layout_layers(layout) == [16, 16]
     big = shape("qwen1.5-72b")
-    main, placement, context = choose_placement(big, two, False, None, "fast", 1)
+    layout = fit(big, two, fast=True, split="layers")
     longest = largest_context(big, two, path="fast")
-    assert placement is not None and main == "cuda:0"
-    assert context == min(longest // 256 * 256, DEFAULT_GPU_CONTEXT_CAP) and longest - 256 < context <= longest
-    assert placement.layer_devices() == [0] * 40 + [1] * 40
+    assert layout.placement is not None and layout.device == "cuda:0" and layout.cards == ["cuda:0", "cuda:1"]
+    assert layout.context == min(longest // 256 * 256, DEFAULT_GPU_CONTEXT_CAP) and longest - 256 < layout.context
+    assert layout.placement.layer_devices() == [0] * 40 + [1] * 40
     with pytest.raises(PlacementRefused, match="longest context that fits"):
-        choose_placement(big, two, False, 8192, "fast", 1)
+        fit(big, two, fast=True, context=8192, split="layers")
+
+
+def layout_layers(layout) -> list[int]:
+    return [card.layers for card in layout.placement.cards]
 
 
 def test_a_model_that_needs_two_cards_has_its_tensors_split_where_it_can() -> None:
-    """`model_loader.split_over_gpus`: "auto" halves every layer (tensor parallelism, the faster split) unless
-    the engine, the model's shape or the context asked for rules it out; then the layers are split."""
-    from gptq_chat.loading.loader import DEFAULT_GPU_CONTEXT_CAP, split_over_gpus
+    """`fit.fit`: "auto" halves every layer (tensor parallelism, the faster split) unless the engine, the model's
+    shape or the context asked for rules it out; then the layers are split."""
     from gptq_chat.loading.placement import largest_tensor_parallel_context
 
     two, big = standard_gpus(2, 24), shape("qwen1.5-72b")
-    main, placement, context = split_over_gpus(big, two, False, True, None, 1, "auto", None)
-    assert main == "cuda:0" and placement.tensor_parallel and [c.share for c in placement.cards] == [2, 2]
-    assert context == min(largest_tensor_parallel_context(big, two) // 256 * 256, DEFAULT_GPU_CONTEXT_CAP)
+    layout = fit(big, two, fast=True)
+    assert layout.device == "cuda:0" and layout.placement.tensor_parallel
+    assert [c.share for c in layout.placement.cards] == [2, 2]
+    assert layout.context == min(largest_tensor_parallel_context(big, two) // 256 * 256, DEFAULT_GPU_CONTEXT_CAP)
+    # An MLP whose rows do not split into whole 128-wide groups on each card (as Qwen1.5-14B's float one):
+    uneven_mlp = dataclasses.replace(big, intermediate_size=24576 + 64)
     # Asked for, the plain path (transformers has no tensor parallelism here), a shape that does not halve:
-    for split, fast, problem in [("layers", True, None), ("auto", False, None), ("auto", True, "13696 MLP rows")]:
-        _, placement, _ = split_over_gpus(big, two, False, fast, None, 1, split, problem)
+    for model, split, fast in [(big, "layers", True), (big, "auto", False), (uneven_mlp, "auto", True)]:
+        placement = fit(model, two, fast=fast, split=split).placement
         assert not placement.tensor_parallel and placement.layer_devices() == [0] * 40 + [1] * 40
     # One card holds a 7B model: nothing is split unless the cards are named ("cuda:0,1").
-    assert split_over_gpus(shape("qwen1.5-7b"), two, False, True, None, 1, "auto", None) == ("cuda:0", None, None)
-    _, placement, context = split_over_gpus(shape("qwen1.5-7b"), two, True, True, 4096, 1, "auto", None)
-    assert placement.tensor_parallel and context == 4096
+    assert fit(shape("qwen1.5-7b"), two, fast=True).placement is None
+    layout = fit(shape("qwen1.5-7b"), two, fast=True, context=4096, named=True)
+    assert layout.placement.tensor_parallel and layout.context == 4096
     # 24 + 48 GiB: halves are limited by the smaller card, whole layers are not; a context only they hold.
     uneven = [GpuSpec(0, 24 * GIB, 24 * GIB), GpuSpec(1, 48 * GIB, 48 * GIB)]
     longest = largest_tensor_parallel_context(big, uneven)
-    _, placement, context = split_over_gpus(big, uneven, False, True, longest + 4096, 1, "auto", None)
-    assert not placement.tensor_parallel and context == longest + 4096
+    layout = fit(big, uneven, fast=True, context=longest + 4096)
+    assert not layout.placement.tensor_parallel and layout.context == longest + 4096
     # "tensor" is a demand: refused with the reason.
-    with pytest.raises(ValueError, match=r"cannot be split by tensor parallelism: 13696 MLP rows\. Use --split layers"):
-        split_over_gpus(big, two, False, True, None, 1, "tensor", "13696 MLP rows")
+    with pytest.raises(
+        ValueError, match=r"cannot be split by tensor parallelism: its 24640 MLP rows .* --split layers"
+    ):
+        fit(uneven_mlp, two, fast=True, split="tensor")
     with pytest.raises(ValueError, match="runs on the fast engine"):
-        split_over_gpus(big, two, False, False, None, 1, "tensor", None)
+        fit(big, two, fast=False, split="tensor")
     with pytest.raises(PlacementRefused, match="with tensor parallelism"):
-        split_over_gpus(big, uneven, False, True, longest + 4096, 1, "tensor", None)
+        fit(big, uneven, fast=True, context=longest + 4096, split="tensor")
 
 
 def test_the_command_line_shows_the_split_the_loader_would_choose(capsys: pytest.CaptureFixture[str]) -> None:
-    """`python placement.py --model qwen1.5-72b --cards 24,24`: tensor parallel by default, the layers on request
+    """`python download.py --list --cards 24,24 qwen1.5-72b`: tensor parallel by default, the layers on request
     or where only they hold the context; a model one card holds stays on one card; a refusal goes to stderr."""
-    from gptq_chat.loading.placement import main
+    from download import main
 
-    assert main(["--model", "qwen1.5-72b", "--cards", "24,24", "--context", "2048"]) == 0
+    def listed(*args: str) -> int:
+        return main(["--list", "--cards", "24,24", *args])
+
+    assert listed("qwen1.5-72b", "--context", "2048") == 0
     assert "tensor parallel" in capsys.readouterr().out
-    assert main(["--model", "qwen1.5-72b", "--cards", "24,24", "--context", "2048", "--split", "layers"]) == 0
+    assert listed("qwen1.5-72b", "--context", "2048", "--split", "layers") == 0
     assert "GPU 0: embedding, layers 0-39" in capsys.readouterr().out
-    assert main(["--model", "qwen1.5-72b", "--cards", "24,24", "--context", "2304"]) == 0  # too long for halves
+    assert listed("qwen1.5-72b", "--context", "2304") == 0  # too long for halves
     assert "GPU 0: embedding, layers 0-39" in capsys.readouterr().out
-    assert main(["--model", "qwen1.5-7b", "--cards", "24,24", "--context", "2048"]) == 0
-    assert "on one GPU" in capsys.readouterr().out
-    assert main(["--model", "qwen1.5-72b", "--cards", "24,24", "--context", "8192", "--split", "tensor"]) == 1
+    assert listed("qwen1.5-7b", "--context", "2048") == 0
+    assert "on cuda:0" in capsys.readouterr().out
+    assert listed("qwen1.5-72b", "--context", "8192", "--split", "tensor") == 1
     assert "with tensor parallelism" in capsys.readouterr().err
+    assert listed("--context", "4096") == 0  # every known model on these cards
+    table = capsys.readouterr().out
+    assert "qwen1.5-7b    yes, on GPU 0" in table and "qwen2.5-72b   yes, tensor parallel over 2 GPUs" in table
+    longest = largest_context(shape("qwen1.5-72b"), standard_gpus(2, 24))  # no grouped-query attention
+    assert f"qwen1.5-72b   no: at most {longest:,} tokens of context" in table

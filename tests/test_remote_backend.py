@@ -16,7 +16,7 @@ from gptq_chat.api.server import create_app
 from gptq_chat.chat.conversations import DATA_ENV
 from gptq_chat.chat.prompt import encode_chat, with_system
 from gptq_chat.chat.reply import ChatSettings, stream_reply
-from gptq_chat.engine.generation import SamplingSettings
+from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.loading.loader import load
 from gptq_chat.models.installed import MODEL_ENV
 from tests.support.browser_app import free_port

@@ -24,9 +24,10 @@ import httpx
 import openai
 import pytest
 
-from gptq_chat.api.protocol import ChatCompletionRequest, ServedModel, StopText, validate
+from gptq_chat.api.protocol import ChatCompletionRequest, ServedModel, validate
 from gptq_chat.api.server import API_KEY_ENV, create_app, key_problem
 from gptq_chat.chat.prompt import encode_chat
+from gptq_chat.chat.streamer import StopText
 from gptq_chat.engine.scheduler import Scheduler
 from gptq_chat.engine.tensor_parallel import free_port
 from gptq_chat.loading.loader import load

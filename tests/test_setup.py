@@ -115,7 +115,7 @@ def test_build_kernels_on_a_cpu_machine_has_nothing_to_compile() -> None:
 
 
 def test_tested_sets_lie_inside_the_requirement_ranges() -> None:
-    """CI installs env/tested-cpu.txt through requirements.txt, the lent GPUs run env/tested-gpu.txt: both must fit."""
+    """CI installs env/tested-cpu.txt through requirements.txt, GPU machines env/tested-gpu.txt: both must fit."""
     ranges = doctor.read_ranges(REPO_ROOT / "requirements.txt")
     for tested in ("env/tested-cpu.txt", "env/tested-gpu.txt"):
         for name, version in doctor.read_pins(REPO_ROOT / tested).items():

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from gptq_chat.engine.fast_engine import load_engine
-from gptq_chat.engine.generation import SamplingSettings
-from gptq_chat.engine.network import ModelShape, tensor_parallel_problem
-from gptq_chat.engine.quant_linear import GPTQSettings
+from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.engine.scheduler import Scheduler
+from gptq_chat.engine.shape import GPTQSettings, ModelShape, tensor_parallel_problem
 from gptq_chat.engine.tensor_parallel import load_tensor_parallel
-from gptq_chat.testing.random_checkpoint import QWEN_SHAPES
+from gptq_chat.models import catalog
+from gptq_chat.testing.random_checkpoint import get_shape
 from tests.support.teacher_forcing import PROMPT, assert_logits_agree, forced_alone, forced_tokens
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ TYPICAL = GPTQSettings(bits=4, group_size=128, sym=True, desc_act=False)
 
 
 def shape_of(name: str) -> ModelShape:
-    return ModelShape.from_qwen_shape(QWEN_SHAPES[name])
+    return get_shape(name)
 
 
 @pytest.mark.parametrize("name", ["qwen1.5-7b", "qwen1.5-72b", "qwen2.5-7b", "qwen2.5-72b", "tiny"])
@@ -108,8 +108,8 @@ def assert_each_token_is_the_top_choice(engine, prompt: list[int], answer: list[
 
 def test_the_planner_halves_every_card_and_says_how_long_a_context_fits() -> None:
     """Qwen1.5-72B on two 24 GiB cards: each holds half of the 41 GB and half of the KV cache."""
-    from gptq_chat.loading.memory_plan import CUDA_CONTEXT_BYTES
-    from gptq_chat.loading.memory_plan import ModelShape as PlannedShape
+    from gptq_chat.engine.devices import CUDA_CONTEXT_BYTES
+    from gptq_chat.loading.memory_plan import total_weight_bytes
     from gptq_chat.loading.placement import (
         PlacementRefused,
         largest_tensor_parallel_context,
@@ -117,12 +117,12 @@ def test_the_planner_halves_every_card_and_says_how_long_a_context_fits() -> Non
         standard_gpus,
     )
 
-    shape = PlannedShape.from_qwen_shape(QWEN_SHAPES["qwen1.5-72b"], name="Qwen1.5-72B-Chat-GPTQ-Int4")
+    shape = catalog.find("qwen1.5-72b")
     cards = standard_gpus(2, 24)
     placement = plan_tensor_parallel(shape, cards, 2048)
     assert placement.tensor_parallel and [card.share for card in placement.cards] == [2, 2]
     halves = {card.weights for card in placement.cards}
-    assert len(halves) == 1 and abs(halves.pop() * 2 - shape.weights) <= 2
+    assert len(halves) == 1 and abs(halves.pop() * 2 - total_weight_bytes(shape)) <= 2
     assert "1/2 of every layer" in placement.summary()
     # The second card also holds the first process's CUDA context.
     first, second = placement.cards

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gptq_chat.chat.prompt import Message, encode_chat
-from gptq_chat.chat.reply import IncrementalDecoder
-from gptq_chat.engine.generation import SamplingSettings, checkpoint_defaults
+from gptq_chat.chat.streamer import TextTally, stream_text
+from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.engine.scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ class ServedModel:
             name=name or loaded.facts.name,
             scheduler=scheduler or loaded.scheduler,
             tokenizer=loaded.tokenizer,
-            defaults=checkpoint_defaults(loaded.generation_config, loaded.tokenizer),
+            defaults=loaded.defaults,
             context_length=loaded.facts.default_context,
         )
 
@@ -268,72 +268,20 @@ def validate(request: ChatCompletionRequest, model: ServedModel) -> ChatJob:
 # -- generated text -----------------------------------------------------------------------------------------
 
 
-class StopText:
-    """Text in, text out, cut at the first stop string; text that may begin one is held back until it cannot.
-
-    Nothing emitted is ever part of a stop string: a tail that is a prefix of one waits for more text.
-    """
-
-    def __init__(self, stops: tuple[str, ...]) -> None:
-        self.stops = stops
-        self.text = ""
-        self.sent = 0
-        self.stopped = False
-
-    def push(self, piece: str) -> str:
-        self.text += piece
-        found = [i for i in (self.text.find(stop, self.sent) for stop in self.stops) if i >= 0]
-        if found:
-            self.stopped = True
-            return self.emit(min(found))
-        return self.emit(len(self.text) - self.held_back())
-
-    def held_back(self) -> int:
-        """The length of the longest tail of the text that is the start of a stop string."""
-        tails = (k for stop in self.stops for k in range(1, len(stop)) if self.text.endswith(stop[:k]))
-        return max(tails, default=0)
-
-    def emit(self, end: int) -> str:
-        piece = self.text[self.sent : end]
-        self.sent = max(self.sent, end)
-        return piece
-
-    def flush(self) -> str:
-        """What was held back, once no more text comes (and no stop string was met)."""
-        return "" if self.stopped else self.emit(len(self.text))
-
-
 @dataclass
-class Completion:
+class Completion(TextTally):
     """One completion's counts; `finish_reason` is set when its text ends."""
 
-    prompt_tokens: int
-    completion_tokens: int = 0
-    finish_reason: str | None = None
+    prompt_tokens: int = 0
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.new_tokens
 
 
 def completion_text(tokens: Iterator[int], tokenizer: Any, job: ChatJob, result: Completion) -> Iterator[str]:
     """Text pieces of the reply, cut at the stop strings; closing early (or a stop) closes `tokens`."""
-    decoder = IncrementalDecoder(tokenizer)
-    cut = StopText(job.stops)
-    stop_ids = set(job.sampling.stop_token_ids)
-    try:
-        for token in tokens:
-            if token in stop_ids:
-                break
-            result.completion_tokens += 1
-            piece = cut.push(decoder.push(token))
-            if piece:
-                yield piece
-            if cut.stopped:
-                break
-        tail = cut.flush()
-        if tail:
-            yield tail
-        full = result.completion_tokens >= job.sampling.max_new_tokens and not cut.stopped
-        result.finish_reason = "length" if full else "stop"
-    finally:
-        tokens.close()  # type: ignore[attr-defined]  # frees the request's place in the scheduler now
+    return stream_text(tokens, tokenizer, result, stop_ids=job.sampling.stop_token_ids, stops=job.stops)
 
 
 # -- responses ---------------------------------------------------------------------------------------------

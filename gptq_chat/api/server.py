@@ -2,7 +2,7 @@
 
 Run it with `python serve.py [--model PATH_OR_ID] [--host 127.0.0.1] [--port 8000] [--api-key KEY]`.
 Off loopback it refuses to start without an API key. The HTTP layer is thin: validation, text and
-response shapes live in `openai_protocol.py`, queueing and batching in the scheduler. Every response
+response shapes live in `protocol.py`, queueing and batching in the scheduler. Every response
 carries an `X-Request-Id`, every request leaves one access-log line, and a client that goes away
 frees its place in the queue at once (its generation is stopped and its token iterator closed).
 """
@@ -33,7 +33,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gptq_chat.api.access import is_loopback, password_matches
+from gptq_chat.api.access import API_KEY, API_KEY_ENV, add_server_flags, exposure_problem, secret_matches
 from gptq_chat.api.protocol import (
     ApiError,
     ChatCompletionRequest,
@@ -49,12 +49,11 @@ from gptq_chat.api.protocol import (
     validate,
 )
 from gptq_chat.engine.scheduler import QueueFull
-from gptq_chat.loading.loader import SPLIT_HELP, SPLITS
+from gptq_chat.loading.options import add_model_flags, load_options
 
 log = logging.getLogger("serve")
 access_log = logging.getLogger("serve.access")
 
-API_KEY_ENV = "GPTQ_CHAT_API_KEY"
 LOADING_RETRY_S = 10  # Retry-After while the model loads or the server restarts
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # a client's own X-Request-Id is kept if it looks like one
 OPEN_PATHS = ("/health",)  # probes need no key; they show counts, never chats
@@ -125,7 +124,7 @@ class RequireKey:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.key and scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
             scheme, _, given = Headers(scope=scope).get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not password_matches(given.strip(), self.key):
+            if scheme.lower() != "bearer" or not secret_matches(given.strip(), self.key):
                 problem = "Incorrect API key provided." if given else "You didn't provide an API key."
                 message = f"{problem} Send it as 'Authorization: Bearer <key>'."
                 await error_response(ApiError(401, message, code="invalid_api_key"))(scope, receive, send)
@@ -363,34 +362,11 @@ def create_app(
 # -- the command -----------------------------------------------------------------------------------------
 
 
-def key_problem(host: str, key: str | None) -> str | None:
-    """Why the server must not start (reachable from the network with no key), or None."""
-    if key or is_loopback(host):
-        return None
-    return (
-        f"Refusing to start: with --host {host} anyone who can reach this port could use your GPU. "
-        f"Set an API key (--api-key KEY, or the environment variable {API_KEY_ENV}), or bind to this "
-        "machine only (--host 127.0.0.1) and forward the port over SSH."
-    )
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Serve a GPTQ-Int4 model over an OpenAI-compatible HTTP API.")
-    parser.add_argument("--model", help="model folder or id (default: the first downloaded model, else the demo)")
+    add_model_flags(parser)
+    add_server_flags(parser, 8000, API_KEY)
     parser.add_argument("--served-model-name", help="the name clients pass as `model` (default: the folder's name)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument(
-        "--api-key", help=f"require this key (or set {API_KEY_ENV}); required unless --host is loopback"
-    )
-    parser.add_argument("--backend", default="auto", help="GPTQ kernel: auto, marlin, exllama_v2, triton, torch")
-    parser.add_argument(
-        "--device", default=None, help="cuda (every GPU, split if needed), cuda:1, cuda:0,1 (split over those) or cpu"
-    )
-    parser.add_argument("--engine", default="auto", help="auto, fast (CUDA graphs, batching) or plain")
-    parser.add_argument("--slots", type=int, default=1, help="sequences decoded together (the fast engine)")
-    parser.add_argument("--split", choices=SPLITS, default="auto", help=SPLIT_HELP)
-    parser.add_argument("--context", type=int, default=None, help="tokens per request, prompt and reply")
     parser.add_argument("--queue-limit", type=int, default=None, help="requests that may wait; more get 429")
     return parser.parse_args(argv)
 
@@ -410,7 +386,7 @@ class Server(uvicorn.Server):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     key = args.api_key or os.environ.get(API_KEY_ENV)
-    problem = key_problem(args.host, key)
+    problem = exposure_problem(args.host, key, API_KEY)
     if problem:
         sys.exit(f"Error: {problem}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -433,15 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     def load_model() -> ServedModel:
         from gptq_chat.loading.loader import load
 
-        loaded = load(
-            info.path,
-            backend=args.backend,
-            device=args.device,
-            engine=args.engine,
-            context_length=args.context,
-            slots=args.slots,
-            split=args.split,
-        )
+        loaded = load(info.path, **load_options(args))
         if args.queue_limit is not None:
             loaded.scheduler.queue_limit = args.queue_limit  # the loader makes its scheduler with the default
         return ServedModel.of(loaded, name)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gptq_chat.chat.prompt import Message, build_prompt
-from gptq_chat.engine.generation import Engine, SamplingSettings
+from gptq_chat.chat.streamer import TextTally, stream_text
+from gptq_chat.engine.protocols import SamplingSettings, TokenSource
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,13 @@ class ChatSettings:
 
 
 @dataclass
-class ReplyStats:
+class ReplyStats(TextTally):
+    """A reply's statistics, shown under it: the streamer's counts, the prompt's, and the time it all took."""
+
+    finish_reason: str | None = "length"  # "stop" (end token), "length" (max new tokens) or "cancelled"
     prompt_tokens: int = 0
-    new_tokens: int = 0
     dropped_messages: int = 0
-    first_token_seconds: float | None = None
     total_seconds: float = 0.0
-    finish_reason: str = "length"  # "stop" (end token), "length" (max new tokens) or "cancelled"
 
     @property
     def tokens_per_second(self) -> float:
@@ -61,26 +62,8 @@ class Reply:
             self.pieces.close()  # a reader that stops early frees the engine now, not at garbage collection
 
 
-class IncrementalDecoder:
-    """Token ids in, text out, never splitting a multi-byte character across two pieces."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.emitted = ""
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
-            return ""
-        piece = text[len(self.emitted) :]
-        self.emitted = text
-        return piece
-
-
 def stream_reply(
-    engine: Engine,
+    engine: TokenSource,
     tokenizer: Any,
     history: Sequence[Message],
     settings: ChatSettings,
@@ -92,35 +75,19 @@ def stream_reply(
     )
     stats = ReplyStats(prompt_tokens=len(prompt.ids), dropped_messages=prompt.dropped_messages)
     stop = stop or threading.Event()
-    stop_ids = set(settings.sampling.stop_token_ids)
 
     def pieces() -> Iterator[str]:
         started = time.perf_counter()
-        decoder = IncrementalDecoder(tokenizer)
         tokens = engine.generate(prompt.ids, settings.sampling, stop)
         try:
-            for token in tokens:
-                if stats.first_token_seconds is None:
-                    stats.first_token_seconds = time.perf_counter() - started
-                if token in stop_ids:
-                    stats.finish_reason = "stop"
-                    break
-                stats.new_tokens += 1
-                piece = decoder.push(token)
-                if piece:
-                    yield piece
-                if stop.is_set():
-                    break
-            if stop.is_set() and stats.finish_reason != "stop":
-                stats.finish_reason = "cancelled"
+            yield from stream_text(tokens, tokenizer, stats, stop_ids=settings.sampling.stop_token_ids, cancel=stop)
         finally:
-            tokens.close()
             stats.total_seconds = time.perf_counter() - started
 
     return Reply(pieces=pieces(), stats=stats, stop=stop)
 
 
-def complete_reply(engine: Engine, tokenizer: Any, history: Sequence[Message], settings: ChatSettings) -> Reply:
+def complete_reply(engine: TokenSource, tokenizer: Any, history: Sequence[Message], settings: ChatSettings) -> Reply:
     """The whole reply at once (scripts and tests)."""
     reply = stream_reply(engine, tokenizer, history, settings)
     for _ in reply:

@@ -4,8 +4,10 @@ GPTQ stacks fail in ways that say nothing useful (a CPU build of torch on a GPU 
 torch's CUDA, no nvcc for the kernel that compiles on first use, a half-downloaded model). The doctor checks each
 of these and prints one line per check: ✓ fine, ⚠ works but worth fixing, ✗ blocks chatting (exit code 1).
 
-    python env/doctor.py [--model M] [--context N] [--vram 24GiB,24GiB] [--json]
+    python env/doctor.py [--model M] [--context N] [--json]
     python env/doctor.py --build-kernels      compile this GPU's GPTQ kernel now (env/setup.sh does)
+
+What fits cards other than this machine's: `python download.py --list --cards 24,24`.
 
 `run_checks()` is what the page's health panel shows. Facts about the machine are gathered once (`probe()`),
 then each check reads them plus the real files, PATH and installed packages; tests build broken machines by
@@ -32,12 +34,15 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from gptq_chat.engine.qwen_shapes import QWEN_SHAPES
+from gptq_chat.engine.shape import GPTQSettings
 from gptq_chat.loading import gptq_stack
 from gptq_chat.loading.checkpoint import CheckpointError, CheckpointInfo, find_checkpoint, resolve_model_dir
-from gptq_chat.loading.gpus import usage
+from gptq_chat.loading.fit import fit, planned_context
+from gptq_chat.loading.gpus import GpuSpec, usage
 from gptq_chat.loading.kernels import KERNELS, KernelChoice, KernelError, choose_kernel, why_not
-from gptq_chat.loading.memory_plan import GIB, ModelShape, plan
-from gptq_chat.loading.placement import GpuSpec, PlacementRefused, largest_context, plan_placement
+from gptq_chat.loading.memory_plan import GIB, PlannedModel, plan, total_weight_bytes
+from gptq_chat.loading.placement import PlacementRefused, largest_context
 from gptq_chat.models import catalog
 from gptq_chat.models import store as model_store
 from gptq_chat.models.home import REPO_ROOT, demo_model_dir, models_home
@@ -395,17 +400,9 @@ def typical_checkpoint() -> CheckpointInfo:
         path=Path("a Qwen GPTQ-Int4 checkpoint"),
         model_type="qwen2",
         architecture="Qwen2ForCausalLM",
-        bits=4,
-        group_size=128,
-        sym=True,
-        desc_act=False,
+        shape=QWEN_SHAPES["qwen1.5-7b"],
+        gptq=GPTQSettings(),
         checkpoint_format="gptq",
-        hidden_size=4096,
-        num_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=151936,
-        max_position_embeddings=32768,
         weight_files=(),
         weight_bytes=0,
         has_chat_template=True,
@@ -528,10 +525,9 @@ class Chosen:
     entry: catalog.CatalogEntry | None = None  # a known model that is not on disk: planned from the catalog
 
     @property
-    def shape(self) -> ModelShape | None:
-        if self.info is not None:
-            return ModelShape.from_checkpoint(self.info)
-        return self.entry.model_shape() if self.entry else None
+    def model(self) -> PlannedModel | None:
+        """What the memory check plans for: the checkpoint on disk, else the catalog's entry."""
+        return self.info or self.entry
 
 
 def loadable(info: CheckpointInfo, machine: Machine) -> str | None:
@@ -612,73 +608,66 @@ def generation_path(machine: Machine, chosen: Chosen, choice: KernelChoice | Non
     return "fast" if pick_engine("auto", chosen.info, "cuda", choice.backend)[0] else "plain"
 
 
-def models_that_fit(context: int, cards: Sequence[int], path: str, exclude: str) -> list[str]:
+def models_that_fit(context: int, gpus: Sequence[GpuSpec], path: str, exclude: str) -> list[str]:
     """Known models (largest first) that fit these cards at this context: the other way out."""
-    gpus = [GpuSpec(i, size, size) for i, size in enumerate(cards)]
     fitting = [
         entry
         for entry in catalog.KNOWN_MODELS
-        if entry.name != exclude and largest_context(entry.model_shape(), gpus, path=path) >= context
+        if entry.name != exclude and largest_context(entry, gpus, path=path) >= context
     ]
-    fitting.sort(key=lambda entry: entry.model_shape().weights, reverse=True)
+    fitting.sort(key=total_weight_bytes, reverse=True)
     return [entry.key for entry in fitting[:2]]
 
 
 def check_memory(machine: Machine, chosen: Chosen, context: int | None, vram: Sequence[int] | None, path: str) -> Check:
-    """Free VRAM (or the stated card sizes) against what the model needs at this context on this generation path."""
-    shape = chosen.shape
-    if shape is None:
+    """Free VRAM (or the stated card sizes) against what the model needs at this context on this generation path,
+    by the loader's own rule (`fit.fit`); no context: the one the loader would choose."""
+    model = chosen.model
+    if model is None:
         subject = f"{chosen.reference} is not usable (above)" if chosen.reference else "no model chosen yet"
         return Check("memory", OK, f"nothing to plan for: {subject}; checked once there is a model (or --model)")
     cards = list(vram) if vram else [gpu.free_bytes for gpu in machine.gpus]
-    if context is None:  # what the loader picks (it reads the same two fields from a CheckpointInfo)
-        from gptq_chat.loading.loader import default_context
-
-        free = cards[0] - shape.weights if cards else None
-        context = default_context(shape, "cuda" if cards else "cpu", free)  # type: ignore[arg-type]
     if not cards:
         import psutil
 
-        result = plan(shape, context, [], path="plain")
-        need = result.total - result.cuda_context - result.overhead
+        layout = fit(model, [], fast=False, context=context)
+        result = plan(model, layout.context, path="plain")
+        need = result.total - result.cuda_context
         available = psutil.virtual_memory().available
         status = OK if need <= available else WARN
         return Check(
             "memory",
             status,
-            f"CPU mode: {shape.name} at {context:,} tokens needs about {need / GIB:.1f} GiB of RAM, "
+            f"CPU mode: {model.name} at {layout.context:,} tokens needs about {need / GIB:.1f} GiB of RAM, "
             f"{available / GIB:.1f} GiB available",
             "" if status == OK else "close other programs, or use a shorter context length",
         )
-    stated = "stated" if vram else "free"
-    result = plan(shape, context, cards, path=path)
-    head = f"{shape.name} at {context:,} tokens ({path} path) needs {result.total / GIB:.1f} GiB"
-    cards_text = ", ".join(f"GPU {i}: {size / GIB:.1f} GiB {stated}" for i, size in enumerate(cards))
-    if result.card is not None:
-        card = result.card
-        return Check("memory", OK, f"{head}; fits on GPU {card.index} ({card.spare / GIB:.1f} GiB to spare)")
     gpus = [GpuSpec(i, size, size) for i, size in enumerate(cards)]
-    longest = result.max_context
-    if len(gpus) > 1:
-        try:
-            placed = plan_placement(shape, gpus, context, path=path)
-        except PlacementRefused as refused:
-            longest = refused.largest_context
-        else:
-            split = "; ".join(card.describe() for card in placed.cards)
-            return Check(
-                "memory",
-                OK,
-                f"{head}, more than one card holds ({cards_text}); split over {len(placed.cards)}: {split}",
-            )
-    others = models_that_fit(context, cards, path, shape.name)
-    fixes = []
-    if longest > 0:
-        fixes.append(f"set the context length to {longest // 256 * 256:,} tokens or less")
-    if others:
-        fixes.append(f"or a model that fits at {context:,} tokens: {', '.join(others)}")
-    fixes.append(f"or free VRAM (another program may hold it: nvidia-smi); this needs {result.total / GIB:.1f} GiB")
-    return Check("memory", FAIL, f"{head}, more than {cards_text}", "; ".join(fixes))
+    stated = "stated" if vram else "free"
+    cards_text = ", ".join(f"GPU {gpu.index}: {gpu.free_bytes / GIB:.1f} GiB {stated}" for gpu in gpus)
+    try:
+        layout = fit(model, gpus, fast=path == "fast", context=context)
+    except PlacementRefused as refused:
+        tried = planned_context(model, context, refused.largest_context)
+        need = plan(model, tried, path=path).total
+        head = f"{model.name} at {tried:,} tokens ({path} path) needs {need / GIB:.1f} GiB"
+        others = models_that_fit(tried, gpus, path, model.name)
+        fixes = []
+        if refused.largest_context > 0:
+            fixes.append(f"set the context length to {refused.largest_context // 256 * 256:,} tokens or less")
+        if others:
+            fixes.append(f"or a model that fits at {tried:,} tokens: {', '.join(others)}")
+        fixes.append(f"or free VRAM (another program may hold it: nvidia-smi); this needs {need / GIB:.1f} GiB")
+        return Check("memory", FAIL, f"{head}, more than {cards_text}", "; ".join(fixes))
+    need = plan(model, layout.context, path=path).total
+    head = f"{model.name} at {layout.context:,} tokens ({path} path) needs {need / GIB:.1f} GiB"
+    if layout.placement is None:
+        card = next(gpu for gpu in gpus if f"cuda:{gpu.index}" == layout.device)
+        spare = (card.free_bytes - need) / GIB
+        return Check("memory", OK, f"{head}; fits on GPU {card.index} ({spare:.1f} GiB to spare)")
+    split = "; ".join(card.describe() for card in layout.placement.cards)
+    held = f"split over {len(layout.placement.cards)}: {split}"
+    return Check("memory", OK, f"{head}, more than one card holds ({cards_text}); {held}")
 
 
 def check_disk(root: Path) -> Check:
@@ -799,25 +788,10 @@ def build_kernels(machine: Machine | None = None, echo: Callable[[str], None] = 
 # ----------------------------------------------------------------------------------------------
 
 
-def parse_size(text: str) -> int:
-    """`24GiB`, `24G`, `80GB`, `8192MiB` or plain GiB (`24`) -> bytes."""
-    match = re.fullmatch(r"\s*([\d.]+)\s*(gib|gb|g|mib|mb|m)?\s*", text.lower())
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 24GiB)")
-    number, unit = float(match.group(1)), match.group(2) or "gib"
-    scale = {"gib": GIB, "g": GIB, "gb": 1e9, "mib": 1024**2, "m": 1024**2, "mb": 1e6}[unit]
-    return int(number * scale)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model folder or id to check (default: the one the app opens)")
     parser.add_argument("--context", type=int, help="context length to plan memory for (default: the app's)")
-    parser.add_argument(
-        "--vram",
-        type=lambda text: [parse_size(part) for part in text.split(",")],
-        help="plan against these card sizes instead of this machine's free VRAM, e.g. 24GiB,24GiB",
-    )
     parser.add_argument("--json", action="store_true", help="print the checks as JSON")
     parser.add_argument(
         "--build-kernels", action="store_true", help="compile this GPU's GPTQ kernel now (and check nothing else)"
@@ -830,7 +804,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = probe()
     if args.build_kernels:
         return 0 if build_kernels(machine) else 1
-    checks = run_checks(machine, model=args.model, context=args.context, vram=args.vram)
+    checks = run_checks(machine, model=args.model, context=args.context)
     if args.json:
         print(json.dumps([{**asdict(check), "blocking": check.blocking} for check in checks], indent=2))
     else:

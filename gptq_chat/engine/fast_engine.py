@@ -1,6 +1,6 @@
 """The fast generation engine: static KV cache, fused GPTQ weights, decode steps replayed as CUDA graphs.
 
-`model.generate` spends ~95 % of a 7B decode step in Python and kernel launches (../shared/NOTES.md).
+`model.generate` spends ~95 % of a 7B decode step in Python and kernel launches (docs/benchmarks.md).
 Here a whole decode step (forward, sampling, cache write, position update) for a batch of
 sequences is one CUDA graph; the scheduler (`scheduler.py`) replays it and reads one token id
 per sequence per step, one step behind the GPU so the read never stalls it. Graphs are captured
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from gptq_chat.engine.generation import SamplingSettings
 from gptq_chat.engine.network import CacheRows, Transformer, load_transformer
+from gptq_chat.engine.protocols import SamplingSettings, SlotEngine
 from gptq_chat.engine.sampling import SamplingState, sample
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def row_buckets(slots: int) -> list[int]:
     return sizes if sizes[-1] == slots else [*sizes, slots]
 
 
-class FastEngine:
+class FastEngine(SlotEngine):
     """Decodes up to `slots` sequences at once, each in its own row of the KV cache.
 
     The scheduler (`scheduler.py`) drives it: `prefill` puts a prompt into a slot, `decode` runs one
@@ -247,6 +247,10 @@ class FastEngine:
         self.graphs.clear()
         self.prefill_graphs.clear()
         self.use_graphs = False
+
+    def close(self) -> None:
+        """Nothing runs beside this engine: its graphs are freed now rather than whenever it is collected."""
+        self.release_graphs()
 
     def reset(self) -> None:
         """Every slot parked and empty."""

@@ -2,7 +2,7 @@
 
 Unlike the transformers model it has static shapes everywhere a decode step touches: a KV cache
 allocated once, positions and tokens as tensors, and attention over a fixed-length window of the
-cache. That is what lets `engine.py` capture a decode step as one CUDA graph. Projections that
+cache. That is what lets `fast_engine.py` capture a decode step as one CUDA graph. Projections that
 share an input are fused (`quant_linear.py`).
 """
 
@@ -12,7 +12,6 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -21,113 +20,12 @@ from safetensors import safe_open
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-if TYPE_CHECKING:
-    from gptq_chat.testing.random_checkpoint import QwenShape
-
-from gptq_chat.engine.quant_linear import (
-    GPTQ_PARTS,
-    GPTQSettings,
-    build_quant_linear,
-    columns_of,
-    fuse_gptq_tensors,
-    rows_of,
-)
-
-SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM")
+from gptq_chat.engine.quant_linear import GPTQ_PARTS, build_quant_linear, columns_of, fuse_gptq_tensors, rows_of
+from gptq_chat.engine.shape import GPTQSettings, ModelShape, engine_problem, tensor_parallel_problem
 
 
 class UnsupportedModel(ValueError):
     """The checkpoint needs something this network does not do; the plain path still runs it."""
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rope_theta: float
-    rms_norm_eps: float
-    tie_word_embeddings: bool
-    max_position_embeddings: int
-
-    @classmethod
-    def from_qwen_shape(cls, shape: QwenShape) -> ModelShape:
-        """A catalog model's shape (`random_checkpoint.QWEN_SHAPES`), before any checkpoint is downloaded."""
-        return cls(
-            vocab_size=shape.vocab_size,
-            hidden_size=shape.hidden_size,
-            intermediate_size=shape.intermediate_size,
-            num_layers=shape.num_hidden_layers,
-            num_heads=shape.num_attention_heads,
-            num_kv_heads=shape.num_key_value_heads,
-            head_dim=shape.head_dim,
-            rope_theta=shape.rope_theta,
-            rms_norm_eps=shape.rms_norm_eps,
-            tie_word_embeddings=shape.tie_word_embeddings,
-            max_position_embeddings=shape.max_position_embeddings,
-        )
-
-    @classmethod
-    def from_config(cls, config: dict) -> ModelShape:
-        architecture = (config.get("architectures") or ["?"])[0]
-        if architecture not in SUPPORTED_ARCHITECTURES:
-            raise UnsupportedModel(f"{architecture} is not one of {', '.join(SUPPORTED_ARCHITECTURES)}")
-        rope = config.get("rope_parameters") or {}  # transformers 5 moved rope_theta in here
-        if config.get("rope_scaling") or rope.get("rope_type", "default") != "default":
-            raise UnsupportedModel(f"rope scaling {config.get('rope_scaling') or rope} is not supported")
-        if config.get("hidden_act", "silu") != "silu":
-            raise UnsupportedModel(f"activation {config['hidden_act']} is not supported")
-        if config.get("use_sliding_window") or (architecture == "MistralForCausalLM" and config.get("sliding_window")):
-            raise UnsupportedModel("sliding-window attention is not supported")
-        heads = config["num_attention_heads"]
-        return cls(
-            vocab_size=config["vocab_size"],
-            hidden_size=config["hidden_size"],
-            intermediate_size=config["intermediate_size"],
-            num_layers=config["num_hidden_layers"],
-            num_heads=heads,
-            num_kv_heads=config.get("num_key_value_heads") or heads,
-            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
-            rope_theta=float(rope.get("rope_theta") or config.get("rope_theta", 10000.0)),
-            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            max_position_embeddings=int(config.get("max_position_embeddings", 4096)),
-        )
-
-    def split(self, world: int) -> ModelShape:
-        """One card's part under tensor parallelism: 1/world of the attention heads and of the MLP's rows."""
-        return replace(
-            self,
-            num_heads=self.num_heads // world,
-            num_kv_heads=self.num_kv_heads // world,
-            intermediate_size=self.intermediate_size // world,
-        )
-
-
-TILE = 128  # a card's share of an input dimension: whole GPTQ groups and Marlin tiles
-OUTPUT_TILE = 64  # of an output dimension: whole Marlin tiles
-
-
-def tensor_parallel_problem(shape: ModelShape, settings: GPTQSettings, world: int) -> str | None:
-    """Why this model cannot be split `world` ways by tensor parallelism, or None when it can."""
-    local = shape.split(world)
-    widths = {  # what is split, into shares of what width, in tiles of what size
-        "attention heads": (shape.num_heads, local.num_heads * shape.head_dim, TILE),  # o_proj's input: groups
-        "key/value heads": (shape.num_kv_heads, local.num_kv_heads * shape.head_dim, OUTPUT_TILE),
-        "MLP rows": (shape.intermediate_size, local.intermediate_size, TILE),  # down_proj's input: groups
-    }
-    for what, (count, width, tile) in widths.items():
-        if count % world or width % tile:
-            return f"its {count} {what} do not split into {world} parts of whole {tile}-wide tiles"
-    if shape.vocab_size % world:
-        return f"its vocabulary of {shape.vocab_size} does not split into {world} equal parts"
-    if settings.desc_act:
-        return "act-order (desc_act) checkpoints are not split by tensor parallelism"
-    return None
 
 
 class RMSNorm(nn.Module):
@@ -519,16 +417,6 @@ class Transformer(nn.Module):
         return self.shard.gather(logits) if self.shard else logits
 
 
-def gptq_settings(config: dict) -> GPTQSettings:
-    quant = config["quantization_config"]
-    return GPTQSettings(
-        bits=int(quant["bits"]),
-        group_size=int(quant.get("group_size", -1)),
-        sym=bool(quant.get("sym", True)),
-        desc_act=bool(quant.get("desc_act", False)),
-    )
-
-
 class CheckpointTensors:
     """Lazy access to a checkpoint's tensors by name, across shards."""
 
@@ -576,8 +464,10 @@ def load_transformer(
     With `shard`, only this card's part of every layer and of the vocabulary is loaded (`Shard`).
     """
     config = json.loads((folder / "config.json").read_text())
+    if problem := engine_problem(config):
+        raise UnsupportedModel(problem)
     shape = ModelShape.from_config(config)
-    settings = gptq_settings(config)
+    settings = GPTQSettings.from_config(config["quantization_config"])
     tensors = CheckpointTensors(folder)
     devices = layer_devices or [device] * shape.num_layers
     if len(devices) != shape.num_layers:
@@ -611,7 +501,7 @@ def load_transformer(
             table = table[first:end]
         return table.to(device=on, dtype=dtype)
 
-    q_features, kv_features = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
+    q_features, kv_features = shape.q_dim, shape.kv_dim
     mlp_features = shape.intermediate_size
     blocks = []
     for i, on in enumerate(devices):

@@ -9,19 +9,11 @@ narrow 4096x4096 GEMMs reach only ~30 % of the memory bandwidth and the wide one
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class GPTQSettings:
-    bits: int
-    group_size: int
-    sym: bool
-    desc_act: bool
-
+from gptq_chat.engine.shape import GPTQSettings
 
 GPTQ_PARTS = ("qweight", "qzeros", "scales", "g_idx")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from gptq_chat.engine.generation import SamplingSettings
+from gptq_chat.engine.protocols import SamplingSettings
 
 
 @dataclass

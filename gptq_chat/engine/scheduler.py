@@ -1,7 +1,7 @@
 """One front door for every generation: a bounded queue in front of the engine, and batching where it can.
 
 The page's tabs, the API's clients and the benchmarks all call `Scheduler.generate`. An engine
-that decodes several sequences at once (`FastEngine`, one KV cache row per slot) is driven by
+that decodes several sequences at once (a `SlotEngine`, one KV cache row per slot) is driven by
 one worker thread that admits requests into free slots and runs one batched decode step for all
 of them: continuous batching, a request joins or leaves between any two steps. The worker runs
 one step ahead of the host: it launches step k+1 before it reads step k's tokens, so the GPU
@@ -17,12 +17,9 @@ import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gptq_chat.engine.generation import Engine, SamplingSettings
-
-if TYPE_CHECKING:
-    from gptq_chat.engine.fast_engine import FastEngine
+from gptq_chat.engine.protocols import SamplingSettings, SlotEngine, TokenSource
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +108,9 @@ class TokenStream(Iterator[int]):
 
 
 class Scheduler:
-    """Implements the `generation.Engine` interface over any engine; see the module docstring."""
+    """A `TokenSource` over a `SlotEngine` (batched) or over another `TokenSource` (one at a time)."""
 
-    def __init__(self, engine: Engine, queue_limit: int = DEFAULT_QUEUE_LIMIT) -> None:
+    def __init__(self, engine: SlotEngine | TokenSource, queue_limit: int = DEFAULT_QUEUE_LIMIT) -> None:
         self.engine = engine
         self.queue_limit = queue_limit
         self.lock = threading.Lock()
@@ -122,8 +119,9 @@ class Scheduler:
         self.active = 0
         self.served = 0
         self.closed = False
-        self.batched = hasattr(engine, "decode")  # a FastEngine: slots to batch over
-        self.slots: int = getattr(engine, "slots", 1) if self.batched else 1
+        self.slot_engine = engine if isinstance(engine, SlotEngine) else None
+        self.batched = self.slot_engine is not None
+        self.slots = self.slot_engine.slots if self.slot_engine else 1
         self.pending: deque[Request] = deque()
         self.running: dict[int, Request] = {}
         if self.batched:
@@ -149,11 +147,11 @@ class Scheduler:
         with self.lock:
             self.closed = True
             self.wake.notify_all()
-        if self.batched and threading.current_thread() is not self.worker:
+        if self.slot_engine is None:
+            return
+        if threading.current_thread() is not self.worker:
             self.worker.join(timeout=30)  # it holds the engine (and its GPU memory) until it returns
-        release = getattr(self.engine, "close", None)  # a tensor-parallel engine stops its worker processes
-        if release is not None:
-            release()
+        self.slot_engine.close()  # graphs freed; a tensor-parallel engine stops its worker processes
 
     # -- the front door --------------------------------------------------------------------------
     def generate(self, prompt_ids: list[int], settings: SamplingSettings, stop: threading.Event) -> Iterator[int]:
@@ -161,7 +159,7 @@ class Scheduler:
 
         Closing the iterator early (a client that went away) frees the request's slot at once.
         """
-        context = getattr(self.engine, "context_length", None)
+        context = self.slot_engine.context_length if self.slot_engine else None
         if not prompt_ids or (context is not None and len(prompt_ids) >= context):
             raise ValueError(f"The prompt has {len(prompt_ids)} tokens; the engine's context holds {context}.")
         budget = settings.max_new_tokens if context is None else min(settings.max_new_tokens, context - len(prompt_ids))
@@ -233,7 +231,7 @@ class Scheduler:
             self.active += 1
 
     # -- the batching worker ---------------------------------------------------------------------
-    def run(self, engine: FastEngine) -> None:
+    def run(self, engine: SlotEngine) -> None:
         """Admit, step, deliver, until closed; an engine failure fails the requests it touched, not the worker."""
         import torch
 
@@ -270,7 +268,7 @@ class Scheduler:
                     log.exception("Engine reset failed")
                 inflight = None
 
-    def take_pending(self, engine: FastEngine) -> list[Request]:
+    def take_pending(self, engine: SlotEngine) -> list[Request]:
         """Move queued requests into free slots (lock held): the slot whose cache shares most, else the lowest."""
         from gptq_chat.engine.fast_engine import common_prefix
 
@@ -292,7 +290,7 @@ class Scheduler:
             admitted.append(request)
         return admitted
 
-    def start(self, engine: FastEngine, request: Request) -> None:
+    def start(self, engine: SlotEngine, request: Request) -> None:
         """Prefill into the request's slot and hand over its first token."""
         try:
             engine.prefill(request.prompt_ids, request.settings, request.slot)
@@ -303,7 +301,7 @@ class Scheduler:
             return
         self.accept(engine, request, first)
 
-    def launch(self, engine: FastEngine, host: Any, cuda: bool) -> Launched | None:
+    def launch(self, engine: SlotEngine, host: Any, cuda: bool) -> Launched | None:
         """Run one decode step over every slot up to the highest busy one; copy its tokens to `host`."""
         rows = [(slot, r) for slot, r in sorted(self.running.items()) if r.steps_left]
         if not rows:
@@ -321,7 +319,7 @@ class Scheduler:
             ready.record(torch.cuda.current_stream(engine.next_tokens.device))  # the card that chose them
         return Launched(rows, host, ready)
 
-    def deliver(self, engine: FastEngine, step: Launched) -> None:
+    def deliver(self, engine: SlotEngine, step: Launched) -> None:
         """Hand each row's token to its request once the step has run."""
         if step.ready is not None:
             step.ready.synchronize()
@@ -330,7 +328,7 @@ class Scheduler:
             if not request.done:
                 self.accept(engine, request, tokens[slot])
 
-    def accept(self, engine: FastEngine, request: Request, token: int) -> None:
+    def accept(self, engine: SlotEngine, request: Request, token: int) -> None:
         """A new token for `request`: pass it on, and end the request on a stop token, its budget or a stop."""
         request.generated.append(token)
         request.tokens.put(token)
@@ -338,11 +336,11 @@ class Scheduler:
         if ended or request.stop.is_set():
             self.finish(engine, request)
 
-    def drop_cancelled(self, engine: FastEngine) -> None:
+    def drop_cancelled(self, engine: SlotEngine) -> None:
         for request in [r for r in self.running.values() if r.stop.is_set() and not r.done]:
             self.finish(engine, request)
 
-    def finish(self, engine: FastEngine, request: Request) -> None:
+    def finish(self, engine: SlotEngine, request: Request) -> None:
         """End a request and free its slot (the cache keeps its K/V for a prompt that starts the same way)."""
         request.done = True
         engine.park(request.slot, request.fed())

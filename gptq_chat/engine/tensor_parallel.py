@@ -1,11 +1,11 @@
 """Tensor parallelism: one model over several GPUs, every card reading its share of every layer at once.
 
-With the layers split (`placement.py`) the cards take turns, so one sequence decodes no faster than on one card.
-Here each card holds 1/N of every layer (`fast_model.Shard`) and they work on each step together, summing their
+With the layers split (`loading/placement.py`) the cards take turns, so one sequence decodes no faster than on one
+card. Here each card holds 1/N of every layer (`network.Shard`) and they work on each step together, summing their
 partial results over NCCL twice a layer, inside the captured CUDA graphs, as vLLM and gpt-fast do.
 
 One process per card, as NCCL wants. This process drives the first card and the scheduler talks to it
-(`TensorParallelEngine`, the `FastEngine` interface); each other card has a follower process (`follow`) that
+(`TensorParallelEngine`, a `SlotEngine`); each other card has a follower process (`follow`) that
 loads its shard, captures the same graphs, and then repeats every call that touches the GPU, in the same order:
 the collectives inside those calls keep the cards in step. The first card alone samples; the others take its
 tokens (`Shard.agree`).
@@ -29,14 +29,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from gptq_chat.engine.devices import CUDA_CONTEXT_BYTES, cap_card
 from gptq_chat.engine.fast_engine import FastEngine, Progress
 from gptq_chat.engine.network import Shard, load_transformer
-from gptq_chat.loading.memory_plan import CUDA_CONTEXT_BYTES
+from gptq_chat.engine.protocols import SlotEngine
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = timedelta(minutes=10)  # a 72B shard loads in about a minute; a hung start must end
-MIRRORED = ("prefill", "decode", "park", "reset", "set_position", "feed")  # FastEngine's calls that touch the GPU
 CLOSE = "close"
 CARD_QUERIES: dict[str, Callable[[torch.device], Any]] = {  # asked of every card, answered by each process
     "peak_memory": lambda device: torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0,
@@ -56,8 +56,6 @@ def join_group(rank: int, world: int, port: int, device: torch.device, limit: in
     if device.type == "cuda":
         torch.cuda.set_device(device)
         if limit:
-            from gptq_chat.loading.gpus import cap_card
-
             cap_card(device.index, limit)
         dist.init_process_group(
             "nccl",
@@ -134,8 +132,9 @@ def next_call(inbox: Any, leader: int) -> tuple[str, tuple, dict] | None:
                 return None
 
 
-class TensorParallelEngine:
-    """The first card's engine, whose GPU calls every follower repeats; reads go to the first card's engine."""
+class TensorParallelEngine(SlotEngine):
+    """The first card's engine, whose GPU calls every follower repeats, in the same order; reads go to the first
+    card's engine (`local`), which holds the same state as every follower's."""
 
     def __init__(self, local: FastEngine, followers: list[Any], inboxes: list[Any], outbox: Any) -> None:
         self.local = local
@@ -144,23 +143,61 @@ class TensorParallelEngine:
         self.outbox = outbox
         self.world = len(followers) + 1
         self.name = f"{local.name}, tensor parallel over {self.world} GPUs"
+        self.slots = local.slots
+        self.context_length = local.context_length
+        self.device = local.device
+        self.next_tokens = local.next_tokens
         self.closed = False
         # At exit too (Ctrl-C in the page or the API server): a process that ends with its graphs and group
         # still alive can hang in NCCL's teardown (pytorch/pytorch#115388).
         atexit.register(self.close)
 
-    def __getattr__(self, name: str) -> Any:
-        if name in MIRRORED:
-            return self.mirrored(name)
-        return getattr(self.local, name)
+    @property
+    def cached(self) -> list[list[int]]:  # type: ignore[override]  # the first card's, as every card's
+        return self.local.cached
 
-    def mirrored(self, name: str) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            self.check_followers()
-            self.tell(name, *args, **kwargs)
-            return getattr(self.local, name)(*args, **kwargs)
+    @property
+    def model(self) -> Any:
+        """The first card's shard of the network."""
+        return self.local.model
 
-        return call
+    @property
+    def logits(self) -> torch.Tensor:
+        """The whole vocabulary's logits, as the first card gathered them."""
+        return self.local.logits
+
+    @property
+    def stats(self) -> Any:
+        return self.local.stats
+
+    def prefill(self, prompt_ids: list[int], settings: Any, slot: int = 0) -> None:
+        self.every_card("prefill", prompt_ids, settings, slot)
+        self.local.prefill(prompt_ids, settings, slot)
+
+    def decode(self, rows: int, length: int, greedy: bool) -> None:
+        self.every_card("decode", rows, length, greedy)
+        self.local.decode(rows, length, greedy)
+
+    def park(self, slot: int, fed: list[int]) -> None:
+        self.every_card("park", slot, fed)
+        self.local.park(slot, fed)
+
+    def reset(self) -> None:
+        self.every_card("reset")
+        self.local.reset()
+
+    def set_position(self, slot: int, position: int) -> None:
+        self.every_card("set_position", slot, position)
+        self.local.set_position(slot, position)
+
+    def feed(self, slot: int, token: int, position: int) -> None:
+        self.every_card("feed", slot, token, position)
+        self.local.feed(slot, token, position)
+
+    def every_card(self, name: str, *args: Any) -> None:
+        """Have every follower make the call the first card is about to make (a dead follower: refuse instead)."""
+        self.check_followers()
+        self.tell(name, *args)
 
     def ask_every_card(self, query: str) -> list[Any]:
         """One of `CARD_QUERIES`, answered by every card's process, first card first."""

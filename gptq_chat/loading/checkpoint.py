@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gptq_chat.engine.shape import GPTQSettings, ModelShape
 from gptq_chat.models.home import models_home
 
 SUPPORTED_BITS = (4, 8)
@@ -31,35 +33,22 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """What the loader, the kernel choice and the memory planner need to know about a checkpoint."""
+    """What the loader, the kernel choice and the memory plan need to know about a checkpoint, read once."""
 
     path: Path
     model_type: str
     architecture: str
-    bits: int
-    group_size: int
-    sym: bool
-    desc_act: bool
+    shape: ModelShape
+    gptq: GPTQSettings
     checkpoint_format: str
-    hidden_size: int
-    num_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    vocab_size: int
-    max_position_embeddings: int
     weight_files: tuple[Path, ...]
     weight_bytes: int
     has_chat_template: bool
+    config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)  # config.json as read
 
     @property
     def name(self) -> str:
         return self.path.name
-
-    @property
-    def kv_bytes_per_token(self) -> int:
-        """fp16 K and V for every layer: what one token of context costs in memory."""
-        head_dim = self.hidden_size // self.num_attention_heads
-        return 2 * self.num_layers * self.num_key_value_heads * head_dim * 2
 
 
 def modelscope_name(name: str) -> str:
@@ -215,25 +204,17 @@ def inspect_checkpoint(folder: Path) -> CheckpointInfo:
     has_template = (folder / "chat_template.jinja").is_file() or (
         tokenizer_config.is_file() and "chat_template" in read_json(tokenizer_config)
     )
-    heads = int(config.get("num_attention_heads", 1))
     return CheckpointInfo(
         path=folder,
         model_type=str(config.get("model_type", "unknown")),
         architecture=str((config.get("architectures") or ["unknown"])[0]),
-        bits=int(quant["bits"]),
-        group_size=int(quant.get("group_size", -1)),
-        sym=bool(quant.get("sym", True)),
-        desc_act=bool(quant.get("desc_act", False)),
+        shape=ModelShape.from_config(config),
+        gptq=GPTQSettings.from_config(quant),
         checkpoint_format=str(quant.get("checkpoint_format", quant.get("format", "gptq"))),
-        hidden_size=int(config.get("hidden_size", 0)),
-        num_layers=int(config.get("num_hidden_layers", 0)),
-        num_attention_heads=heads,
-        num_key_value_heads=int(config.get("num_key_value_heads") or heads),
-        vocab_size=int(config.get("vocab_size", 0)),
-        max_position_embeddings=int(config.get("max_position_embeddings", 2048)),
         weight_files=files,
         weight_bytes=sum(f.stat().st_size for f in files),
         has_chat_template=has_template,
+        config=config,
     )
 
 

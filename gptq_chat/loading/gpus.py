@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from gptq_chat.loading.memory_plan import CUDA_CONTEXT_BYTES, gib
-from gptq_chat.loading.placement import GpuSpec
+from gptq_chat.engine.devices import cap_card
+from gptq_chat.loading.memory_plan import GIB, gib
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """One GPU the loader may use: its CUDA index and memory (placements are planned against `free_bytes`)."""
+
+    index: int
+    total_bytes: int
+    free_bytes: int
+    name: str = ""
 
 
 def visible_gpus(indices: Sequence[int] | None = None) -> list[GpuSpec]:
@@ -34,15 +45,6 @@ def gpus_for(device: str) -> list[GpuSpec]:
     return visible_gpus(named_gpus(device))
 
 
-def cap_card(index: int, limit_bytes: int) -> None:
-    """Let this process's allocator use at most `limit_bytes` of card `index`, its CUDA context counted in."""
-    import torch
-
-    total = torch.cuda.get_device_properties(index).total_memory
-    allocator = max(limit_bytes - CUDA_CONTEXT_BYTES, 0)
-    torch.cuda.set_per_process_memory_fraction(min(allocator / total, 1.0), index)
-
-
 def cap_gpus(gpus: Sequence[GpuSpec], limit_bytes: int) -> list[GpuSpec]:
     """Let this process use at most `limit_bytes` of each card, as if the cards were that size (two 80 GB
     cards standing for two 24 GB ones): torch's allocator then refuses more, and plans see the smaller card.
@@ -57,6 +59,20 @@ def cap_gpus(gpus: Sequence[GpuSpec], limit_bytes: int) -> list[GpuSpec]:
         room = limit_bytes - torch.cuda.memory_reserved(gpu.index)
         capped.append(replace(gpu, total_bytes=min(limit_bytes, gpu.total_bytes), free_bytes=min(gpu.free_bytes, room)))
     return capped
+
+
+def parse_card_sizes(text: str) -> list[int]:
+    """Card sizes as people type them, comma-separated: `24`, `24GiB`, `24G` (GiB, as cards are sold: a "24 GB"
+    RTX 4090 has 24 GiB), `80GB` (decimal), `8192MiB` -> bytes each."""
+    sizes = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*([\d.]+)\s*(gib|gb|g|mib|mb|m)?\s*", part.lower())
+        if not match:
+            raise ValueError(f"not a card size: {part!r} (e.g. 24 or 24GiB)")
+        number, unit = float(match.group(1)), match.group(2) or "gib"
+        scale = {"gib": GIB, "g": GIB, "gb": 1e9, "mib": 1024**2, "m": 1024**2, "mb": 1e6}[unit]
+        sizes.append(int(number * scale))
+    return sizes
 
 
 def usage(total_bytes: int, free_bytes: int) -> str:

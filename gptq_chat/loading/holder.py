@@ -2,7 +2,8 @@
 
 Every browser tab uses the same model (a GPU holds one). Switching frees the old model before the
 new one loads, and refuses up front, with the numbers, a model that would not fit in the memory it
-would get. `model_loader.load` caches models per process, so freeing means dropping its entry too.
+would get (the loader's own fit rule, with the current model's memory counted as freed). `loader.load`
+caches models per process, so freeing means dropping its entry too (`loader.unload`).
 """
 
 from __future__ import annotations
@@ -10,19 +11,16 @@ from __future__ import annotations
 import gc
 import threading
 import types
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from gptq_chat.loading import loader as model_loader
-from gptq_chat.loading.checkpoint import CheckpointInfo, find_checkpoint
-from gptq_chat.loading.gpus import gpus_for
-from gptq_chat.loading.loader import LoadedModel, Progress, load, pick_device
-from gptq_chat.loading.memory_plan import ModelShape, gib, plan
-from gptq_chat.loading.placement import GpuSpec, PlacementRefused, plan_placement
+from gptq_chat.engine.plain import PlainEngine
+from gptq_chat.loading.checkpoint import find_checkpoint
+from gptq_chat.loading.loader import LoadedModel, Progress, load, pick_device, plan_load, unload
+from gptq_chat.loading.placement import PlacementRefused
 from gptq_chat.models.home import models_home
 from gptq_chat.models.installed import installed_models
-
-MIN_CONTEXT = 1024  # a model that cannot hold this much context is of no use for chatting
 
 
 class SwitchRefused(RuntimeError):
@@ -69,45 +67,6 @@ def model_choices(current: Path | None) -> list[Path]:
     return found
 
 
-def fit_problem(info: CheckpointInfo, device: str, available: int, freed: int = 0) -> str | None:
-    """Why `info` would not fit in `available` + `freed` bytes (with the numbers), or None if it fits."""
-    context = min(MIN_CONTEXT, info.max_position_embeddings)
-    room = available + freed
-    need_plan = plan(ModelShape.from_checkpoint(info), context, [room])
-    on_gpu = device.startswith("cuda")
-    need = need_plan.total if on_gpu else need_plan.total - need_plan.cuda_context
-    if need_plan.fits if on_gpu else need <= room:
-        return None
-    kind = "VRAM" if on_gpu else "RAM"
-    overhead = need - need_plan.weights - need_plan.kv_cache - need_plan.activations
-    freed_text = f" + {gib(freed)} freed by unloading the current model" if freed else ""
-    return (
-        f"{info.name} does not fit: at {context:,} tokens of context it needs {gib(need)} of {kind} "
-        f"(weights {gib(need_plan.weights)} + KV cache {gib(need_plan.kv_cache)} + activations "
-        f"{gib(need_plan.activations)} + overhead {gib(overhead)}), "
-        f"but only {gib(room)} would be free ({gib(available)} free now{freed_text}). "
-        "Close other programs on the GPU, or pick a smaller model."
-    )
-
-
-def split_fit_problem(info: CheckpointInfo | ModelShape, gpus: list[GpuSpec], freed: int = 0) -> str | None:
-    """As `fit_problem`, over several cards (the loader splits a model no card holds); the current model's
-    memory, once unloaded, counts as freed evenly over them."""
-    room = [replace(gpu, free_bytes=gpu.free_bytes + freed // len(gpus)) for gpu in gpus]
-    try:
-        plan_placement(info, room, min(MIN_CONTEXT, info.max_position_embeddings), path="plain")
-    except PlacementRefused as refused:
-        return f"{refused.problem} {refused.fix}"
-    return None
-
-
-def forget(loaded: LoadedModel) -> None:
-    """Drop the loader's cached reference, so that the model is freed once nobody else holds it."""
-    for key, value in list(model_loader._cache.items()):
-        if value is loaded:
-            del model_loader._cache[key]
-
-
 def clear_finished_frames(*objects: object) -> int:
     """Clear finished call frames that still hold `objects`; returns how many were cleared.
 
@@ -142,21 +101,11 @@ def release_memory(device: str) -> None:
 class ModelHolder:
     """The model every tab of this app process uses; made once per process by the page."""
 
-    def __init__(
-        self,
-        reference: str | None,
-        backend: str,
-        device: str | None,
-        engine: str,
-        slots: int = 1,
-        split: str = "auto",
-    ) -> None:
+    def __init__(self, reference: str | None, **options: Any) -> None:
+        """`options`: `loader.load`'s keyword arguments (backend, device, engine, slots, split, context_length), as
+        the app was started with them; every model this holder loads gets them."""
         self.reference = reference  # None: the built-in demo model (built on first use)
-        self.backend = backend
-        self.device = device
-        self.engine = engine
-        self.slots = slots
-        self.split = split  # over several GPUs: placement.SPLITS
+        self.options = options
         self.loaded: LoadedModel | None = None
         self.lock = threading.Lock()
 
@@ -178,15 +127,14 @@ class ModelHolder:
             current = self.loaded
             if current is not None and current.info.path.resolve() == info.path.resolve():
                 return current
-            device = pick_device(self.device)
+            device = pick_device(self.options.get("device"))
             freed = current.facts.memory_bytes if current is not None else 0
-            gpus = gpus_for(device)
-            if len(gpus) > 1:
-                problem = split_fit_problem(info, gpus, freed)
-            else:
-                problem = fit_problem(info, device, device_memory(device).free, freed)
-            if problem:
-                raise SwitchRefused(problem)
+            try:
+                plan_load(info, **self.options, freed=freed, ram=device_memory("cpu").free)
+            except PlacementRefused as refused:
+                raise SwitchRefused(f"{refused.problem} Fix: {refused.fix}") from None
+            except ValueError as refused:  # a kernel, engine or split that cannot run this model here
+                raise SwitchRefused(str(refused)) from None
             if current is not None:
                 self._unload(current)
                 del current  # the last reference in this frame: the model can be collected now
@@ -201,18 +149,17 @@ class ModelHolder:
         queue = current.scheduler.stats()
         if queue.active or queue.waiting:
             raise SwitchRefused(busy)
-        engine_lock = getattr(current.engine, "lock", None)  # the plain path's
+        engine_lock = current.engine.lock if isinstance(current.engine, PlainEngine) else None
         if engine_lock is not None and not engine_lock.acquire(blocking=False):
             raise SwitchRefused(busy)
         try:
             current.scheduler.close()
             self.loaded = None
-            forget(current)
+            unload(current)
             clear_finished_frames(current.model, current.engine)
         finally:
             if engine_lock is not None:
                 engine_lock.release()
 
     def _load(self, reference: str, progress: Progress | None) -> LoadedModel:
-        options = {"backend": self.backend, "device": self.device, "engine": self.engine, "slots": self.slots}
-        return load(reference, progress, **options, split=self.split)
+        return load(reference, progress, **self.options)

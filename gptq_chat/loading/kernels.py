@@ -67,11 +67,11 @@ def why_not(kernel: str, info: CheckpointInfo, capability: tuple[int, int] | Non
     if capability is not None and capability < spec.min_capability:
         need = ".".join(map(str, spec.min_capability))
         return f"{kernel} needs compute capability {need}+, this GPU has {capability[0]}.{capability[1]}"
-    if info.bits not in spec.bits:
-        return f"{kernel} does not run {info.bits}-bit weights"
-    if info.group_size not in spec.group_sizes:
-        return f"{kernel} does not run group size {info.group_size}"
-    if not info.sym and not spec.asymmetric:
+    if info.gptq.bits not in spec.bits:
+        return f"{kernel} does not run {info.gptq.bits}-bit weights"
+    if info.gptq.group_size not in spec.group_sizes:
+        return f"{kernel} does not run group size {info.gptq.group_size}"
+    if not info.gptq.sym and not spec.asymmetric:
         return f"{kernel} runs only symmetric quantization (this checkpoint has sym=false)"
     return None
 
@@ -91,7 +91,7 @@ def choose_kernel(info: CheckpointInfo, capability: tuple[int, int] | None, requ
         problem = why_not(kernel, info, capability)
         if problem is None:
             where = "CPU" if capability is None else f"compute capability {capability[0]}.{capability[1]}"
-            reason = f"fastest kernel for {info.bits}-bit, group {info.group_size} on {where}"
+            reason = f"fastest kernel for {info.gptq.bits}-bit, group {info.gptq.group_size} on {where}"
             if skipped:
                 reason += f" ({'; '.join(skipped)})"
             return KernelChoice(kernel, reason)

@@ -1,45 +1,36 @@
-"""Load a GPTQ checkpoint once per process, on the best device and kernel, and describe the result.
+"""Load a GPTQ checkpoint once per process, on the best device, kernel and engine, and describe the result.
 
-Validation comes first (`checkpoint.py`), so a broken folder fails in milliseconds with a fix,
-not minutes later with a traceback from deep inside transformers.
+Everything is decided before anything heavy loads (`plan_load`): the checkpoint is checked (`checkpoint.py`), the
+kernel and the engine chosen, and the model placed on the cards by the one fit rule (`fit.py`), so a broken folder
+or a model that cannot fit fails in milliseconds with a fix, not minutes later deep inside transformers.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gptq_chat.engine.generation import Engine, PlainEngine
+from gptq_chat.engine.plain import PlainEngine
+from gptq_chat.engine.protocols import SamplingSettings, SlotEngine
 from gptq_chat.engine.scheduler import DEFAULT_QUEUE_LIMIT, Scheduler
+from gptq_chat.engine.shape import engine_problem
 from gptq_chat.loading.checkpoint import CheckpointInfo, find_checkpoint
+from gptq_chat.loading.fit import Layout, fit, with_freed
+from gptq_chat.loading.gpus import GpuSpec
 from gptq_chat.loading.kernels import KernelChoice, choose_kernel
-from gptq_chat.loading.placement import SPLITS, GpuSpec, Placement, PlacementRefused
-
-if TYPE_CHECKING:
-    from gptq_chat.loading.memory_plan import ModelShape
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
 
-# A CPU has no VRAM to size the cache by; keep prompts short enough to stay responsive there.
-CPU_CONTEXT_TOKENS = 4096
-# Keep this much of the free VRAM after the weights for activations, the allocator and other apps.
-VRAM_HEADROOM = 0.25
-DEFAULT_GPU_CONTEXT_CAP = 8192
 ENGINES = ("auto", "fast", "plain")
-SPLIT_HELP = (
-    "a model over several GPUs: tensor (every layer halved, the cards work together), layers (whole layers per "
-    "card, the cards take turns), auto (tensor where the model's shape allows it)"
-)
 FAST_ENGINE_KERNELS = ("marlin", "torch_aten", "torch")
 
 
@@ -72,9 +63,21 @@ class LoadedModel:
     tokenizer: Any
     info: CheckpointInfo
     facts: ModelFacts
-    engine: Engine
+    engine: SlotEngine | PlainEngine
     generation_config: Any
+    defaults: SamplingSettings  # the checkpoint's generation_config.json, and its stop tokens
     scheduler: Scheduler  # what the page and the API call: queues, and batches where the engine can
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What loading a checkpoint will do, decided before anything heavy loads."""
+
+    info: CheckpointInfo
+    kernel: KernelChoice
+    fast: bool  # the fast engine (else transformers' generate)
+    engine_reason: str
+    layout: Layout
 
 
 def pick_device(device: str | None) -> str:
@@ -99,17 +102,6 @@ def device_capability(device: str) -> tuple[int, int] | None:
     return tuple(torch.cuda.get_device_capability(torch.device(device)))  # type: ignore[return-value]
 
 
-def default_context(info: CheckpointInfo, device: str, free_bytes: int | None, slots: int = 1) -> int:
-    """A context length per sequence that fits comfortably: never the model's whole window by default."""
-    limit = info.max_position_embeddings
-    if free_bytes is None:
-        return min(limit, CPU_CONTEXT_TOKENS)
-    budget = free_bytes * (1 - VRAM_HEADROOM) / slots
-    fits = int(budget // max(info.kv_bytes_per_token, 1))
-    tokens = min(limit, DEFAULT_GPU_CONTEXT_CAP, max(fits // 1024 * 1024, 1024))
-    return tokens
-
-
 def capped_gpus(device: str, limit: int | None = None) -> list[GpuSpec]:
     """The GPUs `device` names (every visible one for "cuda", those of "cuda:0,1"), each capped at `limit` bytes."""
     from gptq_chat.loading.gpus import cap_gpus, gpus_for
@@ -118,118 +110,38 @@ def capped_gpus(device: str, limit: int | None = None) -> list[GpuSpec]:
     return cap_gpus(gpus, limit) if limit else gpus
 
 
-def place_on_gpus(
+def available_ram() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def plan_load(
     info: CheckpointInfo,
-    device: str,
-    fast: bool,
-    context_length: int | None,
-    slots: int,
-    limit: int | None,
-    split: str,
-) -> tuple[str, Placement | None, int | None]:
-    """The GPUs `device` names, capped at `limit` bytes each, and how the model goes on them: see
-    `split_over_gpus`. One visible card (or the CPU) without a tensor split asked for: `device` as it is."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
-    gpus = capped_gpus(device, limit)
-    if len(gpus) < 2 and split != "tensor":
-        return device, None, context_length
-    asks = fast and split != "layers" and len(gpus) > 1  # the shape is read as the fast engine reads it
-    problem = tensor_parallel_problem_of(info, len(gpus)) if asks else None
-    return split_over_gpus(info, gpus, ":" in device, fast, context_length, slots, split, problem)
-
-
-def choose_placement(
-    info: CheckpointInfo | ModelShape,
-    gpus: Sequence[GpuSpec],
-    named: bool,
-    context_length: int | None,
-    path: str,
-    slots: int,
-) -> tuple[str, Placement | None, int | None]:
-    """The main card, the placement when the layers must be split (else None: one card holds the model), and
-    the context planned (the longest that fits, up to the usual cap, when none was asked for).
-
-    Cards the user named are used together; otherwise a model goes on one card when one holds it. A placement
-    that cannot fit raises `PlacementRefused` (with the numbers and the longest context that would) before
-    anything loads.
-    """
-    from gptq_chat.loading.placement import largest_context, plan_placement
-
-    context = planned_context(info, context_length, largest_context(info, gpus, path=path, slots=slots))
-    placement = plan_placement(info, gpus, context, path=path, slots=slots, split=named)
-    main = f"cuda:{placement.cards[0].gpu.index}"
-    if placement.single_card:
-        return main, None, context_length
-    return main, placement, context
-
-
-def split_over_gpus(
-    info: CheckpointInfo | ModelShape,
-    gpus: Sequence[GpuSpec],
-    named: bool,
-    fast: bool,
-    context_length: int | None,
-    slots: int,
-    split: str,
-    tensor_problem: str | None,
-) -> tuple[str, Placement | None, int | None]:
-    """`choose_placement`, with the choice of how a model that needs several cards is split over them.
-
-    "layers" gives each card whole layers: the cards take turns. "tensor" halves every layer over the cards,
-    which then work on each token together: Qwen1.5-72B on two H100s capped at 24 GiB decodes 77.6 tokens/s so,
-    53.6 with the layers split (BENCHMARKS.md). "auto" splits the tensors where the engine and the model's shape
-    allow it (`tensor_problem` is None) and the context fits, the layers otherwise.
-    """
-    refusal = tensor_parallel_refusal(info.name, fast, len(gpus), tensor_problem)
-    if split == "tensor":
-        if refusal:
-            raise ValueError(refusal)
-        return tensor_parallel_plan(info, gpus, context_length, slots)
-    main, placement, context = choose_placement(info, gpus, named, context_length, "fast" if fast else "plain", slots)
-    if placement is None or split == "layers" or refusal:
-        return main, placement, context
-    try:
-        return tensor_parallel_plan(info, gpus, context_length, slots)
-    except PlacementRefused as why:  # the context asked for fits the layer split only
-        log.info("Splitting the layers, not the tensors: %s", why)
-        return main, placement, context
-
-
-def tensor_parallel_refusal(name: str, fast: bool, cards: int, problem: str | None) -> str | None:
-    """Why tensor parallelism cannot run this model here, or None."""
-    if cards < 2:
-        return f"Tensor parallelism needs two GPUs or more; {cards} named or visible"
-    if not fast:
-        return "Tensor parallelism runs on the fast engine (gptqmodel's Marlin kernel on a GPU)"
-    if problem:
-        return f"{name} cannot be split by tensor parallelism: {problem}. Use --split layers"
-    return None
-
-
-def tensor_parallel_plan(
-    info: CheckpointInfo | ModelShape, gpus: Sequence[GpuSpec], context_length: int | None, slots: int
-) -> tuple[str, Placement, int]:
-    """The main card, the tensor-parallel placement and the context planned, or `PlacementRefused`."""
-    from gptq_chat.loading.placement import largest_tensor_parallel_context, plan_tensor_parallel
-
-    context = planned_context(info, context_length, largest_tensor_parallel_context(info, gpus, slots=slots))
-    placement = plan_tensor_parallel(info, gpus, context, slots=slots)
-    return f"cuda:{placement.cards[0].gpu.index}", placement, context
-
-
-def tensor_parallel_problem_of(info: CheckpointInfo, cards: int) -> str | None:
-    """What in the checkpoint's shape or GPTQ settings keeps it from halving over `cards`, or None."""
-    from gptq_chat.engine.network import ModelShape as EngineShape
-    from gptq_chat.engine.network import gptq_settings, tensor_parallel_problem
-
-    config = json.loads((info.path / "config.json").read_text())
-    return tensor_parallel_problem(EngineShape.from_config(config), gptq_settings(config), cards)
-
-
-def planned_context(info: CheckpointInfo | ModelShape, asked: int | None, fits: int) -> int:
-    """The context asked for, else the longest that fits in steps of 256 tokens, up to the usual cap."""
-    return asked or min(DEFAULT_GPU_CONTEXT_CAP, info.max_position_embeddings, max(fits // 256 * 256, 256))
+    *,
+    backend: str = "auto",
+    device: str | None = None,
+    engine: str = "auto",
+    context_length: int | None = None,
+    slots: int = 1,
+    split: str = "auto",
+    gpu_memory_limit: int | None = None,
+    freed: int = 0,
+    ram: int | None = None,
+) -> LoadPlan:
+    """Kernel, engine and layout for `info` here, or the error that says why it cannot load (`PlacementRefused`
+    with the numbers when it does not fit). `freed` bytes (a model about to be unloaded) count as free, spread
+    evenly over the cards; `ram` replaces the RAM available now on the CPU."""
+    device = pick_device(device)
+    first = device.split(",")[0]  # "cuda:0,1" names two cards; kernels are chosen for the first
+    kernel = choose_kernel(info, device_capability(first), backend)
+    fast, engine_reason = pick_engine(engine, info, first, kernel.backend)
+    gpus = with_freed(capped_gpus(device, gpu_memory_limit), freed)
+    if not gpus:
+        ram = (available_ram() if ram is None else ram) + freed
+    named = ":" in device  # cards the user named are used together
+    layout = fit(info, gpus, fast=fast, context=context_length, slots=slots, split=split, named=named, ram=ram)
+    return LoadPlan(info, kernel, fast, engine_reason, layout)
 
 
 def quantized_modules(model: Any) -> list[Any]:
@@ -270,12 +182,9 @@ def pick_engine(requested: str, info: CheckpointInfo, device: str, backend: str)
         if requested == "fast":
             raise ValueError("The fast engine needs gptqmodel's kernels; this environment has the legacy stack")
         return False, "the fast engine needs gptqmodel (this is the legacy auto-gptq stack)"
-    from gptq_chat.engine.network import ModelShape, UnsupportedModel
-
-    try:
-        ModelShape.from_config(json.loads((info.path / "config.json").read_text()))
-    except UnsupportedModel as error:
-        problem = f"the fast engine cannot run this model ({error})"
+    unsupported = engine_problem(info.config)
+    if unsupported:
+        problem = f"the fast engine cannot run this model ({unsupported})"
     else:
         problem = None if backend in FAST_ENGINE_KERNELS else f"the fast engine does not drive the {backend} kernel"
     if problem is None and requested == "auto" and not device.startswith("cuda"):
@@ -283,6 +192,29 @@ def pick_engine(requested: str, info: CheckpointInfo, device: str, backend: str)
     if problem and requested == "fast":
         raise ValueError(problem[0].upper() + problem[1:])
     return problem is None, problem or "CUDA graphs, static KV cache, fused GPTQ weights"
+
+
+def _ids(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+
+
+def checkpoint_defaults(config: Any, tokenizer: Any) -> SamplingSettings:
+    """Sampling defaults and stop tokens from the checkpoint's generation_config.json."""
+    base = SamplingSettings()
+    stops = _ids(getattr(config, "eos_token_id", None)) or _ids(tokenizer.eos_token_id)
+    if config is None:
+        return replace(base, stop_token_ids=tuple(stops))
+    sampled = bool(getattr(config, "do_sample", False))
+    return SamplingSettings(
+        max_new_tokens=base.max_new_tokens,
+        temperature=float(config.temperature or base.temperature) if sampled else 0.0,
+        top_p=float(config.top_p or base.top_p),
+        top_k=int(config.top_k if config.top_k is not None else base.top_k),
+        repetition_penalty=float(config.repetition_penalty or 1.0),
+        stop_token_ids=tuple(dict.fromkeys(stops)),
+    )
 
 
 def load_uncached(
@@ -300,7 +232,7 @@ def load_uncached(
     """Validate, choose device, kernel and engine, load; `load` is the cached version callers want.
 
     `gpu_memory_limit` (bytes) caps what this process may use of each GPU, as if the cards were that size.
-    `split` says how a model is split over several GPUs: see `split_over_gpus`.
+    `split` says how a model is split over several GPUs: see `fit.py`.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -311,30 +243,29 @@ def load_uncached(
     started = time.perf_counter()
     report("Checking the checkpoint", 0.02)
     info = find_checkpoint(name_or_path)
-    device = pick_device(device)
-    first = device.split(",")[0]  # "cuda:0,1" names two cards; kernels are chosen for the first
-    choice: KernelChoice = choose_kernel(info, device_capability(first), backend)
-    fast, engine_reason = pick_engine(engine, info, first, choice.backend)
-    device, placement, context_length = place_on_gpus(
-        info, device, fast, context_length, slots, gpu_memory_limit, split
+    plan = plan_load(
+        info,
+        backend=backend,
+        device=device,
+        engine=engine,
+        context_length=context_length,
+        slots=slots,
+        split=split,
+        gpu_memory_limit=gpu_memory_limit,
     )
-    cards = [f"cuda:{card.gpu.index}" for card in placement.cards] if placement else [device]
+    choice, fast, engine_reason, placement = plan.kernel, plan.fast, plan.engine_reason, plan.layout.placement
+    device, cards, context = plan.layout.device, plan.layout.cards, plan.layout.context
     log.info("Loading %s on %s with the %s kernel (%s)", info.path, ",".join(cards), choice.backend, choice.reason)
-    if placement:
-        log.info("%s", placement.summary())
+    log.info("%s", plan.layout.summary())
     dtype = torch.float16 if device.startswith("cuda") else torch.bfloat16
     before = sum(memory_in_use(card) for card in cards)
-    free = None
-    if device.startswith("cuda"):
-        free = min(torch.cuda.mem_get_info(torch.device(device))[0], gpu_memory_limit or 1 << 62) - info.weight_bytes
-    context = min(context_length or default_context(info, device, free, slots), info.max_position_embeddings)
 
     report("Loading the tokenizer", 0.05)
     tokenizer = AutoTokenizer.from_pretrained(info.path)
     has_generation_config = (info.path / "generation_config.json").is_file()
     generation_config = GenerationConfig.from_pretrained(info.path) if has_generation_config else GenerationConfig()
     report(f"Loading {info.weight_bytes / 1e9:.1f} GB of weights onto {device} ({choice.backend} kernel)", 0.1)
-    runner: Engine
+    runner: SlotEngine | PlainEngine
     if placement and placement.tensor_parallel:
         from gptq_chat.engine.tensor_parallel import load_tensor_parallel
 
@@ -370,13 +301,13 @@ def load_uncached(
         model = AutoModelForCausalLM.from_pretrained(
             info.path,
             device_map=placement.device_map() if placement else {"": device},
-            **from_pretrained_kwargs(info.bits, choice, dtype),  # GPTQConfig and dtype for transformers 5 or 4
+            **from_pretrained_kwargs(info.gptq.bits, choice, dtype),  # GPTQConfig and dtype for transformers 5 or 4
         )
         model.eval()
         runner = PlainEngine(model, tokenizer)
         if slots > 1:
             log.warning("%d slots asked for; the plain path (%s) answers one at a time", slots, engine_reason)
-        max_context = info.max_position_embeddings
+        max_context = info.shape.max_position_embeddings
     layers = quantized_modules(model)
     if not layers:
         raise RuntimeError(f"{info.path} loaded without any GPTQ layers; the quantization config was ignored")
@@ -394,8 +325,8 @@ def load_uncached(
         engine=runner.name,
         engine_reason=engine_reason,
         quantized_layers=len(layers),
-        bits=info.bits,
-        group_size=info.group_size,
+        bits=info.gptq.bits,
+        group_size=info.gptq.group_size,
         memory_bytes=max(sum(memory_in_use(card) for card in cards) - before, 0),
         load_seconds=time.perf_counter() - started,
         max_context=max_context,
@@ -409,6 +340,7 @@ def load_uncached(
         facts=facts,
         engine=runner,
         generation_config=generation_config,
+        defaults=checkpoint_defaults(generation_config, tokenizer),
         scheduler=Scheduler(runner, queue_limit),
     )
 
@@ -428,3 +360,11 @@ def load(name_or_path: str | Path, progress: Progress | None = None, **options: 
         if key not in _cache:
             _cache[key] = load_uncached(**(arguments | {"progress": progress}))
         return _cache[key]
+
+
+def unload(loaded: LoadedModel) -> None:
+    """Forget a model `load` returned, so that it is freed once nobody else holds it (a model switch)."""
+    with _cache_lock:
+        for key, value in list(_cache.items()):
+            if value is loaded:
+                del _cache[key]

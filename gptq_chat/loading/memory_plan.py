@@ -1,7 +1,7 @@
-"""How much GPU memory a GPTQ-Int4 model needs at a context length, and where it fits.
+"""How much GPU memory a GPTQ-Int4 model needs at a context length, part by part.
 
-Used by `download.py --list` (for models not downloaded yet, from the shapes in `catalog.py`) and by the
-doctor (for a downloaded checkpoint, from its config.json and real file sizes). The formula, per card:
+A model is a downloaded checkpoint (its config.json and real file sizes) or a catalog entry (its shape and the
+size Qwen published). The formula, per card:
 
     weights     the real size of the safetensors files where known; else computed from the shape:
                 per quantized linear (in -> out, group g): packed int4 in*out/2 + fp16 scales (in/g)*out*2
@@ -26,12 +26,12 @@ doctor (for a downloaded checkpoint, from its config.json and real file sizes). 
     CUDA context CUDA_CONTEXT_BYTES per card (driver, cuBLAS handles, kernels images).
     overhead    OVERHEAD_BYTES per card: caching-allocator fragmentation and small buffers. A guess until a
                 GPU run calibrates it; one named constant to change. The other terms reproduce the peak
-                VRAM that NOTES.md reports for the 7B shape on an H100 (6.1 / 11.3 / 17.0 GB at 128 / 4k /
-                8k-token prompts, raw forward, static cache) within +3..+14 % (tests/test_vram_planner.py);
-                against peaks measured through `generate` and the fast engine (tests/test_doctor_gpu.py, H100,
-                2k and 8k contexts) the whole plan is within ±0.8 % (BENCHMARKS.md).
+                VRAM measured for the 7B shape on an H100 (6.1 / 11.3 / 17.0 GB at 128 / 4k / 8k-token
+                prompts, raw forward, static cache) within +3..+14 % (tests/test_vram_planner.py); against
+                peaks measured through `generate` and the fast engine (tests/test_doctor_gpu.py, H100, 2k and
+                8k contexts) the whole plan is within ±0.8 % (docs/benchmarks.md).
 
-The fast engine (``path="fast"``: engine.py, fast_model.py) needs the same weights and the same KV cache, but
+The fast engine (``path="fast"``: fast_engine.py, network.py) needs the same weights and the same KV cache, but
 allocates the cache once for the whole `context` and runs its own prefill: fused q/k/v and gate/up outputs
 (prompt * (2*hidden + 4*intermediate) * 2 bytes at the MLP's peak: residual, normed input, gate|up, silu(gate),
 silu*up), SDPA without a mask, logits for the last position only; plus its static buffers (rope tables, fp32
@@ -39,24 +39,20 @@ logits and the sampling state's seen-token mask) and the private memory pool of 
 (FAST_GRAPH_POOL_BYTES, a named constant to calibrate on a GPU).
 
 This module answers for one card. A model that no single card holds is spread over several by
-`placement.py`, from the same per-part terms (`requirement`, `ModelShape.layer_weight_bytes`, ...).
+`placement.py`, from the same per-part terms (`requirement`, `layer_weight_bytes`, ...); whether and where a
+model goes is decided by `fit.py`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from gptq_chat.loading.checkpoint import CheckpointInfo
-    from gptq_chat.testing.random_checkpoint import QwenShape
+from gptq_chat.engine.devices import CUDA_CONTEXT_BYTES
+from gptq_chat.engine.shape import FP16, GPTQSettings, ModelShape
 
 GIB = 1024**3
-FP16 = 2
-CUDA_CONTEXT_BYTES = 512 * 1024**2  # ~0.5 GB per card for the CUDA context
 OVERHEAD_BYTES = 512 * 1024**2  # allocator slack and small buffers per card: calibrate on a GPU
 ATTENTION_SCORE_BYTES = {"sdpa": 0, "sdpa-masked": FP16, "eager": FP16 + 4}  # per head and query-key pair
 PATHS = ("plain", "fast")  # generation paths: transformers `generate`, or the fast engine (CUDA graphs)
@@ -64,174 +60,106 @@ FAST_GRAPH_POOL_BYTES = 64 * 1024**2  # the fast engine's CUDA-graph memory pool
 FAST_MLP_WIDTH = (2, 4)  # the fast prefill's peak per token: 2 x hidden + 4 x intermediate fp16 values
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """The numbers that decide a decoder-only GPTQ model's memory (Qwen2 architecture)."""
-
-    name: str
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    vocab_size: int
-    tie_word_embeddings: bool
-    max_position_embeddings: int = 32768
-    group_size: int = 128
-    bits: int = 4
-    attention_bias: bool = True
-    weight_bytes: int | None = None  # the checkpoint's real safetensors size, where known
-
-    @classmethod
-    def from_qwen_shape(cls, shape: QwenShape, weight_bytes: int | None = None, name: str = "") -> ModelShape:
-        return cls(
-            name=name or shape.model_id.split("/")[-1],
-            hidden_size=shape.hidden_size,
-            intermediate_size=shape.intermediate_size,
-            num_layers=shape.num_hidden_layers,
-            num_attention_heads=shape.num_attention_heads,
-            num_key_value_heads=shape.num_key_value_heads,
-            vocab_size=shape.vocab_size,
-            tie_word_embeddings=shape.tie_word_embeddings,
-            max_position_embeddings=shape.max_position_embeddings,
-            attention_bias=shape.attention_bias,
-            weight_bytes=weight_bytes,
-        )
-
-    @classmethod
-    def from_checkpoint(cls, info: CheckpointInfo) -> ModelShape:
-        """From a validated checkpoint: its config.json, and its weight files' real size."""
-        config: dict[str, Any] = json.loads((info.path / "config.json").read_text(encoding="utf-8"))
-        return cls(
-            name=info.name,
-            hidden_size=info.hidden_size,
-            intermediate_size=int(config.get("intermediate_size", 4 * info.hidden_size)),
-            num_layers=info.num_layers,
-            num_attention_heads=info.num_attention_heads,
-            num_key_value_heads=info.num_key_value_heads,
-            vocab_size=info.vocab_size,
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            max_position_embeddings=info.max_position_embeddings,
-            group_size=info.group_size,
-            bits=info.bits,
-            weight_bytes=info.weight_bytes,
-        )
+class PlannedModel(Protocol):
+    """What a plan needs of a model: a checkpoint on disk (`CheckpointInfo`) or one in the catalog (`CatalogEntry`)."""
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+    def name(self) -> str: ...
 
     @property
-    def kv_dim(self) -> int:
-        return self.num_key_value_heads * self.head_dim
+    def shape(self) -> ModelShape: ...
 
     @property
-    def kv_bytes_per_token(self) -> int:
-        """fp16 K and V of every layer for one token of context."""
-        return 2 * self.num_layers * self.kv_dim * FP16
-
-    def linear_shapes(self) -> list[tuple[int, int]]:
-        """``(in, out)`` of the seven quantized linears of one decoder layer."""
-        h, i, kv = self.hidden_size, self.intermediate_size, self.kv_dim
-        return [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]
-
-    def quantized_linear_bytes(self, in_features: int, out_features: int) -> int:
-        """qweight + qzeros + scales + g_idx of one GPTQ linear, as stored on disk and in VRAM."""
-        groups = math.ceil(in_features / self.group_size) if self.group_size > 0 else 1
-        qweight = in_features * out_features * self.bits // 8
-        qzeros = groups * out_features * self.bits // 8
-        scales = groups * out_features * FP16
-        g_idx = in_features * 4
-        return qweight + qzeros + scales + g_idx
+    def gptq(self) -> GPTQSettings: ...
 
     @property
-    def layer_weight_bytes(self) -> int:
-        """One decoder layer: its quantized linears, q/k/v biases and two RMSNorm weights."""
-        linears = sum(self.quantized_linear_bytes(i, o) for i, o in self.linear_shapes())
-        biases = (self.hidden_size + 2 * self.kv_dim) * FP16 if self.attention_bias else 0
-        return linears + biases + 2 * self.hidden_size * FP16
-
-    @property
-    def embedding_bytes(self) -> int:
-        return self.vocab_size * self.hidden_size * FP16
-
-    @property
-    def lm_head_bytes(self) -> int:
-        """The output projection and final norm (the head shares the embedding when tied)."""
-        return (0 if self.tie_word_embeddings else self.embedding_bytes) + self.hidden_size * FP16
-
-    @property
-    def estimated_weight_bytes(self) -> int:
-        return self.num_layers * self.layer_weight_bytes + self.embedding_bytes + self.lm_head_bytes
-
-    @property
-    def weights(self) -> int:
-        """The real size where known, else the estimate."""
-        return self.weight_bytes if self.weight_bytes is not None else self.estimated_weight_bytes
-
-    def layer_share(self) -> float:
-        """Scale from estimated to real bytes, so a split uses the real size too."""
-        return self.weights / self.estimated_weight_bytes
-
-    def prefill_activation_bytes(self, prompt_tokens: int, attention: str = "sdpa") -> int:
-        """Peak transient memory inside one decoder layer while prefilling `prompt_tokens` tokens."""
-        hidden = prompt_tokens * (2 * self.hidden_size + 3 * self.intermediate_size) * FP16
-        dequantized = max(i * o for i, o in self.linear_shapes()) * FP16
-        scores = self.num_attention_heads * prompt_tokens**2 * ATTENTION_SCORE_BYTES[attention]
-        return hidden + dequantized + scores
-
-    def fast_prefill_activation_bytes(self, prompt_tokens: int) -> int:
-        """Peak transient memory of the fast engine's prefill: fused gate|up output, unmasked SDPA, no dequantizing."""
-        per_token = FAST_MLP_WIDTH[0] * self.hidden_size + FAST_MLP_WIDTH[1] * self.intermediate_size
-        return prompt_tokens * per_token * FP16
-
-    def fast_static_bytes(self, context: int) -> int:
-        """The fast engine's buffers besides the KV cache: rope cos/sin, fp32 logits and the seen-token mask, the
-        last row's logits (fp16, and the fp32 copy sampling makes), and its CUDA-graph pool."""
-        rope = 2 * context * self.head_dim * FP16
-        sampling = self.vocab_size * (4 + 1) + self.vocab_size * (FP16 + 4)
-        return rope + sampling + FAST_GRAPH_POOL_BYTES
-
-    def logits_bytes(self, prompt_tokens: int, full_logits: bool = False) -> int:
-        """Prefill logits: the last position only through `generate`, every position through a raw forward."""
-        positions = prompt_tokens if full_logits else 1
-        return positions * self.vocab_size * FP16 + self.vocab_size * 4
+    def weight_bytes(self) -> int | None:
+        """The checkpoint's real safetensors size, where known."""
+        ...
 
 
-@dataclass(frozen=True)
-class CardShare:
-    """The card that holds the whole model in a plan."""
+def quantized_linear_bytes(gptq: GPTQSettings, in_features: int, out_features: int) -> int:
+    """qweight + qzeros + scales + g_idx of one GPTQ linear, as stored on disk and in VRAM."""
+    groups = math.ceil(in_features / gptq.group_size) if gptq.group_size > 0 else 1
+    qweight = in_features * out_features * gptq.bits // 8
+    qzeros = groups * out_features * gptq.bits // 8
+    scales = groups * out_features * FP16
+    g_idx = in_features * 4
+    return qweight + qzeros + scales + g_idx
 
-    index: int
-    capacity: int
-    weights: int
-    kv_cache: int
-    activations: int
-    fixed: int  # CUDA context + overhead
 
-    @property
-    def total(self) -> int:
-        return self.weights + self.kv_cache + self.activations + self.fixed
+def layer_weight_bytes(model: PlannedModel) -> int:
+    """One decoder layer (as the layout computes it): its quantized linears, q/k/v biases, two RMSNorm weights."""
+    shape = model.shape
+    linears = sum(quantized_linear_bytes(model.gptq, i, o) for i, o in shape.linear_shapes().values())
+    biases = (shape.q_dim + 2 * shape.kv_dim) * FP16 if shape.attention_bias else 0
+    return linears + biases + 2 * shape.hidden_size * FP16
 
-    @property
-    def spare(self) -> int:
-        return self.capacity - self.total
+
+def embedding_bytes(shape: ModelShape) -> int:
+    return shape.vocab_size * shape.hidden_size * FP16
+
+
+def lm_head_bytes(shape: ModelShape) -> int:
+    """The output projection and final norm (the head shares the embedding when tied)."""
+    return (0 if shape.tie_word_embeddings else embedding_bytes(shape)) + shape.hidden_size * FP16
+
+
+def estimated_weight_bytes(model: PlannedModel) -> int:
+    """The weights' size as the GPTQ layout computes it from the shape."""
+    shape = model.shape
+    return shape.num_layers * layer_weight_bytes(model) + embedding_bytes(shape) + lm_head_bytes(shape)
+
+
+def total_weight_bytes(model: PlannedModel) -> int:
+    """The real size where known, else the estimate."""
+    return model.weight_bytes if model.weight_bytes is not None else estimated_weight_bytes(model)
+
+
+def real_share(model: PlannedModel) -> float:
+    """Scale from estimated to real bytes, so that a split of the parts uses the real size too."""
+    return total_weight_bytes(model) / estimated_weight_bytes(model)
+
+
+def prefill_activation_bytes(shape: ModelShape, prompt_tokens: int, attention: str = "sdpa") -> int:
+    """Peak transient memory inside one decoder layer while `generate` prefills `prompt_tokens` tokens."""
+    hidden = prompt_tokens * (2 * shape.hidden_size + 3 * shape.intermediate_size) * FP16
+    dequantized = max(i * o for i, o in shape.linear_shapes().values()) * FP16
+    scores = shape.num_heads * prompt_tokens**2 * ATTENTION_SCORE_BYTES[attention]
+    return hidden + dequantized + scores
+
+
+def fast_prefill_activation_bytes(shape: ModelShape, prompt_tokens: int) -> int:
+    """Peak transient memory of the fast engine's prefill: fused gate|up output, unmasked SDPA, no dequantizing."""
+    per_token = FAST_MLP_WIDTH[0] * shape.hidden_size + FAST_MLP_WIDTH[1] * shape.intermediate_size
+    return prompt_tokens * per_token * FP16
+
+
+def fast_static_bytes(shape: ModelShape, context: int) -> int:
+    """The fast engine's buffers besides the KV cache: rope cos/sin, fp32 logits and the seen-token mask, the
+    last row's logits (fp16, and the fp32 copy sampling makes), and its CUDA-graph pool."""
+    rope = 2 * context * shape.head_dim * FP16
+    sampling = shape.vocab_size * (4 + 1) + shape.vocab_size * (FP16 + 4)
+    return rope + sampling + FAST_GRAPH_POOL_BYTES
+
+
+def logits_bytes(shape: ModelShape, prompt_tokens: int, full_logits: bool = False) -> int:
+    """Prefill logits: the last position only through `generate`, every position through a raw forward."""
+    positions = prompt_tokens if full_logits else 1
+    return positions * shape.vocab_size * FP16 + shape.vocab_size * 4
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Whether one card holds a model at a context length, with the numbers behind the answer."""
+    """What a model needs on one card at a context length, part by part (whether and where it fits: `fit.py`)."""
 
-    shape: ModelShape
+    model: PlannedModel
     context: int
-    gpus: tuple[int, ...]
     weights: int
     kv_cache: int
     activations: int
     cuda_context: int
     overhead: int
-    card: CardShare | None = None  # None when no single card holds it
-    max_context: int = 0  # the longest context one of these cards holds (0: not even the weights)
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -239,27 +167,12 @@ class Plan:
         """Bytes on one card (the single-card requirement)."""
         return self.weights + self.kv_cache + self.activations + self.cuda_context + self.overhead
 
-    @property
-    def fits(self) -> bool:
-        return self.card is not None
-
     def summary(self) -> str:
-        """A few human lines: the requirement, then where it goes or what would fit instead."""
-        head = (
-            f"{self.shape.name} at {self.context:,} tokens of context needs {gib(self.total)} on one card: "
+        return (
+            f"{self.model.name} at {self.context:,} tokens of context needs {gib(self.total)} on one card: "
             f"weights {gib(self.weights)} + KV cache {gib(self.kv_cache)} + activations {gib(self.activations)}"
             f" + CUDA context {gib(self.cuda_context)} + overhead {gib(self.overhead)}."
         )
-        if not self.gpus:
-            return head
-        if self.card is not None:
-            return (
-                f"{head}\nFits on GPU {self.card.index} ({gib(self.card.capacity)}), {gib(self.card.spare)} to spare."
-            )
-        cards = ", ".join(f"GPU {i}: {gib(size)}" for i, size in enumerate(self.gpus))
-        if self.max_context > 0:
-            return f"{head}\nDoes not fit on {cards}. The longest context that fits there: {self.max_context:,} tokens."
-        return f"{head}\nDoes not fit on {cards}: not even the weights ({gib(self.weights)}) fit."
 
 
 def gib(size: float) -> str:
@@ -267,7 +180,7 @@ def gib(size: float) -> str:
 
 
 def requirement(
-    shape: ModelShape,
+    model: PlannedModel,
     context: int,
     prompt_tokens: int | None = None,
     attention: str = "sdpa",
@@ -275,88 +188,41 @@ def requirement(
     path: str = "plain",
 ) -> tuple[int, int, int]:
     """Weights, KV cache and activations (the prefill's peak plus the path's static buffers), in bytes."""
+    shape = model.shape
     prompt = context if prompt_tokens is None else min(prompt_tokens, context)
     if path == "fast":
-        activations = shape.fast_prefill_activation_bytes(prompt) + shape.fast_static_bytes(context)
+        activations = fast_prefill_activation_bytes(shape, prompt) + fast_static_bytes(shape, context)
     else:
-        activations = shape.prefill_activation_bytes(prompt, attention) + shape.logits_bytes(prompt, full_logits)
-    return shape.weights, context * shape.kv_bytes_per_token, activations
-
-
-def _place(
-    shape: ModelShape,
-    context: int,
-    gpus: Sequence[int],
-    prompt_tokens: int | None,
-    attention: str,
-    full_logits: bool,
-    path: str = "plain",
-) -> CardShare | None:
-    """The card that holds the whole model: GPU 0 first (the app's default device), then the largest."""
-    weights, kv, activations = requirement(shape, context, prompt_tokens, attention, full_logits, path)
-    fixed = CUDA_CONTEXT_BYTES + OVERHEAD_BYTES
-    need = weights + kv + activations + fixed
-    for i in sorted(range(len(gpus)), key=lambda i: (i != 0, -gpus[i])):
-        if need <= gpus[i]:
-            return CardShare(i, gpus[i], weights, kv, activations, fixed)
-    return None
-
-
-def max_context(
-    shape: ModelShape,
-    gpus: Sequence[int],
-    *,
-    prompt_tokens: int | None = None,
-    attention: str = "sdpa",
-    full_logits: bool = False,
-    path: str = "plain",
-) -> int:
-    """The longest context (up to the model's own limit) that one of the cards holds; 0 if not even one token."""
-    if _place(shape, 1, gpus, prompt_tokens, attention, full_logits, path) is None:
-        return 0
-    low, high = 1, shape.max_position_embeddings
-    while low < high:
-        middle = (low + high + 1) // 2
-        if _place(shape, middle, gpus, prompt_tokens, attention, full_logits, path) is not None:
-            low = middle
-        else:
-            high = middle - 1
-    return low
+        activations = prefill_activation_bytes(shape, prompt, attention) + logits_bytes(shape, prompt, full_logits)
+    return total_weight_bytes(model), context * shape.kv_bytes_per_token, activations
 
 
 def plan(
-    shape: ModelShape,
+    model: PlannedModel,
     context: int,
-    gpus: Sequence[int],
     *,
     prompt_tokens: int | None = None,
     attention: str = "sdpa",
     full_logits: bool = False,
     path: str = "plain",
 ) -> Plan:
-    """Whether `shape` at `context` tokens fits on one of `gpus` (bytes each), else the longest context that does.
+    """What `model` needs at `context` tokens on one card, part by part.
 
     `prompt_tokens` defaults to the whole context (the worst case: a long chat truncated to fit). `path` is the
-    generation path: "plain" (transformers `generate`) or "fast" (the fast engine). Several cards together:
-    `placement.plan_placement`.
+    generation path: "plain" (transformers `generate`) or "fast" (the fast engine). Several cards: `placement.py`.
     """
     if attention not in ATTENTION_SCORE_BYTES:
         raise ValueError(f"attention must be one of {', '.join(ATTENTION_SCORE_BYTES)}, not {attention!r}")
     if path not in PATHS:
         raise ValueError(f"path must be one of {', '.join(PATHS)}, not {path!r}")
-    weights, kv, activations = requirement(shape, context, prompt_tokens, attention, full_logits, path)
+    weights, kv, activations = requirement(model, context, prompt_tokens, attention, full_logits, path)
     return Plan(
-        shape=shape,
+        model=model,
         context=context,
-        gpus=tuple(gpus),
         weights=weights,
         kv_cache=kv,
         activations=activations,
         cuda_context=CUDA_CONTEXT_BYTES,
         overhead=OVERHEAD_BYTES,
-        card=_place(shape, context, gpus, prompt_tokens, attention, full_logits, path),
-        max_context=max_context(
-            shape, gpus, prompt_tokens=prompt_tokens, attention=attention, full_logits=full_logits, path=path
-        ),
         options={"prompt_tokens": prompt_tokens, "attention": attention, "full_logits": full_logits, "path": path},
     )

@@ -1,7 +1,7 @@
 """Where each part of a model goes on several GPUs: decoder layers, embedding and head, each card with its KV cache.
 
 A model that no single card holds (Qwen1.5-72B-Chat-GPTQ-Int4: 41 GB of weights, 2.5 MiB of KV cache per token)
-is spread over the cards the loader is given. Each card's load comes from vram_planner's per-part terms:
+is spread over the cards the loader is given. Each card's load comes from memory_plan's per-part terms:
 
     load = CUDA context + overhead + workspace
          + its layers * (one layer's weights + that layer's KV cache at the context, for every slot)
@@ -22,46 +22,41 @@ RAM and accelerate copies each one to the first GPU for every token (their KV ca
 bandwidth over the offloaded bytes bounds the speed; the placement says so loudly. A placement that cannot fit
 raises `PlacementRefused` with the numbers, the longest context that would fit, and what to do.
 
-    python placement.py [--context 8192] [--path fast]    what each Qwen GPTQ-Int4 size needs on 1, 2 and 4 cards
-    python placement.py --model qwen1.5-72b --cards 24,24  one placement (card sizes in GiB)
+Whether and how the loader uses these placements (one card, layers split, or tensor parallel) is decided in
+`fit.py`; `python download.py --list --cards 24,24 [MODEL]` shows the decision for your cards.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
-from gptq_chat.loading.checkpoint import CheckpointError, CheckpointInfo
-from gptq_chat.loading.memory_plan import CUDA_CONTEXT_BYTES, GIB, OVERHEAD_BYTES, PATHS, ModelShape, gib, requirement
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from gptq_chat.models.catalog import CatalogEntry
+from gptq_chat.engine.devices import CUDA_CONTEXT_BYTES
+from gptq_chat.loading.checkpoint import CheckpointError
+from gptq_chat.loading.gpus import GpuSpec
+from gptq_chat.loading.memory_plan import (
+    GIB,
+    OVERHEAD_BYTES,
+    PATHS,
+    PlannedModel,
+    embedding_bytes,
+    gib,
+    layer_weight_bytes,
+    lm_head_bytes,
+    real_share,
+    requirement,
+    total_weight_bytes,
+)
 
 log = logging.getLogger(__name__)
 
 CARD_COUNTS = (1, 2, 4)  # the setups the table shows
-SPLITS = ("auto", "layers", "tensor")  # how a model is split over several GPUs: model_loader.split_over_gpus
 CARD_SIZES_GIB = (24, 48, 80)
 # PCIe 4.0 x16 moves 32 GB/s per direction on paper and about 25 GB/s in pinned host-to-device copies;
 # accelerate copies from pageable memory, which is slower, so the speed it gives is an upper bound.
 PCIE_BYTES_PER_S = 25e9
 CPU = "cpu"
-
-
-@dataclass(frozen=True)
-class GpuSpec:
-    """One GPU the loader may use: its CUDA index and memory (placements are planned against `free_bytes`)."""
-
-    index: int
-    total_bytes: int
-    free_bytes: int
-    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,7 +102,7 @@ class CardLoad:
 class Placement:
     """Which card (or the CPU) holds each part of the model, with every card's bytes."""
 
-    shape: ModelShape
+    model: PlannedModel
     context: int
     slots: int
     path: str
@@ -146,10 +141,11 @@ class Placement:
         where = (
             "one GPU" if self.single_card else f"{len(self.cards)} GPUs" + ", tensor parallel" * self.tensor_parallel
         )
-        lines = [f"{self.shape.name} at {self.context:,} tokens of context ({self.path} path) on {where}:"]
+        lines = [f"{self.model.name} at {self.context:,} tokens of context ({self.path} path) on {where}:"]
         lines += [f"  {card.describe()}" for card in self.cards]
         if self.cpu_layers:
-            lines.append(f"  CPU: layers {self.shape.num_layers - self.cpu_layers}-{self.shape.num_layers - 1}")
+            layers = self.model.shape.num_layers
+            lines.append(f"  CPU: layers {layers - self.cpu_layers}-{layers - 1}")
             lines.append(self.warning)
         return "\n".join(lines)
 
@@ -168,7 +164,7 @@ class PlacementRefused(CheckpointError):
 
 @dataclass(frozen=True)
 class _Costs:
-    """The bytes of each part at one context, from vram_planner's terms."""
+    """The bytes of each part at one context, from memory_plan's terms."""
 
     layer_weights: int
     layer_kv: int
@@ -189,17 +185,18 @@ class _Costs:
         return self.workspace + extra + layers * (self.layer_weights + self.layer_kv) + self.ends(embedding, head)
 
 
-def _costs(shape: ModelShape, context: int, slots: int, path: str) -> _Costs:
-    _, _, activations = requirement(shape, context, path=path)
-    scale = shape.layer_share()  # the checkpoint's real size where known
+def _costs(model: PlannedModel, context: int, slots: int, path: str) -> _Costs:
+    _, _, activations = requirement(model, context, path=path)
+    shape, scale = model.shape, real_share(model)  # the checkpoint's real size where known
+    embedding = int(embedding_bytes(shape) * scale)
     return _Costs(
-        layer_weights=int(shape.layer_weight_bytes * scale),
+        layer_weights=int(layer_weight_bytes(model) * scale),
         layer_kv=context * slots * shape.kv_bytes_per_token // shape.num_layers,
-        embedding=int(shape.embedding_bytes * scale),
-        head=int(shape.lm_head_bytes * scale),
+        embedding=embedding,
+        head=int(lm_head_bytes(shape) * scale),
         workspace=activations + CUDA_CONTEXT_BYTES + OVERHEAD_BYTES,
         ends_fixed=path == "fast",
-        tied_copy=int(shape.embedding_bytes * scale) if path == "fast" and shape.tie_word_embeddings else 0,
+        tied_copy=embedding if path == "fast" and shape.tie_word_embeddings else 0,
     )
 
 
@@ -271,34 +268,27 @@ def _loads(
     return tuple(cards)
 
 
-def _shape(model: ModelShape | CheckpointInfo) -> ModelShape:
-    return model if isinstance(model, ModelShape) else ModelShape.from_checkpoint(model)
-
-
 def _single_card_order(gpus: Sequence[GpuSpec]) -> list[GpuSpec]:
     """GPU 0 first (the app's default device), then the one with the most free memory."""
     return sorted(gpus, key=lambda gpu: (gpu.index != 0, -gpu.free_bytes))
 
 
-def largest_context(
-    model: ModelShape | CheckpointInfo, gpus: Sequence[GpuSpec], *, path: str = "fast", slots: int = 1
-) -> int:
+def largest_context(model: PlannedModel, gpus: Sequence[GpuSpec], *, path: str = "fast", slots: int = 1) -> int:
     """The longest context (up to the model's own limit) that some placement on the GPUs holds; 0 if none."""
-    shape = _shape(model)
     no_extra = [0] * len(gpus)
 
     def holds(context: int) -> bool:
-        costs = _costs(shape, context, slots, path)
-        return _holds(costs, gpus, shape.num_layers, no_extra, shape.tie_word_embeddings)
+        costs = _costs(model, context, slots, path)
+        return _holds(costs, gpus, model.shape.num_layers, no_extra, model.shape.tie_word_embeddings)
 
-    return _longest(shape, holds) if gpus else 0
+    return _longest(model, holds) if gpus else 0
 
 
-def _longest(shape: ModelShape, holds: Callable[[int], bool]) -> int:
+def _longest(model: PlannedModel, holds: Callable[[int], bool]) -> int:
     """The longest context up to the model's own limit for which `holds` is true (it only gets harder); 0 if none."""
     if not holds(1):
         return 0
-    low, high = 1, shape.max_position_embeddings
+    low, high = 1, model.shape.max_position_embeddings
     while low < high:
         middle = (low + high + 1) // 2
         low, high = (middle, high) if holds(middle) else (low, middle - 1)
@@ -306,7 +296,7 @@ def _longest(shape: ModelShape, holds: Callable[[int], bool]) -> int:
 
 
 def plan_placement(
-    model: ModelShape | CheckpointInfo,
+    model: PlannedModel,
     gpus: Sequence[GpuSpec],
     context: int,
     *,
@@ -325,38 +315,34 @@ def plan_placement(
         raise ValueError(
             "CPU offload runs on the plain path (accelerate's hooks); the fast engine keeps layers on GPUs"
         )
-    shape = _shape(model)
-    costs = _costs(shape, context, slots, path)
-    layers, tied = shape.num_layers, shape.tie_word_embeddings
+    costs = _costs(model, context, slots, path)
+    layers, tied = model.shape.num_layers, model.shape.tie_word_embeddings
     if not split:
         for gpu in _single_card_order(gpus):
             if _holds(costs, [gpu], layers, [0], tied):
-                return Placement(shape, context, slots, path, _loads(costs, [gpu], (0, 0), [layers], [0]))
+                return Placement(model, context, slots, path, _loads(costs, [gpu], (0, 0), [layers], [0]))
     if gpus and _holds(costs, gpus, layers, [0] * len(gpus), tied):
         _, ends, counts = _balanced(costs, gpus, layers, [0] * len(gpus), tied)
-        return Placement(shape, context, slots, path, _loads(costs, gpus, ends, counts, [0] * len(gpus)))
+        return Placement(model, context, slots, path, _loads(costs, gpus, ends, counts, [0] * len(gpus)))
     if allow_cpu_offload and gpus:
-        offloaded = _offload(shape, costs, gpus, context, slots)
+        offloaded = _offload(model, costs, gpus, context, slots)
         if offloaded is not None:
             return offloaded
-    raise _refusal(shape, costs, gpus, context, path, slots)
+    raise _refusal(model, costs, gpus, context, path, slots)
 
 
-def plan_tensor_parallel(
-    model: ModelShape | CheckpointInfo, gpus: Sequence[GpuSpec], context: int, *, slots: int = 1
-) -> Placement:
+def plan_tensor_parallel(model: PlannedModel, gpus: Sequence[GpuSpec], context: int, *, slots: int = 1) -> Placement:
     """Every layer, the embedding and the head split evenly over all of `gpus` (tensor parallelism, fast engine):
     each card holds 1/N of the weights and of the KV cache, and a whole workspace. Or PlacementRefused."""
-    shape = _shape(model)
-    cards = _tensor_parallel_loads(shape, gpus, context, slots)
+    cards = _tensor_parallel_loads(model, gpus, context, slots)
     if cards and all(card.spare >= 0 for card in cards):
-        return Placement(shape, context, slots, "fast", cards)
-    longest = largest_tensor_parallel_context(shape, gpus, slots=slots)
+        return Placement(model, context, slots, "fast", cards)
+    longest = largest_tensor_parallel_context(model, gpus, slots=slots)
     asks = "; ".join(
         f"GPU {card.gpu.index} needs {gib(card.total)}, has {gib(card.gpu.free_bytes)} free" for card in cards
     )
     problem = (
-        f"{shape.name} does not fit on {len(gpus)} GPUs at {context:,} tokens of context with tensor parallelism: "
+        f"{model.name} does not fit on {len(gpus)} GPUs at {context:,} tokens of context with tensor parallelism: "
         f"{asks}. "
         + (f"The longest context that fits: {longest:,} tokens." if longest else "Not even the weights fit.")
     )
@@ -371,10 +357,10 @@ def plan_tensor_parallel(
 
 
 def _tensor_parallel_loads(
-    shape: ModelShape, gpus: Sequence[GpuSpec], context: int, slots: int
+    model: PlannedModel, gpus: Sequence[GpuSpec], context: int, slots: int
 ) -> tuple[CardLoad, ...]:
-    costs = _costs(shape, context, slots, "fast")
-    n, layers = len(gpus), shape.num_layers
+    costs = _costs(model, context, slots, "fast")
+    n, layers = len(gpus), model.shape.num_layers
     weights = (layers * costs.layer_weights + costs.embedding + costs.head) // max(n, 1)
     kv = layers * costs.layer_kv // max(n, 1)
     # The first card's process reads every card's free memory (planning, the page's GPU table), which leaves a
@@ -386,23 +372,21 @@ def _tensor_parallel_loads(
     )
 
 
-def largest_tensor_parallel_context(
-    model: ModelShape | CheckpointInfo, gpus: Sequence[GpuSpec], *, slots: int = 1
-) -> int:
+def largest_tensor_parallel_context(model: PlannedModel, gpus: Sequence[GpuSpec], *, slots: int = 1) -> int:
     """The longest context (up to the model's own limit) that tensor parallelism over all of `gpus` holds; 0 if none."""
-    shape = _shape(model)
 
     def holds(context: int) -> bool:
-        cards = _tensor_parallel_loads(shape, gpus, context, slots)
+        cards = _tensor_parallel_loads(model, gpus, context, slots)
         return bool(cards) and all(card.spare >= 0 for card in cards)
 
-    return _longest(shape, holds)
+    return _longest(model, holds)
 
 
-def _offload(shape: ModelShape, costs: _Costs, gpus: Sequence[GpuSpec], context: int, slots: int) -> Placement | None:
+def _offload(model: PlannedModel, costs: _Costs, gpus: Sequence[GpuSpec], context: int, slots: int) -> Placement | None:
     """The fewest last layers left in RAM. accelerate runs them on the lowest-numbered GPU (its main device):
     that card holds their KV cache and, in turn, one of them copied over."""
     main = min(range(len(gpus)), key=lambda c: gpus[c].index)
+    shape = model.shape
     for cpu_layers in range(1, shape.num_layers + 1):
         extra = [0] * len(gpus)
         extra[main] = cpu_layers * costs.layer_kv + costs.layer_weights
@@ -425,39 +409,39 @@ def _offload(shape: ModelShape, costs: _Costs, gpus: Sequence[GpuSpec], context:
                 else card
                 for card in _loads(costs, gpus, ends, counts, extra)
             )
-            return Placement(shape, context, slots, "plain", cards, cpu_layers, cpu_bytes, warning)
+            return Placement(model, context, slots, "plain", cards, cpu_layers, cpu_bytes, warning)
     return None
 
 
 def _refusal(
-    shape: ModelShape, costs: _Costs, gpus: Sequence[GpuSpec], context: int, path: str, slots: int
+    model: PlannedModel, costs: _Costs, gpus: Sequence[GpuSpec], context: int, path: str, slots: int
 ) -> PlacementRefused:
     """The most even split's numbers against each card's free memory, and the ways out."""
     if not gpus:
         return PlacementRefused(
-            f"No GPU to place {shape.name} on",
+            f"No GPU to place {model.name} on",
             "use a machine with an NVIDIA GPU (the demo model runs on the CPU)",
             needed={},
             available={},
             largest_context=0,
         )
-    no_extra = [0] * len(gpus)
+    shape, no_extra = model.shape, [0] * len(gpus)
     _, ends, counts = _balanced(costs, gpus, shape.num_layers, no_extra, shape.tie_word_embeddings)
     cards = _loads(costs, gpus, ends, counts, no_extra)
-    longest = largest_context(shape, gpus, path=path, slots=slots)
+    longest = largest_context(model, gpus, path=path, slots=slots)
     sequences = f", {slots} sequences" if slots > 1 else ""
     kv = context * slots * shape.kv_bytes_per_token
     asks = "; ".join(
         f"GPU {card.gpu.index} needs {gib(card.total)}, has {gib(card.gpu.free_bytes)} free" for card in cards
     )
     problem = (
-        f"{shape.name} does not fit on {len(gpus)} GPU{'s' * (len(gpus) > 1)} at {context:,} tokens of context "
-        f"({path} path{sequences}): weights {gib(shape.weights)} + KV cache {gib(kv)}"
+        f"{model.name} does not fit on {len(gpus)} GPU{'s' * (len(gpus) > 1)} at {context:,} tokens of context "
+        f"({path} path{sequences}): weights {gib(total_weight_bytes(model))} + KV cache {gib(kv)}"
         f" + workspace {gib(costs.workspace)} per card. {'The most even split' if len(gpus) > 1 else 'Here'}: {asks}. "
         + (f"The longest context that fits: {longest:,} tokens." if longest else "Not even the weights fit.")
     )
     fixes = [shorter_context(longest)] if longest else []
-    bigger = _smallest_setup(shape, context, path, slots)
+    bigger = _smallest_setup(model, context, path, slots)
     if bigger is not None:
         count = f"one {bigger[1]} GiB card holds" if bigger[0] == 1 else f"{bigger[0]} cards of {bigger[1]} GiB hold"
         fixes.append(f"use more or larger GPUs ({count} {context:,} tokens)")
@@ -487,11 +471,12 @@ def standard_gpus(cards: int, card_gib: int) -> list[GpuSpec]:
     return [GpuSpec(i, card_gib * GIB, card_gib * GIB) for i in range(cards)]
 
 
-def _smallest_setup(shape: ModelShape, context: int, path: str, slots: int) -> tuple[int, int] | None:
+def _smallest_setup(model: PlannedModel, context: int, path: str, slots: int) -> tuple[int, int] | None:
     """The table's setup with the least memory in all (fewest cards on a tie) that holds the context."""
+    shape = model.shape
     if context > shape.max_position_embeddings:
         return None
-    costs = _costs(shape, context, slots, path)
+    costs = _costs(model, context, slots, path)
     setups = sorted(((n, size) for n in CARD_COUNTS for size in CARD_SIZES_GIB), key=lambda s: (s[0] * s[1], s[0]))
     for cards, size in setups:
         if _holds(costs, standard_gpus(cards, size), shape.num_layers, [0] * cards, shape.tie_word_embeddings):
@@ -508,12 +493,6 @@ class Setup:
     fits: bool
     largest_context: int
 
-    def cell(self) -> str:
-        """ "yes", "<=12k" (only a shorter context fits) or "no" (not even the weights)."""
-        if self.fits:
-            return "yes"
-        return _at_most(self.largest_context) if self.largest_context else "no"
-
 
 def _at_most(tokens: int) -> str:
     return f"<={tokens // 1024}k" if tokens >= 1024 else f"<={tokens}"
@@ -523,7 +502,7 @@ def _at_most(tokens: int) -> str:
 class NeedsRow:
     """One model against every setup of the table."""
 
-    shape: ModelShape
+    model: PlannedModel
     context: int
     setups: tuple[Setup, ...]
 
@@ -539,7 +518,7 @@ class NeedsRow:
 
 
 def needs_row(
-    shape: ModelShape,
+    model: PlannedModel,
     context: int = 8192,
     *,
     path: str = "fast",
@@ -547,8 +526,8 @@ def needs_row(
     cards: Sequence[int] = CARD_COUNTS,
     card_gib: Sequence[int] = CARD_SIZES_GIB,
 ) -> NeedsRow:
-    """`shape` on each of `cards` x `card_gib` (empty cards, all of each card's memory free)."""
-    costs = _costs(shape, context, slots, path)
+    """`model` on each of `cards` x `card_gib` (empty cards, all of each card's memory free)."""
+    shape, costs = model.shape, _costs(model, context, slots, path)
     setups = []
     for size in card_gib:
         for count in cards:
@@ -556,87 +535,5 @@ def needs_row(
             fits = context <= shape.max_position_embeddings and _holds(
                 costs, gpus, shape.num_layers, [0] * count, shape.tie_word_embeddings
             )
-            setups.append(Setup(count, size, fits, largest_context(shape, gpus, path=path, slots=slots)))
-    return NeedsRow(shape, context, tuple(setups))
-
-
-def needs_table(
-    shapes: Sequence[ModelShape] | None = None, context: int = 8192, *, path: str = "fast"
-) -> list[NeedsRow]:
-    """What each model (default: every Qwen GPTQ-Int4 size in the catalog) needs on 1, 2, 4 cards of 24, 48, 80 GiB."""
-    if shapes is None:
-        from gptq_chat.models import catalog
-
-        shapes = [entry.model_shape() for entry in catalog.KNOWN_MODELS]
-    return [needs_row(shape, context, path=path) for shape in shapes]
-
-
-def format_needs_table(rows: Sequence[NeedsRow]) -> str:
-    if not rows:
-        return ""
-    width = max(len(row.shape.name) for row in rows) + 2
-    heads = "".join(f"{f'{s.cards}x{s.card_gib}':>8}" for s in rows[0].setups)
-    lines = [
-        f"Context {rows[0].context:,} tokens; cards x GiB each, all of it free:",
-        "",
-        f"{'model':<{width}}{heads}",
-    ]
-    lines += [f"{row.shape.name:<{width}}{''.join(f'{s.cell():>8}' for s in row.setups)}" for row in rows]
-    lines += ["", "yes: fits; <=Nk: fits with at most N thousand tokens of context; no: not even the weights fit."]
-    return "\n".join(lines)
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--context", type=int, default=8192, help="tokens of context per sequence")
-    parser.add_argument("--path", choices=PATHS, default="fast", help="generation path (fast engine or plain)")
-    parser.add_argument("--model", help="a catalog key (qwen1.5-72b): plan one placement on --cards")
-    parser.add_argument("--cards", default="24,24", help="with --model: free GiB of each card, e.g. 24,24")
-    parser.add_argument(
-        "--split",
-        choices=SPLITS,
-        default="auto",
-        help="with --model, for a model that needs several cards: as the loader splits it (auto), or forced",
-    )
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.model is None:
-        print(format_needs_table(needs_table(context=args.context, path=args.path)))
-        return 0
-    from gptq_chat.models import catalog
-
-    entry = catalog.find(args.model)
-    if entry is None:
-        print(f"Unknown model {args.model}: see `python download.py --list`", file=sys.stderr)
-        return 1
-    sizes = [float(part) for part in args.cards.split(",")]
-    gpus = [GpuSpec(i, int(size * GIB), int(size * GIB)) for i, size in enumerate(sizes)]
-    try:
-        print(planned_split(entry, gpus, args.context, args.path, args.split).summary())
-    except ValueError as refused:  # PlacementRefused (with its fix), or a split the model's shape does not allow
-        fix = getattr(refused, "fix", "")
-        print(getattr(refused, "problem", str(refused)) + (f"\n  Fix: {fix}" if fix else ""), file=sys.stderr)
-        return 1
-    return 0
-
-
-def planned_split(entry: CatalogEntry, gpus: Sequence[GpuSpec], context: int, path: str, split: str) -> Placement:
-    """What the loader would do with a catalog model on these cards: one card if one holds it, else the split
-    it chooses (`model_loader.split_over_gpus`). Official Qwen GPTQ-Int4 checkpoints have no act-order."""
-    from gptq_chat.engine.network import ModelShape as EngineShape
-    from gptq_chat.engine.network import tensor_parallel_problem
-    from gptq_chat.engine.quant_linear import GPTQSettings
-    from gptq_chat.loading.loader import split_over_gpus
-
-    shape = entry.model_shape()
-    settings = GPTQSettings(bits=shape.bits, group_size=shape.group_size, sym=True, desc_act=False)
-    problem = tensor_parallel_problem(EngineShape.from_qwen_shape(entry.shape), settings, len(gpus))
-    _, placement, _ = split_over_gpus(shape, gpus, False, path == "fast", context, 1, split, problem)
-    return placement or plan_placement(shape, gpus, context, path=path)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            setups.append(Setup(count, size, fits, largest_context(model, gpus, path=path, slots=slots)))
+    return NeedsRow(model, context, tuple(setups))

@@ -1,36 +1,34 @@
 """The GPTQ-Int4 chat models this app knows by name, with their download sizes and shapes.
 
-No model hub is reachable from our machines, so `download.py --list` and the memory planner read
-this table instead of the hubs. Every figure says where it comes from:
+`download.py --list` and the memory plan read this table, not the hubs: it answers offline, in milliseconds.
+Every figure says where it comes from:
 
-- Shapes come from `random_checkpoint.QWEN_SHAPES` (each cited there) unless an entry says otherwise.
+- Shapes come from `gptq_chat.engine.qwen_shapes` (each cited there) unless an entry says otherwise.
 - ``published_weight_bytes`` is the sum of the ``*.safetensors`` sizes shown on the model's file page
   (URL in ``size_source``); Hugging Face pages print decimal GB, the ai.gitee.com mirror pages binary
   units (its "1.75 GB" for Qwen1.5-1.8B is 1.75 GiB: the shape computes to 1.876e9 bytes = 1.747 GiB).
   Where no complete file list could be read, the size is computed from the shape
-  (`vram_planner.ModelShape.estimated_weight_bytes`), which reproduces every published size below
+  (`memory_plan.estimated_weight_bytes`), which reproduces every published size below
   within 1 % (tests/test_vram_planner.py checks this).
 - ``TOKENIZER_AND_CONFIG_BYTES``: tokenizer.json 7.03 MB + vocab.json 2.78 MB + merges.txt 1.67 MB + a few
   small JSON files, as listed on huggingface.co/Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4/tree/6e497db (the same
   files in every Qwen1.5/Qwen2/Qwen2.5 release).
-- Computed sizes agree with what our random-weight writer produces for the same shapes: NOTES.md measured
-  41.3 GB for the Qwen1.5-72B shape (computed here: 41.27 GB).
-- Hub ids: the issue's `qwen/Qwen1.5-7B-Chat-GPTQ-Int4` for ModelScope's Qwen1.5 (and Qwen2) releases,
-  `Qwen/...` for Qwen2.5 and on Hugging Face; ModelScope could not be checked from here, and its ids are
-  matched without regard to case.
+- Computed sizes agree with what our random-weight writer produces for the same shapes: 41.3 GB written for the
+  Qwen1.5-72B shape (computed here: 41.27 GB).
+- Hub ids: `qwen/Qwen1.5-7B-Chat-GPTQ-Int4` (as the original tutorial spells it) for ModelScope's Qwen1.5 (and
+  Qwen2) releases, `Qwen/...` for Qwen2.5 and on Hugging Face; ids are matched without regard to case, since the
+  spelling on ModelScope was not checked against the hub.
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
+from gptq_chat.engine.qwen_shapes import QWEN_SHAPES
+from gptq_chat.engine.shape import GPTQSettings, ModelShape
 from gptq_chat.loading.checkpoint import plain_name
-
-if TYPE_CHECKING:
-    from gptq_chat.testing.random_checkpoint import QwenShape
-    from gptq_chat.loading.memory_plan import ModelShape
+from gptq_chat.loading.memory_plan import total_weight_bytes
 
 GB = 1000**3
 GIB = 1024**3
@@ -49,21 +47,26 @@ class CatalogEntry:
     name: str  # the repository name, the same on both hubs
     modelscope_id: str
     hf_id: str
-    shape_key: str  # key of random_checkpoint.QWEN_SHAPES
+    shape_key: str  # key of qwen_shapes.QWEN_SHAPES
     published_weight_bytes: int | None = None
     size_source: str = COMPUTED
     intermediate_size: int | None = None  # where the GPTQ release pads the float model's MLP
 
     @property
-    def shape(self) -> QwenShape:
-        """The tensor shapes (imported lazily: random_checkpoint pulls in torch, which --list does not need)."""
-        from gptq_chat.testing.random_checkpoint import QWEN_SHAPES
-
+    def shape(self) -> ModelShape:
+        """The tensor shapes of the GPTQ release (its padded MLP, where Qwen padded it)."""
         shape = QWEN_SHAPES[self.shape_key]
-        changes: dict[str, object] = {"model_id": self.hf_id.removesuffix("-GPTQ-Int4")}
-        if self.intermediate_size:
-            changes["intermediate_size"] = self.intermediate_size
-        return replace(shape, **changes)
+        return replace(shape, intermediate_size=self.intermediate_size) if self.intermediate_size else shape
+
+    @property
+    def gptq(self) -> GPTQSettings:
+        """Qwen's GPTQ-Int4 releases: 4-bit, groups of 128, symmetric, no act-order."""
+        return GPTQSettings()
+
+    @property
+    def weight_bytes(self) -> int | None:
+        """The published size, where known; the memory plan computes the rest from the shape."""
+        return self.published_weight_bytes
 
     @property
     def org(self) -> str:
@@ -75,16 +78,10 @@ class CatalogEntry:
         """A short handle for the command line, e.g. ``qwen1.5-7b``."""
         return self.name.lower().split("-chat")[0].split("-instruct")[0]
 
-    def model_shape(self) -> ModelShape:
-        """The planner's view: the shape, with the published weight size where there is one."""
-        from gptq_chat.loading.memory_plan import ModelShape
-
-        return ModelShape.from_qwen_shape(self.shape, weight_bytes=self.published_weight_bytes, name=self.name)
-
     @property
     def download_bytes(self) -> int:
         """Weights (published where known, else computed) plus the tokenizer and config files."""
-        return self.model_shape().weights + TOKENIZER_AND_CONFIG_BYTES
+        return total_weight_bytes(self) + TOKENIZER_AND_CONFIG_BYTES
 
     @property
     def download_size_is_published(self) -> bool:

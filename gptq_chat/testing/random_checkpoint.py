@@ -1,10 +1,9 @@
 """Random-weight GPTQ-Int4 checkpoints with the exact shapes of Qwen's published chat models.
 
 Decode speed depends on the shapes and the packed layout, not on the weights' values, so a benchmark
-can run on a checkpoint written in seconds instead of one downloaded for an hour (no model hub is
-reachable from the GPU machines anyway). The tests use the same writer with tiny shapes, and
-`dequantize_gptq` (our own, independent of gptqmodel) gives the float weights that a plain
-`Qwen2ForCausalLM` needs to check gptqmodel's kernels.
+can run on a checkpoint written in seconds instead of one downloaded for an hour. The tests use the
+same writer with tiny shapes, and `dequantize_gptq` (our own, independent of gptqmodel) gives the float
+weights that a plain `Qwen2ForCausalLM` needs to check gptqmodel's kernels.
 
 On-disk layout: GPTQ "v1" (``checkpoint_format: "gptq"``, what AutoGPTQ wrote and what transformers,
 optimum and gptqmodel assume when a config names no format), verified against gptqmodel 7.6.0's
@@ -39,6 +38,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from gptq_chat.engine.qwen_shapes import QWEN_SHAPES
+from gptq_chat.engine.shape import ModelShape
+
 BITS = 4
 PACK = 32 // BITS  # int4 codes per int32 word
 MAX_SHARD_BYTES = 4 * 1000**3  # like `save_pretrained(max_shard_size="4GB")`, which Qwen's uploads used
@@ -55,117 +57,32 @@ LINEARS = (
 )
 
 
-@dataclass(frozen=True)
-class QwenShape:
-    """The config.json fields that fix a Qwen2-architecture model's tensor shapes and numerics.
-
-    ``intermediate_size`` is the one the GPTQ-Int4 checkpoint carries (Qwen padded some quantized
-    releases); ``attention_bias`` means bias on q/k/v only, as in every Qwen2 model.
-    """
-
-    model_id: str
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    vocab_size: int
-    max_position_embeddings: int
-    rope_theta: float
-    rms_norm_eps: float
-    tie_word_embeddings: bool
-    attention_bias: bool = True
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    def linear_shapes(self) -> dict[str, tuple[int, int]]:
-        """``(in_features, out_features)`` of each quantized linear in one decoder layer."""
-        h, i, kv = self.hidden_size, self.intermediate_size, self.num_key_value_heads * self.head_dim
-        return {
-            "self_attn.q_proj": (h, h),
-            "self_attn.k_proj": (h, kv),
-            "self_attn.v_proj": (h, kv),
-            "self_attn.o_proj": (h, h),
-            "mlp.gate_proj": (h, i),
-            "mlp.up_proj": (h, i),
-            "mlp.down_proj": (i, h),
-        }
-
-
-# Sources: the models' own config.json as stored in the `search` tool's `docs` corpus (Hugging Face
-# pages). "official" = the file in the Qwen/... repository itself; "copy" = a config.json whose
-# `_name_or_path` (or stated origin) is the Qwen model, saved by a fine-tune or re-upload, which keeps
-# every shape field. Each entry was also checked against the parameter count in the model's name.
-# Qwen1.5 chat: rope_theta 1e6 except 4B (5e6); rms_norm_eps 1e-6; max_position_embeddings 32768.
-# Qwen2.5 instruct: rope_theta 1e6; rms_norm_eps 1e-6 (the 14B/32B *base* configs say 1e-5, the
-# instruct ones 1e-6); max_position_embeddings 32768 (131072 in the base configs).
-QWEN_SHAPES: dict[str, QwenShape] = {
-    # copy: huggingface.co/Setpember/qwen/blob/main/config.json (_name_or_path Qwen/Qwen1.5-0.5B-Chat)
-    # and the ytyeung/Qwen1.5-0.5B-Chat-SFT-riddles upload; 0.46B params with the tied embedding. Written
-    # here: 472.5 MB (450.6 MiB); the published GPTQ-Int4 model.safetensors is listed as 450.99 MB
-    # (ai.gitee.com mirror of Qwen/Qwen1.5-0.5B-Chat-GPTQ-Int4).
-    "qwen1.5-0.5b": QwenShape("Qwen/Qwen1.5-0.5B-Chat", 1024, 2816, 24, 16, 16, 151936, 32768, 1e6, 1e-6, True),
-    # copy: huggingface.co/gmonsoon/Qwen1.5-1.8B/.../config.json, XinNuyoah/model-2.0, CMLL/ZhongJing-2-1_8b
-    # (all _name_or_path Qwen/Qwen1.5-1.8B-Chat): untied; 1.84B params only if untied. mlc-llm's preset
-    # "qwen2" says tied and 4096 positions: an edited copy, not followed.
-    "qwen1.5-1.8b": QwenShape("Qwen/Qwen1.5-1.8B-Chat", 2048, 5504, 24, 16, 16, 151936, 32768, 1e6, 1e-6, False),
-    # copy: huggingface.co/smorce/smorce-qlora-Qwen1.5-4B-Chat/blame/main/config.json; 3.95B params.
-    "qwen1.5-4b": QwenShape("Qwen/Qwen1.5-4B-Chat", 2560, 6912, 40, 20, 20, 151936, 32768, 5e6, 1e-6, False),
-    # official: huggingface.co/Qwen/Qwen1.5-7B-Chat/blob/c893e33b.../config.json
-    "qwen1.5-7b": QwenShape("Qwen/Qwen1.5-7B-Chat", 4096, 11008, 32, 32, 32, 151936, 32768, 1e6, 1e-6, False),
-    # copy: huggingface.co/MACLAB-HFUT/PsycoLLM (…/Qwen1.5-14B-Chat), LoneStriker/Qwen1.5-14B-Chat-AWQ,
-    # DeepDream2045/... (_name_or_path Qwen/Qwen1.5-14B-Chat): vocab 152064.
-    "qwen1.5-14b": QwenShape("Qwen/Qwen1.5-14B-Chat", 5120, 13696, 40, 40, 40, 152064, 32768, 1e6, 1e-6, False),
-    # copy: huggingface.co/ecnu-icalk/educhat-sft-002-32b-qwen1.5 (…/Qwen1.5-32B-Chat) and
-    # Minami-su/Qwen1.5-32B-Chat-quip-3bit: 40 query heads, 8 KV heads (GQA). A third-party table that
-    # says 64 heads is wrong.
-    "qwen1.5-32b": QwenShape("Qwen/Qwen1.5-32B-Chat", 5120, 27392, 64, 40, 8, 152064, 32768, 1e6, 1e-6, False),
-    # official: huggingface.co/Qwen/Qwen1.5-72B-Chat/blob/3eebb4de.../config.json
-    "qwen1.5-72b": QwenShape("Qwen/Qwen1.5-72B-Chat", 8192, 24576, 80, 64, 64, 152064, 32768, 1e6, 1e-6, False),
-    # copy: huggingface.co/Jonathanmann/qwen-sms-3400 (_name_or_path Qwen/Qwen2.5-0.5B-Instruct).
-    "qwen2.5-0.5b": QwenShape("Qwen/Qwen2.5-0.5B-Instruct", 896, 4864, 24, 14, 2, 151936, 32768, 1e6, 1e-6, True),
-    # copy: huggingface.co/onnx-community/Qwen2.5-1.5B-Instruct/.../config.json (HF staff re-upload).
-    "qwen2.5-1.5b": QwenShape("Qwen/Qwen2.5-1.5B-Instruct", 1536, 8960, 28, 12, 2, 151936, 32768, 1e6, 1e-6, True),
-    # copy: huggingface.co/osllmai-community/Qwen2.5-3B-Instruct and hsuwill000/Qwen2.5-3B-Instruct-openvino.
-    "qwen2.5-3b": QwenShape("Qwen/Qwen2.5-3B-Instruct", 2048, 11008, 36, 16, 2, 151936, 32768, 1e6, 1e-6, True),
-    # copy: huggingface.co/osllmai-community/Qwen2.5-7B-Instruct, CarbonLover/krx_qwen2.5_it_test. Written
-    # here: 5.58 GB in 2 shards, as Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4's file list (4 GB + 1.58 GB).
-    "qwen2.5-7b": QwenShape("Qwen/Qwen2.5-7B-Instruct", 3584, 18944, 28, 28, 4, 152064, 32768, 1e6, 1e-6, False),
-    # copy: huggingface.co/osllmai-community/Qwen2.5-14B-Instruct, sknow-lab/Qwen2.5-14B-CIC-ACLARC.
-    "qwen2.5-14b": QwenShape("Qwen/Qwen2.5-14B-Instruct", 5120, 13824, 48, 40, 8, 152064, 32768, 1e6, 1e-6, False),
-    # copy: huggingface.co/GAIR/LIMO (…/Qwen2.5-32B-Instruct), Cqy2019/m1-32B-1m; shapes also equal the
-    # official Qwen/Qwen2.5-32B (base) config.json, whose rms_norm_eps is 1e-5.
-    "qwen2.5-32b": QwenShape("Qwen/Qwen2.5-32B-Instruct", 5120, 27648, 64, 40, 8, 152064, 32768, 1e6, 1e-6, False),
-    # copy: huggingface.co/m8than/banana-2-b-72b and OPEA/Qwen2.5-72B-Instruct-int4-sym-inc (float
-    # model: intermediate 29568). The GPTQ-Int4 release pads the MLP to 29696 (= 232 groups of 128, so
-    # that 2/4/8-way tensor parallelism splits evenly): stated by a third-party write-up
-    # (fast.hugflare.com/Ubuku/Qwen2.5-Math-72B-Instruct-GPTQ-Int4-TP2); Qwen's own commit "pad
-    # intermediate_size to 29696" is verified for Qwen2-VL-72B-Instruct-GPTQ-Int4, and the Qwen2.5
-    # GPTQ config.json itself could not be read here: UNVERIFIED for Qwen2.5-72B-Instruct-GPTQ-Int4.
-    "qwen2.5-72b": QwenShape("Qwen/Qwen2.5-72B-Instruct", 8192, 29696, 80, 64, 8, 152064, 32768, 1e6, 1e-6, False),
-    # Tests. Qwen's real vocabulary (so the real Qwen tokenizer's ids, up to 151645, fit) and tied
-    # embeddings to halve the size (78 MB). 256 = 2 groups of 128 on every input, head_dim 64 and
-    # 2 KV heads (GQA) give k/v 128 outputs; intermediate 512 = 4 groups for down_proj.
-    "tiny": QwenShape("tiny-random-qwen2-gptq", 256, 512, 2, 4, 2, 151936, 4096, 1e6, 1e-6, True),
-    # Same, with a 1024-token vocabulary and an untied lm_head: kernel tests that need no tokenizer.
-    "tiny-v1k": QwenShape("tiny-random-qwen2-gptq-v1k", 256, 512, 2, 4, 2, 1024, 4096, 1e6, 1e-6, False),
+# Test shapes, beside Qwen's own (`gptq_chat.engine.qwen_shapes`): Qwen's real vocabulary (so the real Qwen
+# tokenizer's ids, up to 151645, fit) and tied embeddings to halve the size (78 MB). 256 = 2 groups of 128 on
+# every input, head_dim 64 and 2 KV heads (GQA) give k/v 128 outputs; intermediate 512 = 4 groups for down_proj.
+# "tiny-v1k": the same with a 1024-token vocabulary and an untied lm_head, for kernel tests that need no tokenizer.
+_TINY = {
+    "model_type": "qwen2",
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+    "rope_theta": 1e6,
 }
-# Short names: Qwen1.5 chat, the family this app was first built for (`--shape 7b`).
-for _size in ("0.5b", "1.8b", "4b", "7b", "14b", "32b", "72b"):
-    QWEN_SHAPES[_size] = QWEN_SHAPES[f"qwen1.5-{_size}"]
+TEST_SHAPES: dict[str, ModelShape] = {
+    "tiny": ModelShape.from_config({**_TINY, "vocab_size": 151936, "tie_word_embeddings": True}),
+    "tiny-v1k": ModelShape.from_config({**_TINY, "vocab_size": 1024, "tie_word_embeddings": False}),
+}
 
 
-def get_shape(name: str) -> QwenShape:
-    """A shape by table key or model id, case-insensitive: ``7b``, ``Qwen/Qwen1.5-7B-Chat(-GPTQ-Int4)``."""
-    key = name.lower().split("/")[-1].removesuffix("-gptq-int4")
-    if key in QWEN_SHAPES:
-        return QWEN_SHAPES[key]
-    for shape in QWEN_SHAPES.values():
-        if shape.model_id.lower().split("/")[-1] == key:
-            return shape
-    raise KeyError(f"unknown shape {name!r}; known: {', '.join(sorted(QWEN_SHAPES))}")
+def get_shape(name: str) -> ModelShape:
+    """A shape by key, case-insensitive: ``qwen1.5-7b``, ``7b``, ``qwen2.5-7b``, ``tiny``."""
+    shapes = {**QWEN_SHAPES, **TEST_SHAPES}
+    if name.lower() in shapes:
+        return shapes[name.lower()]
+    raise KeyError(f"unknown shape {name!r}; known: {', '.join(sorted(shapes))}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,14 +196,14 @@ class _TensorSpec:
         return n * torch.empty((), dtype=self.dtype).element_size()
 
 
-def _plan(shape: QwenShape, group_size: int, dtype: torch.dtype) -> list[_TensorSpec]:
+def _plan(shape: ModelShape, group_size: int, dtype: torch.dtype) -> list[_TensorSpec]:
     """Every tensor of the checkpoint, in the order a Qwen2 state dict lists them."""
     for name, (fin, fout) in shape.linear_shapes().items():
         if fin % group_size or fin % PACK or fout % PACK:
             raise ValueError(f"{name} {fin}->{fout} does not fit group size {group_size} / 8-code words")
     h, v = shape.hidden_size, shape.vocab_size
     specs = [_TensorSpec("model.embed_tokens.weight", (v, h), dtype, "embed")]
-    for layer in range(shape.num_hidden_layers):
+    for layer in range(shape.num_layers):
         p = f"model.layers.{layer}."
         specs.append(_TensorSpec(p + "input_layernorm.weight", (h,), dtype, "norm"))
         for lin, (fin, fout) in shape.linear_shapes().items():
@@ -372,7 +289,8 @@ def _make_tensor(
 
 
 def _config_json(
-    shape: QwenShape,
+    name: str,
+    shape: ModelShape,
     quantization_config: dict[str, object],
     dtype: torch.dtype,
     eos: list[int] | None,
@@ -388,11 +306,11 @@ def _config_json(
         "initializer_range": 0.02,
         "intermediate_size": shape.intermediate_size,
         "max_position_embeddings": shape.max_position_embeddings,
-        "max_window_layers": shape.num_hidden_layers,
+        "max_window_layers": shape.num_layers,
         "model_type": "qwen2",
-        "num_attention_heads": shape.num_attention_heads,
-        "num_hidden_layers": shape.num_hidden_layers,
-        "num_key_value_heads": shape.num_key_value_heads,
+        "num_attention_heads": shape.num_heads,
+        "num_hidden_layers": shape.num_layers,
+        "num_key_value_heads": shape.num_kv_heads,
         "quantization_config": quantization_config,
         "rms_norm_eps": shape.rms_norm_eps,
         "rope_theta": shape.rope_theta,
@@ -402,7 +320,7 @@ def _config_json(
         "use_cache": True,
         "use_sliding_window": False,
         "vocab_size": shape.vocab_size,
-        "random_checkpoint": {"shape_of": shape.model_id, **asdict(shape)},
+        "random_checkpoint": {"shape_of": name, **asdict(shape)},
     }
 
 
@@ -443,7 +361,7 @@ def _assign_shards(specs: Sequence[_TensorSpec], max_shard_bytes: int) -> list[l
 
 def write_random_gptq_checkpoint(
     directory: str | Path,
-    shape: QwenShape | str,
+    shape: ModelShape | str,
     *,
     group_size: int = 128,
     sym: bool = True,
@@ -460,6 +378,7 @@ def write_random_gptq_checkpoint(
     one shard while the next is generated), so at most three ~4 GB shards sit in host memory, never the
     41 GB of the Qwen1.5-72B shape. ``eos_token_id=None`` writes no EOS (see the module docstring).
     """
+    name = shape if isinstance(shape, str) else "custom"
     shape = get_shape(shape) if isinstance(shape, str) else shape
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -519,7 +438,7 @@ def write_random_gptq_checkpoint(
         (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
     qcfg = quantization_config(group_size, sym, desc_act)
-    config = _config_json(shape, qcfg, dtype, eos)
+    config = _config_json(name, shape, qcfg, dtype, eos)
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (directory / "quantize_config.json").write_text(json.dumps(qcfg, indent=2) + "\n")
     generation: dict[str, object] = {"do_sample": False}
@@ -585,9 +504,9 @@ def checkpoint_bytes(directory: str | Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python random_checkpoint.py --shape 7b --dir D [--device cuda]``"""
+    """``python -m gptq_chat.testing.random_checkpoint --shape 7b --dir D [--device cuda]``"""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", required=True, help="key of QWEN_SHAPES (e.g. 7b, qwen2.5-7b, tiny)")
+    parser.add_argument("--shape", required=True, help="a shape key (e.g. 7b, qwen2.5-7b, tiny)")
     parser.add_argument("--dir", required=True, type=Path)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--group-size", type=int, default=128)
@@ -610,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     seconds = time.perf_counter() - start
     size = checkpoint_bytes(args.dir)
-    print(f"{shape.model_id} shape -> {args.dir}: {size / 1e9:.2f} GB in {seconds:.1f} s ({args.device})")
+    print(f"{args.shape} shape -> {args.dir}: {size / 1e9:.2f} GB in {seconds:.1f} s ({args.device})")
 
 
 if __name__ == "__main__":

@@ -9,12 +9,11 @@ import argparse
 import os
 import sys
 
-from gptq_chat.api.access import PASSWORD_ENV, exposure_problem, without_password
-from gptq_chat.loading.loader import SPLIT_HELP, SPLITS
+from gptq_chat.api.access import PAGE_PASSWORD, PASSWORD_ENV, add_server_flags, exposure_problem, without_password
+from gptq_chat.loading.options import add_model_flags
 from gptq_chat.models.home import REPO_ROOT
 
 APP_SCRIPT = REPO_ROOT / "app.py"  # the script Streamlit runs: it draws the page (`gptq_chat.ui.page.main`)
-
 STREAMLIT_FLAGS = {
     "server.headless": "true",
     "browser.gatherUsageStats": "false",
@@ -24,22 +23,10 @@ STREAMLIT_FLAGS = {
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The page's flags (Streamlit passes them on to the script, after its own)."""
     parser = argparse.ArgumentParser(description="Chat with a GPTQ-Int4 model in the browser.")
-    parser.add_argument("--model", help="model folder or id (default: the first downloaded model, else the demo)")
-    parser.add_argument("--backend", default="auto", help="GPTQ kernel: auto, marlin, exllama_v2, triton, torch")
-    parser.add_argument(
-        "--device", default=None, help="cuda (every GPU, split if needed), cuda:1, cuda:0,1 (split over those) or cpu"
-    )
-    parser.add_argument("--engine", default="auto", help="auto, fast (CUDA graphs) or plain (transformers generate)")
-    parser.add_argument(
-        "--slots", type=int, default=1, help="replies the fast engine writes at once; each has its own KV cache"
-    )
-    parser.add_argument("--split", choices=SPLITS, default="auto", help=SPLIT_HELP)
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    parser.add_argument("--port", type=int, default=6006)
-    parser.add_argument(
-        "--password", help=f"ask for this password (or set {PASSWORD_ENV}); required unless --host is loopback"
-    )
+    add_model_flags(parser)
+    add_server_flags(parser, 6006, PAGE_PASSWORD)
     return parser.parse_known_args(argv)[0]
 
 

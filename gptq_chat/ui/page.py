@@ -16,7 +16,7 @@ from typing import Any
 
 import streamlit as st
 
-from gptq_chat.api.access import PASSWORD_ENV, WRONG_PASSWORD_DELAY_S, exposure_problem, password_matches
+from gptq_chat.api.access import PASSWORD_ENV, WRONG_PASSWORD_DELAY_S, exposure_problem, secret_matches
 from gptq_chat.api.remote import RemoteError, RemoteModel, RemoteServer, list_models
 from gptq_chat.chat.conversations import (
     DB_NAME,
@@ -32,12 +32,13 @@ from gptq_chat.chat.conversations import (
 from gptq_chat.chat.prompt import PromptTooLong
 from gptq_chat.chat.reply import ChatSettings
 from gptq_chat.chat.think import split_think
-from gptq_chat.engine.generation import SamplingSettings
+from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.loading.checkpoint import CheckpointError
 from gptq_chat.loading.gpus import gpu_memory_rows
 from gptq_chat.loading.holder import ModelHolder, SwitchRefused, device_memory, display_name, model_choices
 from gptq_chat.loading.kernels import KernelError
 from gptq_chat.loading.loader import LoadedModel
+from gptq_chat.loading.options import load_options
 from gptq_chat.models.installed import default_model
 from gptq_chat.ui.history import (
     can_regenerate,
@@ -70,11 +71,9 @@ PAGE_CSS = (
 
 
 @st.cache_resource(show_spinner=False)
-def model_holder(
-    reference: str | None, backend: str, device: str | None, engine: str, slots: int, split: str = "auto"
-) -> ModelHolder:
-    """One per process: every tab shares the model (and its scheduler)."""
-    return ModelHolder(reference, backend, device, engine, slots, split)
+def model_holder(reference: str | None, options: dict[str, Any]) -> ModelHolder:
+    """One per process: every tab shares the model (and its scheduler); `options` are the loader's, from the flags."""
+    return ModelHolder(reference, **options)
 
 
 @st.cache_resource(show_spinner=False)
@@ -249,7 +248,7 @@ def access_granted(password: str | None, lang: str) -> bool:
         given = st.text_input(t("password", lang), type="password", key="password_given")
         submitted = st.form_submit_button(t("log_in", lang), type="primary")
     if submitted:
-        if password_matches(given, password):
+        if secret_matches(given, password):
             state.authenticated = True
             st.rerun()
         time.sleep(WRONG_PASSWORD_DELAY_S)
@@ -719,7 +718,7 @@ def main() -> None:
     conversations_panel(store, lang)
     server = backend_panel(lang)
     if server is None:
-        holder = model_holder(default_model(args.model), args.backend, args.device, args.engine, args.slots, args.split)
+        holder = model_holder(default_model(args.model), load_options(args))
         loaded = load_model(holder, lang)
         model_panel(holder, loaded, lang)
         health_panel(holder.reference, lang)

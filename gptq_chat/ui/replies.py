@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gptq_chat.chat.reply import Reply, ReplyStats
-from gptq_chat.engine.generation import Engine
+from gptq_chat.engine.protocols import TokenSource
 
 Show = Callable[[str, bool], None]  # (text so far, final)
 
@@ -35,7 +35,7 @@ def stats_record(stats: ReplyStats, context_length: int, model: str) -> dict[str
     }
 
 
-def wait_turn(engine: Engine, notify: Callable[[float], None], poll: float = WAIT_POLL_S) -> float:
+def wait_turn(engine: TokenSource, notify: Callable[[float], None], poll: float = WAIT_POLL_S) -> float:
     """While another tab's reply holds the model, call `notify(seconds waited)`; returns the wait.
 
     Each notify redraws the page, which is also where a Stop click gets through while waiting.

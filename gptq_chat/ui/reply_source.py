@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from gptq_chat.api.remote import RemoteModel, RemoteServer, stream_remote_reply
 from gptq_chat.chat.prompt import Message
 from gptq_chat.chat.reply import ChatSettings, Reply, stream_reply
-from gptq_chat.engine.generation import Engine, SamplingSettings, checkpoint_defaults
+from gptq_chat.engine.protocols import SamplingSettings, TokenSource
 from gptq_chat.loading.loader import LoadedModel
 
 UNKNOWN_CONTEXT = 8192  # a server that does not report its window (Ollama): what the meter measures against
@@ -26,14 +26,14 @@ class ReplySource:
     max_context: int
     default_context: int
     start: Callable[[Sequence[Message], ChatSettings], Reply]  # (history, settings) → a streaming reply
-    queue: Engine | None  # what a reply may wait for here; a server queues requests itself
+    queue: TokenSource | None  # what a reply may wait for here; a server queues requests itself
     shortens_history: bool  # the page fits the history to its context length (a server judges for itself)
 
 
 def local_source(loaded: LoadedModel) -> ReplySource:
     return ReplySource(
         name=loaded.facts.name,
-        defaults=checkpoint_defaults(loaded.generation_config, loaded.tokenizer),
+        defaults=loaded.defaults,
         max_context=loaded.facts.max_context,
         default_context=loaded.facts.default_context,
         start=functools.partial(stream_reply, loaded.scheduler, loaded.tokenizer),

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from gptq_chat.chat.prompt import Message, encode_chat
-from gptq_chat.engine.generation import SamplingSettings
+from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.loading.loader import load
 
 NEAR_TIE_STEPS = 4

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from gptq_chat.engine.generation import SamplingSettings
+from gptq_chat.engine.protocols import SamplingSettings
 
 PROMPT, FORCED = 100, 64
 GREEDY = SamplingSettings(max_new_tokens=FORCED, temperature=0.0, repetition_penalty=1.0)

@@ -1,8 +1,7 @@
-"""Sampling settings and the plain transformers generation path, as a stream of token ids.
+"""The plain path: transformers' `model.generate` as a `TokenSource`, on every device, kernel and split.
 
-Every generation path (this one, the fast engine, a remote server) offers the same narrow
-interface, `generate(prompt_ids, settings, stop) -> Iterator[int]`, so the page, the API and the
-benchmarks never touch tensors.
+Launch-bound on GPUs (the fast engine is ~17x faster there), but it runs whatever transformers runs: the CPU,
+the legacy auto-gptq stack, CPU offload.
 """
 
 from __future__ import annotations
@@ -10,70 +9,9 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How to pick tokens; temperature 0 means greedy."""
-
-    max_new_tokens: int = 512
-    temperature: float = 0.7
-    top_p: float = 0.8
-    top_k: int = 20
-    repetition_penalty: float = 1.05
-    stop_token_ids: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        checks = {
-            "max_new_tokens must be at least 1": self.max_new_tokens >= 1,
-            "temperature must be between 0 and 2": 0 <= self.temperature <= 2,
-            "top_p must be in (0, 1]": 0 < self.top_p <= 1,
-            "top_k must be 0 (off) or more": self.top_k >= 0,
-            "repetition_penalty must be between 1 and 2": 1 <= self.repetition_penalty <= 2,
-        }
-        failed = [message for message, ok in checks.items() if not ok]
-        if failed:
-            raise ValueError("; ".join(failed))
-
-
-def as_list(value: Any) -> list[int]:
-    if value is None:
-        return []
-    return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
-
-
-def checkpoint_defaults(config: Any, tokenizer: Any) -> SamplingSettings:
-    """Sampling defaults and stop tokens from the checkpoint's generation_config.json."""
-    base = SamplingSettings()
-    stops = as_list(getattr(config, "eos_token_id", None)) or as_list(tokenizer.eos_token_id)
-    if config is None:
-        return replace(base, stop_token_ids=tuple(stops))
-    sampled = bool(getattr(config, "do_sample", False))
-    return SamplingSettings(
-        max_new_tokens=base.max_new_tokens,
-        temperature=float(config.temperature or base.temperature) if sampled else 0.0,
-        top_p=float(config.top_p or base.top_p),
-        top_k=int(config.top_k if config.top_k is not None else base.top_k),
-        repetition_penalty=float(config.repetition_penalty or 1.0),
-        stop_token_ids=tuple(dict.fromkeys(stops)),
-    )
-
-
-class Engine(Protocol):
-    """The one interface every generation path offers."""
-
-    name: str
-
-    @property
-    def busy(self) -> bool:
-        """Whether a generation is running (others queue behind it)."""
-        ...
-
-    def generate(self, prompt_ids: list[int], settings: SamplingSettings, stop: threading.Event) -> Iterator[int]:
-        """Yield new token ids one by one until a stop token, the length limit, or `stop` is set."""
-        ...
+from gptq_chat.engine.protocols import SamplingSettings
 
 
 class _TokenQueue:

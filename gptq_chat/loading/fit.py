@@ -1,0 +1,155 @@
+"""The one rule for whether, where and how a model goes on this machine: the loader's, asked by everyone.
+
+The loader applies it before loading anything, the model switch before unloading the current model, the doctor for
+its memory check and `download.py --list` for the cards you name. It answers with a `Layout` (the main device, the
+placement over several GPUs if one card does not hold the model, the context per sequence) or raises
+`PlacementRefused` with the numbers and what to do instead.
+
+- On GPUs: one card when one holds the model (unless the user named several), else the model is split over them.
+  "layers" gives each card whole layers: the cards take turns. "tensor" halves every layer, the cards work on each
+  token together: Qwen1.5-72B on two H100s capped at 24 GiB decodes 77.6 tokens/s so, 53.6 with the layers split
+  (docs/benchmarks.md). "auto" splits the tensors where the engine and the model's shape allow it and the context
+  fits, the layers otherwise.
+- On the CPU: the plain path, against the RAM available.
+- The context, where none is asked for: the longest that fits, in steps of 256 tokens, up to 8,192 on a GPU (4,096
+  on the CPU); a model that cannot hold `MIN_CONTEXT` tokens is refused: it would be of no use for chatting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from gptq_chat.engine.shape import tensor_parallel_problem
+from gptq_chat.loading.gpus import GpuSpec
+from gptq_chat.loading.memory_plan import OVERHEAD_BYTES, PlannedModel, gib, requirement
+from gptq_chat.loading.placement import (
+    Placement,
+    PlacementRefused,
+    largest_context,
+    largest_tensor_parallel_context,
+    plan_placement,
+    plan_tensor_parallel,
+)
+
+SPLITS = ("auto", "layers", "tensor")
+SPLIT_HELP = (
+    "a model over several GPUs: tensor (every layer halved, the cards work together), layers (whole layers per "
+    "card, the cards take turns), auto (tensor where the model's shape allows it)"
+)
+MIN_CONTEXT = 1024  # a model that cannot hold this much context is of no use for chatting
+DEFAULT_GPU_CONTEXT_CAP = 8192  # never the model's whole window by default: its KV cache would crowd out the rest
+CPU_CONTEXT_TOKENS = 4096  # a CPU has no VRAM to size the cache by; prompts short enough to stay responsive there
+CONTEXT_STEP = 256  # the page's context slider moves in these steps
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a model goes: its main device, the placement when it spans several GPUs, the context per sequence."""
+
+    device: str  # "cuda:0", or "cpu"
+    placement: Placement | None  # None: one card (or the CPU) holds the whole model
+    context: int
+
+    @property
+    def cards(self) -> list[str]:
+        """Every device the model uses, the main one first."""
+        if self.placement is None:
+            return [self.device]
+        return [f"cuda:{card.gpu.index}" for card in self.placement.cards]
+
+    def summary(self) -> str:
+        if self.placement is not None:
+            return self.placement.summary()
+        return f"on {self.device} at {self.context:,} tokens of context"
+
+
+def fit(
+    model: PlannedModel,
+    gpus: Sequence[GpuSpec],
+    *,
+    fast: bool,
+    context: int | None = None,
+    slots: int = 1,
+    split: str = "auto",
+    named: bool = False,
+    ram: int | None = None,
+) -> Layout:
+    """Where `model` goes on `gpus` (free memory each; none: the CPU, with `ram` bytes available if known).
+
+    `fast`: the fast engine runs it (else transformers' `generate`); `named`: the user named these cards, so they are
+    used together; `context`: tokens per sequence asked for (None: the longest that fits, see the module docstring).
+    Raises `PlacementRefused` (or `ValueError` for a split that cannot run this model here) before anything loads.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    refusal = tensor_parallel_refusal(model, fast, len(gpus))
+    if split == "tensor" and refusal:
+        raise ValueError(refusal)
+    if not gpus:
+        return _on_cpu(model, context, ram)
+    if split == "tensor":
+        return _tensor_parallel(model, gpus, context, slots)
+    path = "fast" if fast else "plain"
+    chosen = planned_context(model, context, largest_context(model, gpus, path=path, slots=slots))
+    placement = plan_placement(model, gpus, chosen, path=path, slots=slots, split=named)
+    main = f"cuda:{placement.cards[0].gpu.index}"
+    if placement.single_card:
+        return Layout(main, None, chosen)
+    if split == "layers" or refusal:
+        return Layout(main, placement, chosen)
+    try:
+        return _tensor_parallel(model, gpus, context, slots)
+    except PlacementRefused:  # the context asked for fits the layer split only
+        return Layout(main, placement, chosen)
+
+
+def with_freed(gpus: Sequence[GpuSpec], freed: int) -> list[GpuSpec]:
+    """The cards as they will be once `freed` bytes (a model about to be unloaded) are given back, spread evenly."""
+    return [replace(gpu, free_bytes=gpu.free_bytes + freed // len(gpus)) for gpu in gpus]
+
+
+def tensor_parallel_refusal(model: PlannedModel, fast: bool, cards: int) -> str | None:
+    """Why tensor parallelism cannot run this model on `cards` GPUs here, or None."""
+    if cards < 2:
+        return f"Tensor parallelism needs two GPUs or more; {cards} named or visible"
+    if not fast:
+        return "Tensor parallelism runs on the fast engine (gptqmodel's Marlin kernel on a GPU)"
+    problem = tensor_parallel_problem(model.shape, model.gptq, cards)
+    if problem:
+        return f"{model.name} cannot be split by tensor parallelism: {problem}. Use --split layers"
+    return None
+
+
+def _tensor_parallel(model: PlannedModel, gpus: Sequence[GpuSpec], asked: int | None, slots: int) -> Layout:
+    """Every layer split over all of `gpus`, or `PlacementRefused`."""
+    context = planned_context(model, asked, largest_tensor_parallel_context(model, gpus, slots=slots))
+    placement = plan_tensor_parallel(model, gpus, context, slots=slots)
+    return Layout(f"cuda:{placement.cards[0].gpu.index}", placement, context)
+
+
+def planned_context(model: PlannedModel, asked: int | None, fits: int) -> int:
+    """The context asked for, else the longest that fits in steps of 256 tokens, up to the usual cap (never below
+    `MIN_CONTEXT`: the placement at that length then says why it does not fit)."""
+    limit = model.shape.max_position_embeddings
+    if asked:
+        return min(asked, limit)
+    return min(DEFAULT_GPU_CONTEXT_CAP, limit, max(fits // CONTEXT_STEP * CONTEXT_STEP, MIN_CONTEXT))
+
+
+def _on_cpu(model: PlannedModel, asked: int | None, ram: int | None) -> Layout:
+    """The plain path in RAM: weights, KV cache and prefill activations, without a CUDA context."""
+    context = min(asked or CPU_CONTEXT_TOKENS, model.shape.max_position_embeddings)
+    weights, kv, activations = requirement(model, context, path="plain")
+    need = weights + kv + activations + OVERHEAD_BYTES
+    if ram is not None and need > ram:
+        raise PlacementRefused(
+            f"{model.name} does not fit: at {context:,} tokens of context it needs {gib(need)} of RAM "
+            f"(weights {gib(weights)} + KV cache {gib(kv)} + activations {gib(activations)} + overhead "
+            f"{gib(OVERHEAD_BYTES)}), but only {gib(ram)} would be free.",
+            "close other programs, or pick a smaller model",
+            needed={},
+            available={},
+            largest_context=0,
+        )
+    return Layout("cpu", None, context)

@@ -1,0 +1,40 @@
+"""The loader's options as command-line flags: one set for `app.py` and `serve.py`, read back for `load()`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from gptq_chat.loading.fit import SPLIT_HELP, SPLITS
+from gptq_chat.loading.loader import ENGINES
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """--model, --backend, --device, --engine, --slots, --split and --context."""
+    parser.add_argument("--model", help="model folder or id (default: the first downloaded model, else the demo)")
+    parser.add_argument("--backend", default="auto", help="GPTQ kernel: auto, marlin, exllama_v2, triton, torch")
+    parser.add_argument(
+        "--device", default=None, help="cuda (every GPU, split if needed), cuda:1, cuda:0,1 (split over those) or cpu"
+    )
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="auto", help="fast (CUDA graphs, batching) or plain (transformers)"
+    )
+    parser.add_argument(
+        "--slots", type=int, default=1, help="replies the fast engine writes at once; each has its own KV cache"
+    )
+    parser.add_argument("--split", choices=SPLITS, default="auto", help=SPLIT_HELP)
+    parser.add_argument(
+        "--context", type=int, default=None, help="tokens per reply, prompt included (default: the longest that fits)"
+    )
+
+
+def load_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags above as `loader.load()`'s keyword arguments (the model itself aside)."""
+    return {
+        "backend": args.backend,
+        "device": args.device,
+        "engine": args.engine,
+        "slots": args.slots,
+        "split": args.split,
+        "context_length": args.context,
+    }
