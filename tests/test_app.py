@@ -18,7 +18,7 @@ from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
 from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
 from streamlit.testing.v1 import AppTest
 
-from gptq_chat.api.access import exposure_problem, is_loopback, password_matches, without_password
+from gptq_chat.api.access import exposure_problem, is_loopback, secret_matches, without_password
 from gptq_chat.chat.conversations import DATA_ENV, ConversationStore
 from gptq_chat.chat.prompt import encode_chat, with_system
 from gptq_chat.chat.reply import Reply, ReplyStats
@@ -105,9 +105,9 @@ def test_a_password_is_required_off_loopback_and_compared_exactly() -> None:
     assert exposure_problem("0.0.0.0", "secret") is None
     problem = exposure_problem("0.0.0.0", None)
     assert problem is not None and "--password" in problem and "GPTQ_CHAT_PASSWORD" in problem
-    assert password_matches("s3cret-密码", "s3cret-密码")
-    assert not password_matches("s3cret", "s3cret-密码")
-    assert not password_matches("", "x")
+    assert secret_matches("s3cret-密码", "s3cret-密码")
+    assert not secret_matches("s3cret", "s3cret-密码")
+    assert not secret_matches("", "x")
 
 
 def test_app_refuses_to_start_on_the_network_without_a_password() -> None:

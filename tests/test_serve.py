@@ -24,8 +24,9 @@ import httpx
 import openai
 import pytest
 
+from gptq_chat.api.access import API_KEY, API_KEY_ENV, exposure_problem
 from gptq_chat.api.protocol import ChatCompletionRequest, ServedModel, validate
-from gptq_chat.api.server import API_KEY_ENV, create_app, key_problem
+from gptq_chat.api.server import create_app
 from gptq_chat.chat.prompt import encode_chat
 from gptq_chat.chat.streamer import StopText
 from gptq_chat.engine.scheduler import Scheduler
@@ -317,8 +318,8 @@ def test_a_clients_request_id_is_kept(base_url: str) -> None:
 
 
 def test_off_loopback_the_server_needs_a_key() -> None:
-    assert key_problem("127.0.0.1", None) is None and key_problem("::1", None) is None
-    assert key_problem("localhost", None) is None and key_problem("0.0.0.0", "k") is None
+    assert exposure_problem("127.0.0.1", None, API_KEY) is None and exposure_problem("::1", None, API_KEY) is None
+    assert exposure_problem("localhost", None, API_KEY) is None and exposure_problem("0.0.0.0", "k", API_KEY) is None
     env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
     started = time.monotonic()
     done = subprocess.run(

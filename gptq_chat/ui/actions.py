@@ -1,0 +1,156 @@
+"""The page's state changes: button and widget callbacks, which Streamlit runs before it draws the page."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import streamlit as st
+
+from gptq_chat.chat.conversations import ChatRef, Conversation, ConversationStore, from_json, save_chat
+from gptq_chat.ui.history import last_index, with_edited_last_user, without_last_reply
+from gptq_chat.ui.presets import CUSTOM, PRESETS, preset_of
+
+# Per-conversation settings: the widget keys, saved with each chat and restored when it is opened.
+SETTING_KEYS = ("preset", "system_prompt", "context_length", "max_new", "temperature", "top_p", "top_k", "penalty")
+
+
+def after_reply(callback: Callable[..., None]) -> Callable[..., None]:
+    """Run a callback that changes the chat only once a reply this tab just stopped has been saved.
+
+    With Streamlit's fastReruns a click stops the running script and starts the next run (callbacks
+    first) at once, while the stopped run's thread is still closing its reply.
+    """
+
+    @functools.wraps(callback)
+    def wrapped(*args: Any, **kwargs: Any) -> None:
+        lock = st.session_state.get("stream_lock")
+        if lock is None:
+            return callback(*args, **kwargs)
+        with lock:
+            return callback(*args, **kwargs)
+
+    return wrapped
+
+
+def chat_settings() -> dict[str, Any]:
+    state = st.session_state
+    return {key: state[key] for key in SETTING_KEYS if key in state}
+
+
+@after_reply
+def show_conversation(conversation: Conversation | None) -> None:
+    """Make `conversation` (None: a new, empty chat) the one this tab shows, with its settings."""
+    state = st.session_state
+    state.messages = [dict(m) for m in conversation.messages] if conversation else []
+    state.chat = ChatRef(conversation.id, conversation.revision) if conversation else ChatRef()
+    state.editing = False
+    state.pending = False
+    if conversation:
+        for key in SETTING_KEYS:
+            if key in conversation.settings:
+                state[key] = conversation.settings[key]
+        state.saved_settings = chat_settings()
+
+
+@after_reply
+def open_chat(store: ConversationStore, conversation_id: int) -> None:
+    conversation = store.get(conversation_id)
+    if conversation is None:
+        st.session_state.notices.append(("warning", "missing_chat"))
+    show_conversation(conversation)
+
+
+@after_reply
+def delete_chat(store: ConversationStore, conversation_id: int) -> None:
+    store.delete(conversation_id)
+    show_conversation(None)
+
+
+def rename_chat(store: ConversationStore, conversation_id: int) -> None:
+    title = st.session_state.get(f"rename_{conversation_id}", "")
+    if title.strip():
+        store.rename(conversation_id, title)
+
+
+@after_reply
+def import_chat(store: ConversationStore, key: str) -> None:
+    state = st.session_state
+    upload = state.get(key)
+    if upload is None:
+        return
+    try:
+        title, messages, settings = from_json(upload.getvalue())
+    except ValueError as error:
+        state.notices.append(("error", f"{upload.name}: {error}"))
+        return
+    show_conversation(store.create(title, messages, settings))
+    state.import_round += 1  # a fresh uploader, so the same file can be imported again
+    state.notices.append(("success", f"imported:{title}"))
+
+
+def persist(store: ConversationStore) -> None:
+    """Save this tab's chat (from callbacks and the page, where session state is safe to use)."""
+    state = st.session_state
+    if save_chat(store, state.chat, state.messages, chat_settings()):
+        state.notices.append(("warning", "conflict"))
+
+
+@after_reply
+def send(store: ConversationStore) -> None:
+    state = st.session_state
+    text = state.get("chat_text") or ""
+    if not text.strip():
+        return
+    state.messages.append({"role": "user", "content": text})
+    state.editing = False
+    state.pending = True
+    persist(store)
+
+
+@after_reply
+def regenerate() -> None:
+    state = st.session_state
+    state.messages = without_last_reply(state.messages)
+    state.pending = True
+
+
+@after_reply
+def start_edit() -> None:
+    state = st.session_state
+    index = last_index(state.messages, "user")
+    if index is not None:
+        state.edit_text = state.messages[index]["content"]
+        state.editing = True
+
+
+@after_reply
+def resend(store: ConversationStore) -> None:
+    state = st.session_state
+    try:
+        state.messages = with_edited_last_user(state.messages, state.get("edit_text", ""))
+    except ValueError:
+        return
+    state.editing = False
+    state.pending = True
+    persist(store)
+
+
+def cancel_edit() -> None:
+    st.session_state.editing = False
+
+
+def request_switch() -> None:
+    st.session_state.switch_to = st.session_state.model_pick
+
+
+def preset_chosen() -> None:
+    state = st.session_state
+    if state.preset != CUSTOM:
+        state.system_prompt = PRESETS[state.preset]
+
+
+def prompt_edited() -> None:
+    state = st.session_state
+    state.preset = preset_of(state.system_prompt)

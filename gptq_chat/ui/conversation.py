@@ -1,0 +1,161 @@
+"""The conversation on the page: the history with its buttons, and a reply drawn while it streams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from gptq_chat.chat.conversations import ConversationStore, save_chat
+from gptq_chat.chat.prompt import PromptTooLong
+from gptq_chat.chat.reply import ChatSettings
+from gptq_chat.chat.think import split_think
+from gptq_chat.ui.actions import cancel_edit, chat_settings, persist, regenerate, resend, start_edit
+from gptq_chat.ui.history import can_regenerate, context_use, last_index, left_out, sent_history
+from gptq_chat.ui.i18n import context_line, stats_line, t
+from gptq_chat.ui.rendering import to_markdown as markdown_of
+from gptq_chat.ui.replies import stream_into, wait_turn
+from gptq_chat.ui.reply_source import ReplySource
+
+
+def context_meter(window: int, lang: str) -> None:
+    use = context_use(st.session_state.messages, window)
+    if use is None:
+        return
+    st.progress(use.fraction, text=context_line(use.used, use.window, use.dropped, lang))
+
+
+def show_thinking(thinking: str, lang: str) -> None:
+    with st.expander(t("thought", lang), icon=":material/psychology:"):
+        st.markdown(markdown_of(thinking))
+
+
+def render_message(message: dict, index: int, lang: str) -> None:
+    """A saved message: reasoning collapsed, the answer, then why it is incomplete and its statistics."""
+    if message["role"] == "assistant":
+        split = split_think(message["content"])
+        if split.thinking:
+            show_thinking(split.thinking, lang)
+        st.container(key=f"answer_{index}").markdown(markdown_of(split.answer))
+    else:
+        st.markdown(message["content"])
+    if message.get("error"):
+        st.error(message["error"])
+    if message.get("stopped"):
+        st.caption(t("stopped", lang))
+    if message.get("stats"):
+        st.caption(stats_line(message["stats"], lang))
+
+
+def copy_box(message: dict, index: int, lang: str) -> None:
+    """st.code carries a copy-to-clipboard button; the popover keeps it out of the way."""
+    with st.popover(t("copy", lang), icon=":material/content_copy:", key=f"copy_{index}"):
+        st.code(split_think(message["content"]).answer, language="markdown", wrap_lines=True)
+
+
+def edit_box(store: ConversationStore, lang: str) -> None:
+    st.text_area(t("edit_label", lang), key="edit_text")
+    row = st.container(horizontal=True)
+    row.button(t("resend", lang), key="resend", type="primary", on_click=resend, args=(store,))
+    row.button(t("cancel", lang), key="cancel_edit", on_click=cancel_edit)
+
+
+def conversation_view(store: ConversationStore, lang: str, busy: bool) -> None:
+    """The history, with Edit under the last question and Copy/Regenerate under the answers."""
+    state = st.session_state
+    messages = state.messages
+    hidden = left_out(messages)
+    last_user = last_index(messages, "user")
+    with st.chat_message("assistant"):
+        st.markdown(t("greeting", lang))  # shown, never sent to the model
+    for index, message in enumerate(messages):
+        with st.chat_message(message["role"]):
+            if index in hidden:
+                st.caption(t("left_out", lang))
+            if index == last_user and state.editing:
+                edit_box(store, lang)
+                continue
+            render_message(message, index, lang)
+            if busy:
+                continue
+            row = st.container(horizontal=True, gap="small")
+            with row:
+                if message["role"] == "assistant":
+                    copy_box(message, index, lang)
+                    if index == len(messages) - 1 and can_regenerate(messages):
+                        icon = ":material/refresh:"
+                        st.button(t("regenerate", lang), key="regenerate", icon=icon, on_click=regenerate)
+                elif index == last_user:
+                    st.button(t("edit", lang), key="edit", icon=":material/edit:", on_click=start_edit)
+
+
+class LiveReply:
+    """Draws a reply while it streams: reasoning in a collapsed box, the answer below it."""
+
+    def __init__(self, lang: str) -> None:
+        self.lang = lang
+        self.thinking_box = st.container()
+        self.answer = st.container(key="live_answer").empty()
+        self.status: Any = None
+        self.thought_shown = False
+
+    def show(self, text: str, final: bool) -> None:
+        split = split_think(text, final=final)
+        if split.thinking or not split.thinking_done:
+            if self.status is None:
+                self.status = self.thinking_box.status(t("thinking", self.lang), expanded=False)
+                self.thinking = self.status.empty()
+            self.thinking.markdown(markdown_of(split.thinking, streaming=not final))
+            if split.thinking_done and not self.thought_shown:
+                self.status.update(label=t("thought", self.lang), state="complete")
+                self.thought_shown = True
+        self.answer.markdown(markdown_of(split.answer, streaming=not final) + ("" if final else " ▌"))
+
+
+def answer(source: ReplySource, settings: ChatSettings, store: ConversationStore, lang: str) -> None:
+    """Stream a reply into the history; Stop (or any click) keeps the partial text, marked stopped."""
+    state = st.session_state
+    state.pending = False
+    messages = state.messages
+    try:
+        reply = source.start(sent_history(messages), settings)
+    except PromptTooLong as error:
+        messages[-1]["error"] = f"{t('too_long', lang)}: {error}"
+        persist(store)
+        st.error(messages[-1]["error"])
+        return
+    entry: dict[str, Any] = {"role": "assistant", "content": ""}
+    messages.append(entry)
+    # What the reply's end needs, taken now: with fastReruns a click stops this run (every later
+    # session-state access raises StopException) while the next run already starts.
+    chat, notices, speeds, settings_now = state.chat, state.notices, state.session_speeds, chat_settings()
+    with state.stream_lock, st.chat_message("assistant"):
+        stop = st.empty()
+        stop.button(t("stop", lang), key="stop", icon=":material/stop_circle:", shortcut="Escape")
+        waiting = st.empty()
+
+        def wait() -> None:
+            if source.queue is None:
+                return
+            icon = ":material/hourglass_top:"
+            wait_turn(source.queue, lambda s: waiting.info(f"{t('waiting', lang)} ({s:.0f} s)", icon=icon))
+            waiting.empty()
+
+        def finish() -> None:
+            if save_chat(store, chat, messages, settings_now):
+                notices.append(("warning", "conflict"))
+            if entry["stats"]["tokens_per_s"]:
+                speeds.append(entry["stats"]["tokens_per_s"])
+
+        view = LiveReply(lang)
+        stream_into(
+            entry,
+            reply,
+            view.show,
+            context_length=settings.context_length,
+            model=source.name,
+            wait=wait,
+            finish=finish,
+        )
+        stop.empty()
+    st.rerun()  # draw the finished reply with its buttons and statistics
