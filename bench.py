@@ -277,11 +277,20 @@ def load_for_timing(folder: Path, attention: str, args, report: dict) -> tuple[A
     """The engine as the loader would place it (one card, layers split, or tensor parallel), and its cards."""
     from gptq_chat.engine.fast_engine import load_engine
     from gptq_chat.loading.checkpoint import find_checkpoint
-    from gptq_chat.loading.loader import place_on_gpus
+    from gptq_chat.loading.loader import plan_load
 
     cards = card_indices(args.device)
     info = find_checkpoint(folder)
-    device, placement, _ = place_on_gpus(info, args.device, True, args.context, 1, memory_limit(args), args.split)
+    layout = plan_load(
+        info,
+        backend="marlin",
+        device=args.device,
+        engine="fast",
+        context_length=args.context,
+        split=args.split,
+        gpu_memory_limit=memory_limit(args),
+    ).layout
+    device, placement = layout.device, layout.placement
     if placement:
         report_plan(placement, report)
     if placement and placement.tensor_parallel:

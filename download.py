@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from gptq_chat.loading.checkpoint import CheckpointError
 from gptq_chat.loading.fit import SPLIT_HELP, SPLITS
@@ -93,20 +95,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def fetch(args: argparse.Namespace) -> int:
     """Download (or import) one model and say where it is and how to chat with it."""
-    from gptq_chat.models import store as model_store
+    from gptq_chat.models import store
 
     root = (args.dir or models_home()).expanduser()
     place = None
     try:
         if args.source == "local":
-            path, already = model_store.import_local(Path(args.model), root, progress=not args.quiet)
-            place = model_store.ModelPlace(root, path.parent.name, path.name)
+            path, already = store.import_local(Path(args.model), root, progress=not args.quiet)
+            place = store.ModelPlace(root, path.parent.name, path.name)
             origin = "imported and verified"
         else:
             from gptq_chat.models.hub_download import HUB_NAMES, download_model, hub_id
 
             model = args.model or catalog.DEFAULT_MODEL
-            place = model_store.place_for(hub_id(model, args.source), root)
+            place = store.place_for(hub_id(model, args.source), root)
             result = download_model(
                 model, source=args.source, revision=args.revision, root=root, progress=not args.quiet
             )
@@ -123,9 +125,9 @@ def fetch(args: argparse.Namespace) -> int:
         else:
             print("\nInterrupted before anything was downloaded.", file=sys.stderr)
         return 130
-    size = model_store.folder_bytes(path)
+    size = store.folder_bytes(path)
     state = "Already here" if already else "Ready"
-    print(f"{state}: {path} ({model_store.gb(size)}, {origin if not already else 'verified earlier'})")
+    print(f"{state}: {path} ({store.gb(size)}, {origin if not already else 'verified earlier'})")
     argument = place.app_argument if place is not None and path == place.final else path
     print(f"Chat with it:  .venv/bin/python app.py --model {argument}")
     if place is not None and root.resolve() != models_home().resolve():
@@ -217,31 +219,31 @@ def print_fit(model: str | None, cards: list[int], context: int, split: str) -> 
 
 
 def installed_table(root: Path | None) -> str:
-    from gptq_chat.models import store as model_store
+    from gptq_chat.models import store
 
     root = (root or models_home()).expanduser()
-    items = model_store.installed(root)
+    items = store.installed(root)
     if not items:
         return f"No models in {root} yet: `python download.py` fetches {catalog.DEFAULT_MODEL}."
     width = max(len(item.ref) for item in items) + 2
     lines = [f"Models in {root}:", ""]
     for item in items:
-        lines.append(f"{item.ref:<{width}}{model_store.gb(item.size):>10}  {item.status}")
+        lines.append(f"{item.ref:<{width}}{store.gb(item.size):>10}  {item.status}")
     return "\n".join(lines)
 
 
 def remove(model: str, root: Path | None, *, assume_yes: bool) -> int:
     """Delete the folder(s) `model` names, after the user confirms."""
-    from gptq_chat.models import store as model_store
+    from gptq_chat.models import store
 
     root = (root or models_home()).expanduser()
-    found = model_store.matching(model, root)
+    found = store.matching(model, root)
     if not found:
-        raise model_store.DownloadError(
+        raise store.DownloadError(
             f"No downloaded model matches {model} in {root}", "see what is there with `python download.py --installed`"
         )
     for item in found:
-        question = f"Delete {item.path} ({model_store.gb(item.size)}, {item.status})? [y/N] "
+        question = f"Delete {item.path} ({store.gb(item.size)}, {item.status})? [y/N] "
         if not assume_yes:
             try:
                 answer = input(question)
@@ -251,15 +253,45 @@ def remove(model: str, root: Path | None, *, assume_yes: bool) -> int:
             if answer.strip().lower() not in ("y", "yes"):
                 print(f"Kept {item.path}.")
                 continue
-        model_store.remove(item, root)
+        store.remove(item, root)
         print(f"Deleted {item.path}.")
     return 0
 
 
-def build_demo(args: argparse.Namespace) -> int:
-    from gptq_chat.models.demo_model import build_demo_model
+class OneLine:
+    """Progress on one terminal line, rewritten in place; on a pipe or in a log, one line per new stage."""
 
-    path = build_demo_model(args.dir, force=args.force, progress=lambda message, fraction: None)
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last = ""
+
+    def __call__(self, message: str, fraction: float) -> None:
+        text = f"[{fraction:4.0%}] {message}"
+        if self.tty:
+            width = shutil.get_terminal_size().columns - 1
+            self.stream.write("\r\x1b[2K" + text[:width])
+            self.stream.flush()
+        elif message != self.last:
+            print(text, file=self.stream, flush=True)
+        self.last = message
+
+    def end(self) -> None:
+        if self.tty and self.last:
+            self.stream.write("\n")
+
+
+def build_demo(args: argparse.Namespace) -> int:
+    from gptq_chat.models.demo_model import DemoModelError, build_demo_model
+
+    progress = OneLine()
+    try:
+        path = build_demo_model(args.dir, force=args.force, progress=progress)
+    except DemoModelError as error:
+        print(f"\nError: {error}", file=sys.stderr)
+        return 1
+    finally:
+        progress.end()
     print(f"Demo model ready: {path}")
     return 0
 

@@ -23,7 +23,7 @@ from gptq_chat.chat.conversations import DATA_ENV, ConversationStore
 from gptq_chat.chat.prompt import encode_chat, with_system
 from gptq_chat.chat.reply import Reply, ReplyStats
 from gptq_chat.chat.think import answer_only, split_think
-from gptq_chat.loading import holder as model_switch
+from gptq_chat.loading import holder
 from gptq_chat.loading.loader import load
 from gptq_chat.models.installed import MODEL_ENV
 from gptq_chat.ui.history import (
@@ -293,24 +293,24 @@ def test_switching_frees_the_old_model_and_refuses_one_that_does_not_fit(
     two_models: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GPTQ_CHAT_HOME", str(two_models))
-    holder = model_switch.ModelHolder(str(two_models / "Qwen/Tiny-A-GPTQ-Int4"), device="cpu")
-    first = weakref.ref(holder.get().model)
-    assert [model_switch.display_name(p) for p in model_switch.model_choices(None)] == [
+    app_model = holder.ModelHolder(str(two_models / "Qwen/Tiny-A-GPTQ-Int4"), device="cpu")
+    first = weakref.ref(app_model.get().model)
+    assert [holder.display_name(p) for p in holder.model_choices(None)] == [
         "Qwen/Tiny-A-GPTQ-Int4",
         "Qwen/Tiny-B-GPTQ-Int4",
     ]
 
-    real_memory = model_switch.device_memory
-    monkeypatch.setattr(model_switch, "device_memory", lambda device: model_switch.Memory("RAM", 0, 2**20, 2**30))
-    with pytest.raises(model_switch.SwitchRefused, match=r"needs [\d.]+ GiB of RAM .* only [\d.]+ GiB would be free"):
-        holder.switch(str(two_models / "Qwen/Tiny-B-GPTQ-Int4"))
-    assert first() is not None and holder.loaded is not None  # refused: nothing changed
+    real_memory = holder.device_memory
+    monkeypatch.setattr(holder, "device_memory", lambda device: holder.Memory("RAM", 0, 2**20, 2**30))
+    with pytest.raises(holder.SwitchRefused, match=r"needs [\d.]+ GiB of RAM .* only [\d.]+ GiB would be free"):
+        app_model.switch(str(two_models / "Qwen/Tiny-B-GPTQ-Int4"))
+    assert first() is not None and app_model.loaded is not None  # refused: nothing changed
 
-    monkeypatch.setattr(model_switch, "device_memory", real_memory)
-    switched = holder.switch(str(two_models / "Qwen/Tiny-B-GPTQ-Int4"))
+    monkeypatch.setattr(holder, "device_memory", real_memory)
+    switched = app_model.switch(str(two_models / "Qwen/Tiny-B-GPTQ-Int4"))
     assert switched.info.path.name == "Tiny-B-GPTQ-Int4"
     assert first() is None  # the old model's weights were freed, not just forgotten
-    holder.switch(str(two_models / "Qwen/Tiny-A-GPTQ-Int4"))  # and back: it loads again
+    app_model.switch(str(two_models / "Qwen/Tiny-A-GPTQ-Int4"))  # and back: it loads again
 
 
 def test_a_traceback_kept_by_a_library_does_not_keep_the_old_model_alive() -> None:
@@ -330,7 +330,7 @@ def test_a_traceback_kept_by_a_library_does_not_keep_the_old_model_alive() -> No
 
     model = weakref.ref(load_like_the_loader())
     assert model() is not None  # only the stored traceback's frame holds it
-    assert model_switch.clear_finished_frames(model()) == 1
+    assert holder.clear_finished_frames(model()) == 1
     assert model() is None
     assert kept[0].__traceback__ is not None  # the library still has its exception
 
@@ -696,7 +696,7 @@ def test_switching_models_from_the_page(two_models: Path, data: Path, monkeypatc
     at.sidebar.selectbox(key="model_pick").set_value(str(two_models / "Qwen/Tiny-B-GPTQ-Int4")).run()
     assert not at.exception and not at.error
     assert "Tiny-B" in at.sidebar.selectbox(key="model_pick").value
-    monkeypatch.setattr(model_switch, "device_memory", lambda device: model_switch.Memory("RAM", 0, 2**20, 2**30))
+    monkeypatch.setattr(holder, "device_memory", lambda device: holder.Memory("RAM", 0, 2**20, 2**30))
     at.sidebar.selectbox(key="model_pick").set_value(str(two_models / "Qwen/Tiny-A-GPTQ-Int4")).run()
     assert "does not fit" in at.error[0].value and "GiB" in at.error[0].value
     assert "Tiny-B" in at.sidebar.selectbox(key="model_pick").value  # refused: the current model stays

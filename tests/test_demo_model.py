@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gptq_chat.models import demo_model
-from gptq_chat.models import home as paths
+from gptq_chat.models import demo_model, home
 from gptq_chat.models.demo_model import MARKER_NAME, DemoModelError, build_demo_model, is_complete
 
 pytestmark = pytest.mark.slow
@@ -52,7 +51,7 @@ def test_build_is_idempotent(demo_model_dir: Path) -> None:
     started = time.monotonic()
     again = build_demo_model(progress=lambda message, fraction: calls.append((message, fraction)))
     assert time.monotonic() - started < 2
-    assert again == demo_model_dir == paths.demo_model_dir().resolve()
+    assert again == demo_model_dir == home.demo_model_dir().resolve()
     assert (marker.read_bytes(), marker.stat().st_mtime_ns) == before
     assert [fraction for _, fraction in calls] == [1.0]
 
@@ -65,7 +64,7 @@ def test_a_fresh_process_finds_the_built_model_in_seconds_without_torch(demo_mod
     )
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-c", script], cwd=paths.REPO_ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-c", script], cwd=home.REPO_ROOT, capture_output=True, text=True, check=True
     )
     assert time.monotonic() - started < 15
     assert Path(done.stdout.strip()) == demo_model_dir

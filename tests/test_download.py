@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import download
-from gptq_chat.models import store as model_store
+from gptq_chat.models import store
 from gptq_chat.models.home import REPO_ROOT
 from gptq_chat.models.installed import default_model, installed_models
 from tests.support.hub_server import FakeHub
@@ -49,7 +49,7 @@ def hub(fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> F
     monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
     monkeypatch.setenv("GPTQ_CHAT_HOME", str(tmp_path / "models"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored login of this machine
-    for name in ("MODELSCOPE_DOMAIN", "MODELSCOPE_API_TOKEN", "HF_TOKEN", model_store.FREE_BYTES_ENV):
+    for name in ("MODELSCOPE_DOMAIN", "MODELSCOPE_API_TOKEN", "HF_TOKEN", store.FREE_BYTES_ENV):
         monkeypatch.delenv(name, raising=False)
     return fake_hub
 
@@ -90,7 +90,7 @@ def test_default_download_from_modelscope_is_verified_found_by_the_app_and_loads
     path = final_dir()
     assert f"Ready: {path}" in out
     assert "app.py --model Qwen/Qwen1.5-7B-Chat-GPTQ-Int4" in out
-    manifest = json.loads((path / model_store.MANIFEST).read_text())
+    manifest = json.loads((path / store.MANIFEST).read_text())
     assert manifest["source"] == "modelscope" and manifest["model_id"] == MS_ID
     expected = {p.name for p in tiny_gptq_dir.iterdir()}
     assert set(manifest["files"]) == expected
@@ -121,13 +121,13 @@ def test_a_half_finished_download_in_modelscope_spelling_is_completed_not_duplic
         handle.truncate(1000)
     assert download.main(["--quiet"]) == 0
     assert file_requests(hub) == [WEIGHTS]  # the intact files were checked and kept
-    assert not tutorial.exists() and (final_dir() / model_store.MANIFEST).is_file()
+    assert not tutorial.exists() and (final_dir() / store.MANIFEST).is_file()
     assert installed_models(home()) == [final_dir()]
 
 
 def test_hugging_face_download_uses_hf_endpoint_and_checks_lfs_and_git_hashes(hub: FakeHub) -> None:
     assert download.main([HF_ID, "--source", "hf", "--quiet"]) == 0
-    manifest = json.loads((final_dir() / model_store.MANIFEST).read_text())
+    manifest = json.loads((final_dir() / store.MANIFEST).read_text())
     checked = {name: entry["checked_against_hub"] for name, entry in manifest["files"].items()}
     assert checked[WEIGHTS] == "sha256"  # LFS files: the sha256 in the hub's file list
     assert checked["config.json"] == "git-sha1"  # small files: their git blob id
@@ -143,7 +143,7 @@ def test_dropped_connection_resumes_mid_file(hub: FakeHub, source: str, tiny_gpt
     assert first.range is None and first.sent == size // 2
     resumed_from = int(second.range.removeprefix("bytes=").rstrip("-"))
     assert 0 < resumed_from <= size // 2 and second.sent == size - resumed_from
-    assert (final_dir() / model_store.MANIFEST).is_file()
+    assert (final_dir() / store.MANIFEST).is_file()
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -165,7 +165,7 @@ def test_ctrl_c_keeps_what_arrived_and_the_next_run_resumes(hub: FakeHub, source
     _, err = second.communicate(timeout=120)
     assert second.returncode == 0, err
     assert hub.downloads_of(WEIGHTS)[-1].range == f"bytes={kept}-"
-    assert (final_dir() / model_store.MANIFEST).is_file()
+    assert (final_dir() / store.MANIFEST).is_file()
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -188,7 +188,7 @@ def test_wrong_bytes_are_caught_by_hash_named_and_never_marked_complete(
 def test_not_enough_disk_is_refused_before_anything_is_downloaded(
     hub: FakeHub, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv(model_store.FREE_BYTES_ENV, str(50 * 1000**2))
+    monkeypatch.setenv(store.FREE_BYTES_ENV, str(50 * 1000**2))
     assert download.main(["--quiet"]) == 1
     err = capsys.readouterr().err
     assert "Not enough disk space" in err and "--dir" in err
@@ -216,7 +216,7 @@ def test_a_hub_that_wants_a_login_says_so_and_a_token_gets_in(
     assert "refused access" in err and ("MODELSCOPE_API_TOKEN" in err or "HF_TOKEN" in err)
     monkeypatch.setenv("MODELSCOPE_API_TOKEN" if source == "modelscope" else "HF_TOKEN", "s3cret")
     assert download.main([OTHER_ID, "--source", source, "--quiet"]) == 0
-    assert (final_dir("test-org", "Other-Qwen2-GPTQ-Int4") / model_store.MANIFEST).is_file()
+    assert (final_dir("test-org", "Other-Qwen2-GPTQ-Int4") / store.MANIFEST).is_file()
 
 
 def test_no_network_is_one_clear_message(
@@ -236,7 +236,7 @@ def test_local_import_of_a_folder_checks_the_manifest_it_carries(
     monkeypatch.setenv("GPTQ_CHAT_HOME", str(tmp_path / "this-machine"))
 
     assert download.main([str(copied), "--source", "local", "--quiet"]) == 0
-    manifest = json.loads((final_dir() / model_store.MANIFEST).read_text())
+    manifest = json.loads((final_dir() / store.MANIFEST).read_text())
     assert manifest["source"] == "local" and manifest["original_source"] == "modelscope"
     assert "app.py --model Qwen/Qwen1.5-7B-Chat-GPTQ-Int4" in capsys.readouterr().out
 

@@ -1,4 +1,4 @@
-"""The fast engine on a GPU agrees with the plain transformers path (`pytest -m gpu`, on the device machine)."""
+"""The fast engine on a GPU agrees with the plain transformers path (`pytest -m gpu`, on a CUDA GPU)."""
 
 from __future__ import annotations
 

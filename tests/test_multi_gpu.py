@@ -1,4 +1,4 @@
-"""A model split over two GPUs (`pytest -m gpu`, on a two-GPU device machine): the engine's split decode step and
+"""A model split over two GPUs (`pytest -m gpu`, on a machine with two GPUs): the engine's split decode step and
 tensor parallelism give the plain path's logits, the API server runs and stops a tensor-parallel model, and a
 memory cap is a real cap."""
 

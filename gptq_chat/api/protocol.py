@@ -1,6 +1,6 @@
 """The OpenAI chat-completions protocol without HTTP: request schema, validation, generated text, responses.
 
-`serve.py` is the thin HTTP layer over this module. Here a request body becomes token ids and
+`server.py` is the thin HTTP layer over this module. Here a request body becomes token ids and
 `SamplingSettings` (or an `ApiError` in OpenAI's error shape, with the status it deserves), and the
 token stream becomes text cut at the client's stop strings and OpenAI's response and chunk shapes.
 The client's messages are the history as sent: a prompt that does not fit is refused
@@ -139,7 +139,7 @@ class ServedModel:
 
     @classmethod
     def of(cls, loaded: LoadedModel, name: str | None = None, scheduler: Scheduler | None = None) -> ServedModel:
-        """From a `model_loader.LoadedModel`; `scheduler` replaces its own (tests: a tiny queue)."""
+        """From a `loader.LoadedModel`; `scheduler` replaces its own (tests: a tiny queue)."""
         return cls(
             name=name or loaded.facts.name,
             scheduler=scheduler or loaded.scheduler,

@@ -43,13 +43,12 @@ from gptq_chat.loading.gpus import GpuSpec, usage
 from gptq_chat.loading.kernels import KERNELS, KernelChoice, KernelError, choose_kernel, why_not
 from gptq_chat.loading.memory_plan import GIB, PlannedModel, plan, total_weight_bytes
 from gptq_chat.loading.placement import PlacementRefused, largest_context
-from gptq_chat.models import catalog
-from gptq_chat.models import store as model_store
+from gptq_chat.models import catalog, store
 from gptq_chat.models.home import REPO_ROOT, demo_model_dir, models_home
 from gptq_chat.models.installed import MODEL_ENV, installed_models
 
 OK, WARN, FAIL = "✓", "⚠", "✗"
-PYTHON_TESTED = ((3, 10), (3, 12))  # oldest and newest minor version we test on (CPU: 3.11, lent GPUs: 3.12)
+PYTHON_TESTED = ((3, 10), (3, 12))  # oldest and newest minor version we test on (CPU: 3.11, GPU machines: 3.12)
 # The first Linux driver of each CUDA major version (CUDA Toolkit release notes, minor-version compatibility).
 MIN_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
 TESTED_SETS = ("env/tested-cpu.txt", "env/tested-gpu.txt", "env/legacy-cu118/requirements.txt")
@@ -539,7 +538,7 @@ def loadable(info: CheckpointInfo, machine: Machine) -> str | None:
     return None
 
 
-def model_problem(item: model_store.Installed, machine: Machine) -> str | None:
+def model_problem(item: store.Installed, machine: Machine) -> str | None:
     """What keeps a model folder from loading here (incomplete, damaged, no kernel for it), or None."""
     if not item.complete:
         return item.status
@@ -552,7 +551,7 @@ def model_problem(item: model_store.Installed, machine: Machine) -> str | None:
 def check_models(machine: Machine, root: Path, requested: str | None) -> tuple[list[Check], Chosen]:
     """Each model on disk complete and loadable. A broken one blocks chatting only if it is the one the app opens
     (the one asked for, else $GPTQ_CHAT_MODEL, else the first on disk, as `installed.default_model` picks)."""
-    items = model_store.installed(root)
+    items = store.installed(root)
     on_disk = installed_models(root)
     reference = requested or os.environ.get(MODEL_ENV) or (str(on_disk[0]) if on_disk else None)
     chosen, chosen_dir, checks = Chosen(reference), None, []
@@ -578,7 +577,7 @@ def check_models(machine: Machine, root: Path, requested: str | None) -> tuple[l
         )
     listed = list(items)
     if chosen_dir is not None and all(item.path.resolve() != chosen_dir for item in listed):
-        listed.append(model_store.Installed(chosen_dir, str(chosen_dir), 0, True, "complete and loadable"))
+        listed.append(store.Installed(chosen_dir, str(chosen_dir), 0, True, "complete and loadable"))
     for item in listed:
         is_chosen = item.path.resolve() == chosen_dir
         label = "demo" if item.path == demo_model_dir() else item.ref
@@ -671,11 +670,11 @@ def check_memory(machine: Machine, chosen: Chosen, context: int | None, vram: Se
 
 
 def check_disk(root: Path) -> Check:
-    free = model_store.free_disk_bytes(root)
+    free = store.free_disk_bytes(root)
     default = catalog.find(catalog.DEFAULT_MODEL)
-    room = default.download_bytes + model_store.DISK_RESERVE_BYTES if default else 0
+    room = default.download_bytes + store.DISK_RESERVE_BYTES if default else 0
     where = f"{free / 1e9:.1f} GB free for models in {root}"
-    if free < model_store.DISK_RESERVE_BYTES:
+    if free < store.DISK_RESERVE_BYTES:
         return Check(
             "disk", FAIL, where, "free some space there, or keep models elsewhere: GPTQ_CHAT_HOME=/bigger/disk"
         )

@@ -3,7 +3,7 @@
 q/k/v read the same activations, and so do gate/up: concatenated along the output dimension in
 GPTQ layout (before any kernel repacks them), each group becomes one wide GEMM. At batch 1 the
 narrow 4096x4096 GEMMs reach only ~30 % of the memory bandwidth and the wide ones 50-65 %
-(../shared/NOTES.md), and there are fewer launches per layer.
+(docs/benchmarks.md), and there are fewer launches per layer.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Two stacks load the same Qwen GPTQ-Int4 checkpoints:
 
-- modern: transformers 5 + optimum 2 + gptqmodel (requirements.txt; what CI and the lent GPUs run);
+- modern: transformers 5 + optimum 2 + gptqmodel (requirements.txt; what CI and the GPU machines run);
 - legacy: the tutorial's torch 2.1.1+cu118 + transformers 4.37 + optimum 1.17 + auto-gptq 0.7.1
   (env/legacy-cu118/), for machines that must stay on CUDA 11.8.
 

@@ -72,7 +72,7 @@ def clear_finished_frames(*objects: object) -> int:
 
     Some libraries keep an exception from a lazy import for the life of the process, and since Python
     3.11 its traceback keeps every calling frame with its last locals: the first load's
-    `model_loader.load_uncached` frame, holding the model, among them (seen on an H100: the first model
+    `loader.load_uncached` frame, holding the model, among them (seen on an H100: the first model
     was never freed). A running frame refuses to be cleared (RuntimeError) and is left alone.
     """
     cleared = 0

@@ -25,6 +25,7 @@ from gptq_chat.loading.checkpoint import CheckpointInfo, find_checkpoint
 from gptq_chat.loading.fit import Layout, fit, with_freed
 from gptq_chat.loading.gpus import GpuSpec
 from gptq_chat.loading.kernels import KernelChoice, choose_kernel
+from gptq_chat.loading.library_log import MODEL_LOAD_LOG, ModelLoadError, library_output
 
 log = logging.getLogger(__name__)
 
@@ -235,9 +236,6 @@ def load_uncached(
     `split` says how a model is split over several GPUs: see `fit.py`.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
-    from gptq_chat.loading.gptq_stack import from_pretrained_kwargs
 
     report = progress or (lambda message, fraction: None)
     started = time.perf_counter()
@@ -253,64 +251,25 @@ def load_uncached(
         split=split,
         gpu_memory_limit=gpu_memory_limit,
     )
-    choice, fast, engine_reason, placement = plan.kernel, plan.fast, plan.engine_reason, plan.layout.placement
-    device, cards, context = plan.layout.device, plan.layout.cards, plan.layout.context
+    choice, device, cards, context = plan.kernel, plan.layout.device, plan.layout.cards, plan.layout.context
     log.info("Loading %s on %s with the %s kernel (%s)", info.path, ",".join(cards), choice.backend, choice.reason)
     log.info("%s", plan.layout.summary())
     dtype = torch.float16 if device.startswith("cuda") else torch.bfloat16
     before = sum(memory_in_use(card) for card in cards)
 
-    report("Loading the tokenizer", 0.05)
-    tokenizer = AutoTokenizer.from_pretrained(info.path)
-    has_generation_config = (info.path / "generation_config.json").is_file()
-    generation_config = GenerationConfig.from_pretrained(info.path) if has_generation_config else GenerationConfig()
-    report(f"Loading {info.weight_bytes / 1e9:.1f} GB of weights onto {device} ({choice.backend} kernel)", 0.1)
-    runner: SlotEngine | PlainEngine
-    if placement and placement.tensor_parallel:
-        from gptq_chat.engine.tensor_parallel import load_tensor_parallel
-
-        runner = load_tensor_parallel(
-            info.path,
-            choice.backend,
-            [torch.device(c) for c in cards],
-            context,
-            dtype,
-            report,
-            slots=slots,
-            gpu_memory_limit=gpu_memory_limit,
-        )
-        model = runner.model
-        max_context = runner.context_length
-    elif fast:
-        from gptq_chat.engine.fast_engine import load_engine
-
-        layer_devices = [torch.device(f"cuda:{i}") for i in placement.layer_devices()] if placement else None
-        runner = load_engine(
-            info.path,
-            choice.backend,
-            torch.device(device),
-            context,
-            dtype,
-            progress=report,
-            slots=slots,
-            layer_devices=layer_devices,
-        )
-        model = runner.model
-        max_context = runner.context_length
-    else:
-        model = AutoModelForCausalLM.from_pretrained(
-            info.path,
-            device_map=placement.device_map() if placement else {"": device},
-            **from_pretrained_kwargs(info.gptq.bits, choice, dtype),  # GPTQConfig and dtype for transformers 5 or 4
-        )
-        model.eval()
-        runner = PlainEngine(model, tokenizer)
-        if slots > 1:
-            log.warning("%d slots asked for; the plain path (%s) answers one at a time", slots, engine_reason)
-        max_context = info.shape.max_position_embeddings
+    subject = f"loading {info.path} on {','.join(cards)}"
+    with library_output(MODEL_LOAD_LOG, subject) as library_log:
+        try:
+            tokenizer, generation_config, runner, model = build_runner(plan, dtype, report, slots, gpu_memory_limit)
+        except Exception as error:
+            raise ModelLoadError(
+                f"Loading {info.name} failed: {type(error).__name__}: {error} "
+                f"(what the libraries printed: {library_log})"
+            ) from error
     layers = quantized_modules(model)
     if not layers:
         raise RuntimeError(f"{info.path} loaded without any GPTQ layers; the quantization config was ignored")
+    max_context = runner.context_length if isinstance(runner, SlotEngine) else info.shape.max_position_embeddings
     report("Ready", 1.0)
 
     facts = ModelFacts(
@@ -323,7 +282,7 @@ def load_uncached(
         kernel_class=type(layers[0]).__name__,
         kernel_reason=choice.reason,
         engine=runner.name,
-        engine_reason=engine_reason,
+        engine_reason=plan.engine_reason,
         quantized_layers=len(layers),
         bits=info.gptq.bits,
         group_size=info.gptq.group_size,
@@ -343,6 +302,51 @@ def load_uncached(
         defaults=checkpoint_defaults(generation_config, tokenizer),
         scheduler=Scheduler(runner, queue_limit),
     )
+
+
+def build_runner(
+    plan: LoadPlan, dtype: Any, report: Progress, slots: int, gpu_memory_limit: int | None
+) -> tuple[Any, Any, SlotEngine | PlainEngine, Any]:
+    """The tokenizer, generation config, engine and network of a planned load: the heavy part, all in libraries."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from gptq_chat.loading.gptq_stack import from_pretrained_kwargs
+
+    info, choice, layout = plan.info, plan.kernel, plan.layout
+    report("Loading the tokenizer", 0.05)
+    tokenizer = AutoTokenizer.from_pretrained(info.path)
+    has_generation_config = (info.path / "generation_config.json").is_file()
+    generation_config = GenerationConfig.from_pretrained(info.path) if has_generation_config else GenerationConfig()
+    report(f"Loading {info.weight_bytes / 1e9:.1f} GB of weights onto {layout.device} ({choice.backend} kernel)", 0.1)
+    placement = layout.placement
+    if placement and placement.tensor_parallel:
+        from gptq_chat.engine.tensor_parallel import load_tensor_parallel
+
+        devices = [torch.device(card) for card in layout.cards]
+        runner = load_tensor_parallel(
+            info.path, choice.backend, devices, layout.context, dtype, report, slots=slots,
+            gpu_memory_limit=gpu_memory_limit,
+        )  # fmt: skip
+        return tokenizer, generation_config, runner, runner.model
+    if plan.fast:
+        from gptq_chat.engine.fast_engine import load_engine
+
+        layer_devices = [torch.device(f"cuda:{i}") for i in placement.layer_devices()] if placement else None
+        engine = load_engine(
+            info.path, choice.backend, torch.device(layout.device), layout.context, dtype, progress=report,
+            slots=slots, layer_devices=layer_devices,
+        )  # fmt: skip
+        return tokenizer, generation_config, engine, engine.model
+    model = AutoModelForCausalLM.from_pretrained(
+        info.path,
+        device_map=placement.device_map() if placement else {"": layout.device},
+        **from_pretrained_kwargs(info.gptq.bits, choice, dtype),  # GPTQConfig and dtype for transformers 5 or 4
+    )
+    model.eval()
+    if slots > 1:
+        log.warning("%d slots asked for; the plain path (%s) answers one at a time", slots, plan.engine_reason)
+    return tokenizer, generation_config, PlainEngine(model, tokenizer), model
 
 
 _cache: dict[tuple, LoadedModel] = {}

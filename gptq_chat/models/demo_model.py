@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from gptq_chat.models import home as paths
+from gptq_chat.models import home
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ MARKER_NAME = "demo_build.json"
 # Bump when the recipe changes, so older builds count as incomplete and get rebuilt.
 MARKER_VERSION = 3
 CALIBRATION_FILE = Path(__file__).with_name("calibration.jsonl")
+BUILD_LOG = "demo-build"  # logs/demo-build.log: what gptqmodel prints while it quantizes
 
 # hidden size 576 is not a multiple of 128; the CPU int4 kernel needs K divisible by the group size.
 GROUP_SIZE = 64
@@ -108,7 +109,7 @@ def build_demo_model(
     force: bool = False,
     progress: Progress | None = None,
 ) -> Path:
-    """Build the GPTQ-Int4 demo model into `target` (default `paths.demo_model_dir()`) and return its path.
+    """Build the GPTQ-Int4 demo model into `target` (default `home.demo_model_dir()`) and return its path.
 
     Idempotent: a complete model at `target` is returned at once unless `force`. The model is built in a
     hidden sibling folder and renamed into place only after it loads and answers, so an interrupted
@@ -119,7 +120,7 @@ def build_demo_model(
     its memory back afterwards, and a stop kills the child at once (gptqmodel's worker threads,
     interrupted mid-layer inside the caller, crash the interpreter at exit).
     """
-    target = Path(target if target is not None else paths.demo_model_dir()).expanduser().resolve()
+    target = Path(target if target is not None else home.demo_model_dir()).expanduser().resolve()
     report = _Reporter(progress)
     if not force and is_complete(target):
         log.info("Demo model already built at %s", target)
@@ -156,14 +157,15 @@ def build_demo_model(
 
 
 class _Reporter:
-    """Send progress to the caller and to the log, so the CLI and the UI see the same stages."""
+    """Send progress to the caller, or to the log where the caller shows none."""
 
     def __init__(self, progress: Progress | None) -> None:
         self._progress = progress
 
     def __call__(self, message: str, fraction: float) -> None:
-        log.info("[%3d%%] %s", round(fraction * 100), message)
-        if self._progress is not None:
+        if self._progress is None:
+            log.info("[%3d%%] %s", round(fraction * 100), message)
+        else:
             self._progress(message, fraction)
 
 
@@ -196,14 +198,19 @@ def _run_worker(work: Path, report: _Reporter) -> dict[str, Any]:
     """Run the build steps in a child process and relay its progress; stop it if `report` raises.
 
     The child's stdout carries one JSON object per line for us; everything it prints itself (gptqmodel's
-    per-layer bars, warnings) goes to its stderr, which is ours, so a terminal user still sees it.
+    per-layer bars and tables, warnings: hundreds of lines) goes to its stderr, which is `BUILD_LOG`'s file:
+    the user sees our one-line progress, and a failure names the log.
     """
     env = dict(os.environ)
     # gptqmodel refuses its default of 1 CPU worker on a 2-core machine; 2 or more works.
     env.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count() or 1)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.REPO_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(home.REPO_ROOT), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "gptq_chat.models.demo_model", "--worker-dir", str(work)]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True, encoding="utf-8")
+    log_path = home.log_file(BUILD_LOG)
+    with log_path.open("a", encoding="utf-8") as log_out:
+        log_out.write(f"\n==== {datetime.now(timezone.utc).isoformat(timespec='seconds')} building {work}\n")
+        log_out.flush()
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_out, env=env, text=True, encoding="utf-8")
     assert child.stdout is not None
     result: dict[str, Any] | None = None
     error = ""
@@ -224,7 +231,10 @@ def _run_worker(work: Path, report: _Reporter) -> dict[str, Any]:
         _stop(child)
         raise
     if code != 0 or result is None:
-        raise DemoModelError(f"Building the demo model failed (worker exit code {code}): {error or 'see log'}")
+        raise DemoModelError(
+            f"Building the demo model failed (worker exit code {code}): {error or 'no message'}. "
+            f"The libraries' own output is in {log_path}"
+        )
     if "paris" not in str(result["answer"]).lower():
         log.warning("The quantized demo model answered %r to %r; expected Paris", result["answer"], SMOKE_QUESTION)
     return result
@@ -483,7 +493,7 @@ def _versions() -> dict[str, str]:
 def _marker(gguf_path: Path, gguf_sha256: str, samples: int, build_seconds: float, answer: str) -> dict[str, Any]:
     return {
         "marker_version": MARKER_VERSION,
-        "name": paths.DEMO_MODEL_NAME,
+        "name": home.DEMO_MODEL_NAME,
         "source": {
             "package": SOURCE_PACKAGE,
             "file": gguf_path.name,
@@ -525,7 +535,7 @@ def _move_into_place(built: Path, target: Path, work: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the built-in GPTQ-Int4 demo model (no network needed).")
-    parser.add_argument("--dir", type=Path, default=None, help=f"target folder (default {paths.demo_model_dir()})")
+    parser.add_argument("--dir", type=Path, default=None, help=f"target folder (default {home.demo_model_dir()})")
     parser.add_argument("--force", action="store_true", help="rebuild even if a complete model is there")
     parser.add_argument("--worker-dir", type=Path, help=argparse.SUPPRESS)  # the child process of a build
     args = parser.parse_args(argv)

@@ -17,3 +17,15 @@ def models_home() -> Path:
 def demo_model_dir() -> Path:
     """Where `python download.py --demo` puts the built-in demo model."""
     return models_home() / "demo" / DEMO_MODEL_NAME
+
+
+def logs_dir() -> Path:
+    """Where libraries' own console output goes (gptqmodel's banners, tables and per-layer bars), beside the models."""
+    return Path(os.environ.get("GPTQ_CHAT_LOGS", models_home().parent / "logs")).expanduser()
+
+
+def log_file(name: str) -> Path:
+    """`logs_dir()/name.log`, its folder made."""
+    folder = logs_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}.log"

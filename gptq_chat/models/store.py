@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gptq_chat.models import catalog
 from gptq_chat.loading.checkpoint import CheckpointError, inspect_checkpoint, modelscope_name, plain_name
-from gptq_chat.models.installed import installed_models
+from gptq_chat.models import catalog
 from gptq_chat.models.home import models_home
+from gptq_chat.models.installed import installed_models
 
 log = logging.getLogger(__name__)
 
