@@ -182,7 +182,7 @@ def main() -> None:
         "--split",
         choices=("layers", "tensor"),
         default="layers",
-        help="how the engine splits a model over the --device cards: layers (the loader's default) or tensor "
+        help="how the engine splits a model over the --device cards: layers (the default here) or tensor "
         "(tensor parallelism: every layer halved). One per run: a process holds one tensor-parallel group",
     )
     parser.add_argument("--skip-plain", action="store_true")

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 import download
-from gptq_chat.models import store
+from gptq_chat.loading.placement import largest_context, standard_gpus
+from gptq_chat.models import catalog, store
 from gptq_chat.models.home import REPO_ROOT
 from gptq_chat.models.installed import default_model, installed_models
 from tests.support.hub_server import FakeHub
@@ -313,9 +314,11 @@ def test_list_shows_sizes_vram_and_cards_for_a_context(capsys: pytest.CaptureFix
     rows = {line.split()[0]: line.split() for line in table.splitlines() if line.startswith(("qwen1", "qwen2"))}
     assert len(rows) == 18
     assert rows["qwen1.5-7b"][2:4] == ["5.87", "GB*"]  # published size + tokenizer files
-    # 2.5 MiB of KV cache per token: 80 GiB at 32k on top of 38 GiB of weights. Four 24 GiB cards hold half of
-    # that context; two 80 GiB cards hold all of it.
-    assert rows["qwen1.5-72b"][-4:] == ["x4", "<=16k", "x4", "x2"]
+    # 2.5 MiB of KV cache per token: 80 GiB at 32k on top of 38 GiB of weights. Four 24 GiB cards hold about half
+    # of that context (with the fast engine, as the loader runs it on a GPU); two 80 GiB cards hold all of it.
+    four = largest_context(catalog.find("qwen1.5-72b"), standard_gpus(4, 24), path="fast")
+    assert 14 * 1024 < four < 17 * 1024
+    assert rows["qwen1.5-72b"][-4:] == ["x4", f"<={four // 1024}k", "x4", "x2"]
     assert rows["qwen2.5-72b"][-3:] == ["x4", "x2", "yes"]  # grouped-query attention: 320 KiB per token
     assert rows["qwen1.5-7b"][-3:] == ["x2", "yes", "yes"]  # 16 GiB of KV cache at 32k: two 24 GiB cards
     assert "huggingface.co/Qwen/Qwen1.5-7B-Chat-GPTQ-Int4" in table

@@ -345,13 +345,13 @@ NOMINAL_BILLIONS = {"0.5b": 0.5, "1.8b": 1.8, "1.5b": 1.5, "3b": 3, "4b": 4, "7b
 @pytest.mark.parametrize("key", [k for k in rc.QWEN_SHAPES if k.startswith("qwen")])
 def test_shape_is_consistent_and_has_its_nominal_size(key: str) -> None:
     shape = rc.QWEN_SHAPES[key]
-    assert shape.head_dim * shape.num_attention_heads == shape.hidden_size
-    assert shape.num_attention_heads % shape.num_key_value_heads == 0
+    assert shape.head_dim * shape.num_heads == shape.hidden_size
+    assert shape.num_heads % shape.num_kv_heads == 0
     for fin, fout in shape.linear_shapes().values():
         assert fin % 128 == 0 and fout % 8 == 0
     per_layer = sum(fin * fout for fin, fout in shape.linear_shapes().values())
     embeddings = shape.vocab_size * shape.hidden_size * (1 if shape.tie_word_embeddings else 2)
-    billions = (shape.num_hidden_layers * per_layer + embeddings) / 1e9
+    billions = (shape.num_layers * per_layer + embeddings) / 1e9
     nominal = NOMINAL_BILLIONS[key.split("-")[1]]
     assert 0.9 * nominal <= billions <= 1.3 * nominal, f"{key}: {billions:.2f}B parameters"
 

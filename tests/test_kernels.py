@@ -14,12 +14,16 @@ from gptq_chat.loading.kernels import KERNELS, KernelError, choose_kernel
 HOPPER, AMPERE, TURING, PASCAL = (9, 0), (8, 0), (7, 5), (6, 1)
 
 
-def qwen7b(**changes) -> CheckpointInfo:
-    """Qwen1.5-7B-Chat-GPTQ-Int4 as the kernel choice sees it: the doctor's typical checkpoint, with its size."""
-    info = dataclasses.replace(
-        typical_checkpoint(), path=Path("/models/Qwen1.5-7B-Chat-GPTQ-Int4"), weight_bytes=5_900_000_000
+def qwen7b(**gptq: object) -> CheckpointInfo:
+    """Qwen1.5-7B-Chat-GPTQ-Int4 as the kernel choice sees it: the doctor's typical checkpoint, with its size, and
+    other GPTQ settings where given (bits, group_size, sym, desc_act)."""
+    info = typical_checkpoint()
+    return dataclasses.replace(
+        info,
+        path=Path("/models/Qwen1.5-7B-Chat-GPTQ-Int4"),
+        weight_bytes=5_900_000_000,
+        gptq=dataclasses.replace(info.gptq, **gptq),
     )
-    return dataclasses.replace(info, **changes)
 
 
 @pytest.mark.parametrize("capability", [HOPPER, AMPERE, (8, 9)])

@@ -5,7 +5,7 @@
 - the loader's transformers-4 + auto-gptq arguments are ones transformers 4.37.2's `GPTQConfig` takes;
 - the doctor recognises that stack and its pins;
 - its set-up script refuses, with the fix, a machine that lacks what it needs.
-Building auto-gptq against torch 2.1.1+cu118 and loading a checkpoint on it cannot be run here (README says so).
+Building auto-gptq against torch 2.1.1+cu118 and loading a checkpoint on it were not run (docs/environment.md).
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -41,3 +43,26 @@ def test_asking_for_cuda_without_a_gpu_points_to_the_doctor(tiny_gptq_dir: Path)
 def test_a_gpu_kernel_on_the_cpu_is_refused(tiny_gptq_dir: Path) -> None:
     with pytest.raises(KernelError, match="marlin needs a CUDA GPU"):
         load(tiny_gptq_dir, backend="marlin", device="cpu")
+
+
+def test_what_the_libraries_print_goes_to_a_log_that_a_failure_names(
+    tiny_gptq_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gptqmodel's banner and tables and transformers' warnings land in logs/model-load.log, not on the console;
+    a load that fails inside a library says so and names that file."""
+    from gptq_chat.loading.library_log import ModelLoadError
+
+    monkeypatch.setenv("GPTQ_CHAT_LOGS", str(tmp_path / "logs"))
+    log = tmp_path / "logs" / "model-load.log"
+    load_uncached(tiny_gptq_dir, device="cpu")
+    printed = capfd.readouterr()
+    assert "Kernel: selected" not in printed.out + printed.err  # gptqmodel's own line
+    assert "Kernel: selected" in log.read_text() and f"loading {tiny_gptq_dir}" in log.read_text()
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_gptq_dir, broken)
+    (broken / "tokenizer.json").write_text("{not json")
+    with pytest.raises(
+        ModelLoadError, match=rf"Loading broken failed: .*what the libraries printed: {re.escape(str(log))}"
+    ):
+        load_uncached(broken, device="cpu")

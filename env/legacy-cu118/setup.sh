@@ -16,8 +16,8 @@
 # Options through the environment:
 #   PYTHON=python3.11   VENV=.venv   PIP_INDEX_URL=<PyPI mirror>   TORCH_INDEX_URL=<mirror of whl/cu118>
 #   MAX_JOBS=N          parallel compile jobs for auto-gptq (default: all cores)
-# Not run on our machines: they reach neither download.pytorch.org nor a GPU with CUDA 11.8. What was checked is
-# said in README.md ("The tutorial's stack").
+# Not run on a machine with a GPU and CUDA 11.8 and access to download.pytorch.org. What was checked is
+# said in docs/environment.md ("The tutorial's stack").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 here=env/legacy-cu118
