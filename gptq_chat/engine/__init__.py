@@ -1,1 +1,1 @@
-"""Tensors only: the network, its GPTQ linears, sampling, the fast and plain engines, the scheduler, tensor parallel."""
+"""Tensors only: the model's shape, the network, GPTQ linears, sampling, the engines (one or more GPUs), scheduling."""
