@@ -198,7 +198,7 @@ def _run_worker(work: Path, report: _Reporter) -> dict[str, Any]:
     """Run the build steps in a child process and relay its progress; stop it if `report` raises.
 
     The child's stdout carries one JSON object per line for us; everything it prints itself (gptqmodel's
-    per-layer bars and tables, warnings: hundreds of lines) goes to its stderr, which is `BUILD_LOG`'s file:
+    per-layer bars and tables, warnings: ~9,700 lines a build) goes to its stderr, which is `BUILD_LOG`'s file:
     the user sees our one-line progress, and a failure names the log.
     """
     env = dict(os.environ)
