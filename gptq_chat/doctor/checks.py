@@ -38,7 +38,7 @@ from gptq_chat.engine.qwen_shapes import QWEN_SHAPES
 from gptq_chat.engine.shape import GPTQSettings
 from gptq_chat.loading import gptq_stack
 from gptq_chat.loading.checkpoint import CheckpointError, CheckpointInfo, find_checkpoint, resolve_model_dir
-from gptq_chat.loading.fit import fit, planned_context
+from gptq_chat.loading.fit import fit, planned_context, ram_needed
 from gptq_chat.loading.gpus import GpuSpec, usage
 from gptq_chat.loading.kernels import KERNELS, KernelChoice, KernelError, choose_kernel, why_not
 from gptq_chat.loading.memory_plan import GIB, PlannedModel, plan, total_weight_bytes
@@ -630,8 +630,7 @@ def check_memory(machine: Machine, chosen: Chosen, context: int | None, vram: Se
         import psutil
 
         layout = fit(model, [], fast=False, context=context)
-        result = plan(model, layout.context, path="plain")
-        need = result.total - result.cuda_context
+        need = ram_needed(model, layout.context)
         available = psutil.virtual_memory().available
         status = OK if need <= available else WARN
         return Check(

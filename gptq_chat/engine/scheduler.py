@@ -120,13 +120,17 @@ class Scheduler:
         self.served = 0
         self.closed = False
         self.slot_engine = engine if isinstance(engine, SlotEngine) else None
-        self.batched = self.slot_engine is not None
         self.slots = self.slot_engine.slots if self.slot_engine else 1
         self.pending: deque[Request] = deque()
         self.running: dict[int, Request] = {}
         if self.batched:
             self.worker = threading.Thread(target=self.run, args=(engine,), name="scheduler", daemon=True)
             self.worker.start()
+
+    @property
+    def batched(self) -> bool:
+        """Whether a worker batches requests over the engine's slots (else one at a time, in the caller's thread)."""
+        return self.slot_engine is not None
 
     @property
     def name(self) -> str:

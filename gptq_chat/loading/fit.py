@@ -137,11 +137,16 @@ def planned_context(model: PlannedModel, asked: int | None, fits: int) -> int:
     return min(DEFAULT_GPU_CONTEXT_CAP, limit, max(fits // CONTEXT_STEP * CONTEXT_STEP, MIN_CONTEXT))
 
 
+def ram_needed(model: PlannedModel, context: int) -> int:
+    """Bytes of RAM the plain path needs on the CPU: weights, KV cache, prefill activations, overhead."""
+    return sum(requirement(model, context, path="plain")) + OVERHEAD_BYTES
+
+
 def _on_cpu(model: PlannedModel, asked: int | None, ram: int | None) -> Layout:
     """The plain path in RAM: weights, KV cache and prefill activations, without a CUDA context."""
     context = min(asked or CPU_CONTEXT_TOKENS, model.shape.max_position_embeddings)
     weights, kv, activations = requirement(model, context, path="plain")
-    need = weights + kv + activations + OVERHEAD_BYTES
+    need = ram_needed(model, context)
     if ram is not None and need > ram:
         raise PlacementRefused(
             f"{model.name} does not fit: at {context:,} tokens of context it needs {gib(need)} of RAM "
