@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import pytest
+import torch
 from streamlit import config as streamlit_config
 from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
@@ -23,6 +28,7 @@ from gptq_chat.chat.conversations import DATA_ENV, ConversationStore
 from gptq_chat.chat.prompt import encode_chat, with_system
 from gptq_chat.chat.reply import Reply, ReplyStats
 from gptq_chat.chat.think import answer_only, split_think
+from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.loading import holder
 from gptq_chat.loading.loader import load
 from gptq_chat.models.installed import MODEL_ENV
@@ -41,6 +47,7 @@ from gptq_chat.ui.i18n import LANGUAGES, TEXT, context_line, pick_language, stat
 from gptq_chat.ui.presets import CUSTOM, PRESETS, preset_of
 from gptq_chat.ui.rendering import to_markdown
 from gptq_chat.ui.replies import stream_into, wait_turn
+from tests.support.browser_app import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -122,6 +129,53 @@ def test_app_refuses_to_start_on_the_network_without_a_password() -> None:
 def test_the_password_never_reaches_the_command_line() -> None:
     argv = ["--host", "0.0.0.0", "--password", "s3cret", "--password=other", "--port", "7000"]
     assert without_password(argv) == ["--host", "0.0.0.0", "--port", "7000"]
+
+
+@contextmanager
+def started(command: list[str], tmp_path: Path) -> Iterator[psutil.Process]:
+    """A child process from the repository root, killed on leaving; its data goes to `tmp_path`."""
+    env = {key: value for key, value in os.environ.items() if key != "GPTQ_CHAT_PASSWORD"}
+    child = subprocess.Popen(
+        command, cwd=REPO, env={**env, DATA_ENV: str(tmp_path)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield psutil.Process(child.pid)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+
+
+def wait_for(check: Callable[[], bool], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_app_gives_streamlit_the_password_in_its_environment_never_on_its_command_line(tmp_path: Path) -> None:
+    """`ps` shows every user of the machine a command line; only the process's owner can read its environment."""
+    secret = "s3cret-口令"
+    command = [sys.executable, APP, "--password", secret, "--port", str(free_port()), "--context", "512"]
+    with started(command, tmp_path) as process:
+        wait_for(lambda: "streamlit" in process.cmdline())  # app.py has become `streamlit run app.py ...`
+        assert not any(secret in arg for arg in process.cmdline())
+        assert process.cmdline()[-2:] == ["--context", "512"]  # the page's own flags still reach it
+        assert process.environ()["GPTQ_CHAT_PASSWORD"] == secret
+
+
+@pytest.mark.slow
+def test_streamlit_run_from_the_repository_listens_on_loopback_only(tmp_path: Path) -> None:
+    """`.streamlit/config.toml` keeps a bare `streamlit run app.py` as private as `python app.py`."""
+    port = free_port()
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", f"--server.port={port}"]
+    with started(command, tmp_path) as process:
+
+        def listening() -> list[str]:
+            return [c.laddr.ip for c in process.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+
+        wait_for(lambda: bool(listening()))
+        assert listening() == ["127.0.0.1"]
 
 
 def test_sent_history_leaves_out_failures_and_old_reasoning() -> None:
@@ -310,7 +364,31 @@ def test_switching_frees_the_old_model_and_refuses_one_that_does_not_fit(
     switched = app_model.switch(str(two_models / "Qwen/Tiny-B-GPTQ-Int4"))
     assert switched.info.path.name == "Tiny-B-GPTQ-Int4"
     assert first() is None  # the old model's weights were freed, not just forgotten
-    app_model.switch(str(two_models / "Qwen/Tiny-A-GPTQ-Int4"))  # and back: it loads again
+    back = app_model.switch(str(two_models / "Qwen/Tiny-A-GPTQ-Int4"))  # and back: it loads again
+    assert back.info.path.name == "Tiny-A-GPTQ-Int4" and app_model.loaded is back
+    assert list(back.scheduler.generate([9707], SamplingSettings(max_new_tokens=2), threading.Event()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("writer", ["fast engine's scheduler", "plain engine, held directly"])
+def test_a_switch_is_refused_while_a_reply_is_being_written(
+    two_models: Path, monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    """A switch waits for no reply: whoever is writing one (a tab through the scheduler, or a caller holding the
+    plain engine itself), the switch is refused and the model stays; once the reply ends, the switch goes through."""
+    monkeypatch.setenv("GPTQ_CHAT_HOME", str(two_models))
+    engine = "fast" if writer.startswith("fast") else "plain"
+    app_model = holder.ModelHolder(str(two_models / "Qwen/Tiny-A-GPTQ-Int4"), device="cpu", engine=engine)
+    loaded = app_model.get()
+    source = loaded.scheduler if engine == "fast" else loaded.engine
+    reply = source.generate([9707, 11, 1879], SamplingSettings(max_new_tokens=50, temperature=0.0), threading.Event())
+    next(reply)  # a reply is being written
+    with pytest.raises(holder.SwitchRefused, match="A reply is being written"):
+        app_model.switch(str(two_models / "Qwen/Tiny-B-GPTQ-Int4"))
+    assert app_model.loaded is loaded
+    reply.close()
+    wait_for(lambda: not loaded.scheduler.stats().active, seconds=10)
+    assert app_model.switch(str(two_models / "Qwen/Tiny-B-GPTQ-Int4")).info.path.name == "Tiny-B-GPTQ-Int4"
 
 
 def test_a_traceback_kept_by_a_library_does_not_keep_the_old_model_alive() -> None:
@@ -418,6 +496,25 @@ def test_settings_reach_generate_and_the_meter_shows_the_window(page: AppTest) -
     assert "3 new tokens" in page.chat_message[-1].caption[-1].value
     meter = page.get("progress")[0]
     assert meter.proto.text.startswith("Context: ") and "/ 4,096 tokens" in meter.proto.text
+
+
+def reply_with(page: AppTest, **sliders: float) -> str:
+    """The reply to one question in a new chat, with the sidebar's sliders set first."""
+    page.sidebar.button(key="new_chat").click().run()
+    for key, value in sliders.items():
+        page.sidebar.slider(key=key).set_value(value)
+    send(page.run(), "Tell me about the sea.")
+    return page.session_state["messages"][-1]["content"]
+
+
+@pytest.mark.slow
+def test_top_k_and_repetition_penalty_reach_generate(page: AppTest) -> None:
+    """Top-k 1 makes even temperature 2 give the greedy text; a penalty of 2 changes the greedy text, the same way
+    each time."""
+    greedy = reply_with(page, temperature=0.0, penalty=1.0, max_new=12)
+    assert reply_with(page, temperature=2.0, top_k=1, penalty=1.0) == greedy
+    penalised = reply_with(page, temperature=0.0, top_k=20, penalty=2.0)
+    assert penalised != greedy and reply_with(page, penalty=2.0) == penalised
 
 
 @pytest.mark.slow
@@ -645,7 +742,11 @@ def test_a_tab_waits_for_anothers_reply_and_then_answers(page: AppTest, engine) 
 def test_sidebar_shows_device_kernel_memory_speed_and_health(page: AppTest) -> None:
     send(page, QUESTION)
     health = [e for e in page.sidebar.expander if e.label.startswith("Health")]
-    assert health and any(m.value.startswith("✓ **torch**") or "**torch**" in m.value for m in health[0].markdown)
+    torch_line = next(m.value for m in health[0].markdown if "**torch**" in m.value)
+    # The doctor's verdict for this machine: fine on a GPU; on a CPU-only machine a warning that says so.
+    expected = "✓ **torch**" if torch.cuda.is_available() else "⚠ **torch**"
+    assert torch_line.startswith(expected) and torch.__version__ in torch_line, torch_line
+    assert torch.cuda.is_available() or "CPU-only mode" in torch_line
     panel = " ".join(c.value for c in page.sidebar.caption)
     assert "Device: **CPU" in panel and "GPTQ kernel:" in panel and "RAM:" in panel and "free" in panel
     assert page.sidebar.get("arrow_vega_lite_chart") or page.sidebar.get("vega_lite_chart")
@@ -668,7 +769,9 @@ def test_password_gate(demo_model_dir: Path, data: Path, monkeypatch: pytest.Mon
     at.run()
     assert not at.chat_input and not at.chat_message  # nothing behind the gate is drawn
     at.text_input[0].input("open sesam")
+    started = time.monotonic()
     at.button[0].click().run()
+    assert time.monotonic() - started >= 1.0  # one second per wrong guess, as the README says
     assert "Wrong password." in [e.value for e in at.error] and not at.chat_input
     at.text_input[0].input("open sesame")
     at.button[0].click().run()

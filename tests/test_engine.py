@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections import Counter
 
 import pytest
 import torch
@@ -105,6 +106,35 @@ def test_sampling_follows_top_k_and_temperature(paths) -> None:
     torch.manual_seed(0)
     seen = {next(iter(fast.scheduler.generate(list(prompt), settings, threading.Event()))) for _ in range(30)}
     assert seen <= top3 and len(seen) >= 2
+
+
+def first_token_logits(loaded, prompt: list[int]) -> torch.Tensor:
+    """The model's own next-token scores for `prompt`, from transformers' forward (the reference the engines match)."""
+    with torch.no_grad():
+        return loaded.model(torch.tensor([prompt])).logits[0, -1].float()
+
+
+def one_token(source, prompt: list[int], settings: SamplingSettings) -> int:
+    (token,) = source.generate(prompt, settings, threading.Event())  # read to the end: the engine is free again
+    return token
+
+
+@pytest.mark.parametrize("path", ["plain", "fast"])
+def test_top_p_draws_only_from_the_nucleus(paths, path) -> None:
+    """A top-p halfway into the third likeliest token's share keeps exactly three tokens, 25 % of the mass."""
+    plain, fast = paths
+    loaded = plain if path == "plain" else fast
+    prompt = list(fast.tokenizer.apply_chat_template(ask("Say a word."), add_generation_prompt=True)["input_ids"])
+    probs, order = first_token_logits(plain, prompt).softmax(-1).sort(descending=True)
+    p = probs[:4].tolist()
+    assert p[2] - p[3] > 0.03 and sum(p[:3]) < 0.3  # margins for rounding; most of the mass lies outside
+    nucleus = set(order[:3].tolist())
+    top_p = p[0] + p[1] + p[2] / 2
+    settings = SamplingSettings(max_new_tokens=1, temperature=1.0, top_p=top_p, top_k=0, repetition_penalty=1.0)
+    torch.manual_seed(0)
+    drawn = Counter(one_token(loaded.scheduler, prompt, settings) for _ in range(120))
+    # Without top-p, 120 draws all inside would have probability 0.3**120; each nucleus token has >= 25 % of it.
+    assert set(drawn) == nucleus, (drawn, nucleus)
 
 
 def test_prompt_longer_than_the_cache_is_refused(paths) -> None:
