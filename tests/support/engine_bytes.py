@@ -55,10 +55,12 @@ class Allocations(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         returns = func._schema.returns
         for returned, value in zip(returns, out if len(returns) > 1 else (out,), strict=True):
+            # A new storage, unless the op returns a view of an input or an input written in place; but
+            # `torch.tensor(data)` builds its tensor outside the dispatcher and hands it in through lift_fresh.
+            new = returned.alias_info is None or func is torch.ops.aten.lift_fresh.default
             for tensor in tree_leaves(value):
                 if isinstance(tensor, torch.Tensor):
-                    # a new storage, unless the op returns a view of an input or an input written in place
-                    self.hold(tensor, new=returned.alias_info is None)
+                    self.hold(tensor, new)
         return out
 
     def hold(self, tensor: torch.Tensor, new: bool) -> None:
