@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.support.fixtures_qwen",
     "tests.support.fixtures_demo",
     "tests.support.fixtures_random",
+    "tests.support.engine_bytes",
 ]

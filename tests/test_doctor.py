@@ -22,9 +22,10 @@ import torch
 from gptq_chat.doctor import checks as doctor
 from gptq_chat.doctor.checks import FAIL, OK, WARN, Gpu, Machine, exit_code, run_checks
 from gptq_chat.loading.gpus import GpuSpec
-from gptq_chat.loading.memory_plan import FAST_GRAPH_POOL_BYTES, GIB, plan
+from gptq_chat.loading.memory_plan import FAST_GRAPH_POOL_BYTES, GIB, plan  # the pool: a guess (GPU)
 from gptq_chat.loading.placement import largest_context, standard_gpus
 from gptq_chat.models.home import DEMO_MODEL_NAME, REPO_ROOT
+from tests.support.engine_bytes import SamplingPeaks, footprint
 
 ON_CPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report of a machine without a GPU")
 
@@ -373,12 +374,21 @@ def test_a_model_too_big_for_one_card_is_split_over_the_cards(models: Path, path
     assert short.status == FAIL and f"context length to {longest // 256 * 256:,} tokens or less" in short.fix
 
 
-def test_the_fast_engine_figure_has_a_static_cache_graph_pool_and_last_row_logits() -> None:
+def test_the_fast_engine_figure_has_a_static_cache_graph_pool_and_last_row_logits(
+    sampling_peaks: SamplingPeaks,
+) -> None:
+    """Qwen1.5-7B-Chat's config.json (32 layers, hidden 4096, 32 heads of 128, intermediate 11008, vocabulary
+    151936) and the bytes the fast engine allocates, counted on the CPU (tests/support/engine_bytes.py)."""
     qwen7b = doctor.catalog.find("qwen1.5-7b")
     plain, fast = (plan(qwen7b, 8192, path=path) for path in ("plain", "fast"))
-    assert fast.weights == plain.weights and fast.kv_cache == plain.kv_cache == 4 * GIB
+    kv_per_token = 32 * 2 * 4096 * 2  # fp16 K and V of every layer
+    assert fast.weights == plain.weights and fast.kv_cache == plain.kv_cache == 8192 * kv_per_token == 4 * GIB
+    engine = footprint(qwen7b.shape)
+    rope = 8192 * (engine.per_token - kv_per_token)  # what a token costs the engine beyond its K and V
+    sampled = sampling_peaks.prefill // sampling_peaks.vocab_size  # bytes per vocabulary entry, sampling a row
+    # the fast prefill's peak is a GPU figure (test_doctor_gpu.py); the graph pool a guess to calibrate on a GPU
     prefill = 8192 * (2 * 4096 + 4 * 11008) * 2
-    assert fast.activations - prefill - FAST_GRAPH_POOL_BYTES == 2 * 8192 * 128 * 2 + 151936 * 11
+    assert fast.activations - prefill - FAST_GRAPH_POOL_BYTES == rope + 151936 * (engine.per_entry + sampled)
     assert fast.options["path"] == "fast"
     with pytest.raises(ValueError, match="path"):
         plan(qwen7b, 8192, path="vllm")

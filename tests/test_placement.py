@@ -31,9 +31,10 @@ from gptq_chat.loading.placement import (
     standard_gpus,
 )
 from gptq_chat.models import catalog
+from tests.support.engine_bytes import SamplingPeaks, footprint
 
 KIB, MIB = 1024, 1024**2
-FIXED = CUDA_CONTEXT_BYTES + OVERHEAD_BYTES
+FIXED = CUDA_CONTEXT_BYTES + OVERHEAD_BYTES  # guesses to calibrate on a GPU, as is FAST_GRAPH_POOL_BYTES
 
 
 def shape(key: str) -> catalog.CatalogEntry:
@@ -59,20 +60,22 @@ def assert_fits(placement: Placement) -> None:
     assert sum(card.embedding for card in placement.cards) == sum(card.head for card in placement.cards) == 1
 
 
-def test_72b_on_two_24_gib_cards_holds_only_the_context_its_free_bytes_allow() -> None:
-    """The longest context, from first principles: the head's card (40 layers, lm_head and norm) has 24 GiB;
-    what is left after its weights and fixed buffers, over what one more token costs it, is the answer."""
+def test_72b_on_two_24_gib_cards_holds_only_the_context_its_free_bytes_allow(sampling_peaks: SamplingPeaks) -> None:
+    """The longest context, from first principles: Qwen1.5-72B-Chat's config.json and the bytes the fast engine
+    allocates, counted on the CPU (tests/support/engine_bytes.py). The head's card (40 layers, lm_head and norm) has
+    24 GiB; what is left after its weights and fixed buffers, over what one more token costs it, is the answer."""
     qwen72b = shape("qwen1.5-72b")
-    hidden, intermediate, vocab, head_dim = 8192, 24576, 152064, 128
+    hidden, intermediate, vocab = 8192, 24576, 152064  # config.json: 80 layers, 64 heads of 128 and as many K/V heads
     matrix = vocab * hidden * 2  # the fp16 embedding, and the untied lm_head of the same shape
     layers_half = (total_weight_bytes(qwen72b) - 2 * matrix - hidden * 2) // 2  # 40 of 80 identical layers
     weights_on_head_card = layers_half + matrix + hidden * 2
-    per_token = (
-        40 * 2 * hidden * 2  # fp16 K and V of its 40 layers (64 heads x 128 = 8192, no GQA)
-        + (2 * hidden + 4 * intermediate) * 2  # the fast prefill's peak per token (fused gate|up)
-        + 2 * head_dim * 2  # rope cos and sin
-    )
-    fixed = FIXED + weights_on_head_card + vocab * (4 + 1 + 2 + 4) + FAST_GRAPH_POOL_BYTES  # + sampling buffers
+    # what the engine keeps on that card: per token, fp16 K and V of its 40 layers and its rope tables' row
+    engine = footprint(dataclasses.replace(qwen72b.shape, num_layers=40))
+    sampled = sampling_peaks.prefill // sampling_peaks.vocab_size  # bytes per vocabulary entry, sampling a row
+    # the fast prefill's peak per token (fused gate|up) is a GPU figure, measured on an H100 by test_doctor_gpu.py
+    per_token = engine.per_token + (2 * hidden + 4 * intermediate) * 2
+    # the engine's ids, positions and hidden state (engine.rest, a few KiB) are in the overhead
+    fixed = FIXED + weights_on_head_card + vocab * (engine.per_entry + sampled) + FAST_GRAPH_POOL_BYTES
     expected = (24 * GIB - fixed) // per_token
     gpus = standard_gpus(2, 24)
 

@@ -34,9 +34,10 @@ size Qwen published). The formula, per card:
 The fast engine (``path="fast"``: fast_engine.py, network.py) needs the same weights and the same KV cache, but
 allocates the cache once for the whole `context` and runs its own prefill: fused q/k/v and gate/up outputs
 (prompt * (2*hidden + 4*intermediate) * 2 bytes at the MLP's peak: residual, normed input, gate|up, silu(gate),
-silu*up), SDPA without a mask, logits for the last position only; plus its static buffers (rope tables, fp32
-logits and the sampling state's seen-token mask) and the private memory pool of its captured CUDA graphs
-(FAST_GRAPH_POOL_BYTES, a named constant to calibrate on a GPU).
+silu*up), SDPA without a mask, logits for the last position only; plus the buffers it holds (rope tables; per
+slot, an fp32 logits row and the sampling state's seen-token mask), what sampling a step's rows holds at once,
+and the private memory pool of its captured CUDA graphs (FAST_GRAPH_POOL_BYTES, a named constant to calibrate on
+a GPU). tests/test_planner_truth.py counts the bytes the engine really allocates on the CPU against these terms.
 
 This module answers for one card. A model that no single card holds is spread over several by
 `placement.py`, from the same per-part terms (`requirement`, `layer_weight_bytes`, ...); whether and where a
@@ -56,8 +57,13 @@ GIB = 1024**3
 OVERHEAD_BYTES = 512 * 1024**2  # allocator slack and small buffers per card: calibrate on a GPU
 ATTENTION_SCORE_BYTES = {"sdpa": 0, "sdpa-masked": FP16, "eager": FP16 + 4}  # per head and query-key pair
 PATHS = ("plain", "fast")  # generation paths: transformers `generate`, or the fast engine (CUDA graphs)
-FAST_GRAPH_POOL_BYTES = 64 * 1024**2  # the fast engine's CUDA-graph memory pool (one decode step's temporaries)
+FAST_GRAPH_POOL_BYTES = 64 * 1024**2  # the CUDA-graph pool: one decode step's temporaries (one row sampled); a guess
 FAST_MLP_WIDTH = (2, 4)  # the fast prefill's peak per token: 2 x hidden + 4 x intermediate fp16 values
+# What sampling holds at once per vocabulary entry (engine/sampling.py, the top-k/top-p path every sampled step takes).
+# Per row: the fp16 logits it is given (2), the penalised and the scaled fp32 logits (4 + 4), the sort's int64 order
+# (8), then fp32 the top-k-masked values, the mass ranked above, the top-p-masked probabilities, the exponential noise
+# and probabilities / noise (5 x 4). Once for all rows: the int64 ranks 0..vocab-1 (8).
+SAMPLING_BYTES = (2 + 4 + 4 + 8 + 5 * 4, 8)  # (per row, once)
 
 
 class PlannedModel(Protocol):
@@ -135,12 +141,26 @@ def fast_prefill_activation_bytes(shape: ModelShape, prompt_tokens: int) -> int:
     return prompt_tokens * per_token * FP16
 
 
-def fast_static_bytes(shape: ModelShape, context: int) -> int:
-    """The fast engine's buffers besides the KV cache: rope cos/sin, fp32 logits and the seen-token mask, the
-    last row's logits (fp16, and the fp32 copy sampling makes), and its CUDA-graph pool."""
+def fast_buffer_bytes(shape: ModelShape, context: int, slots: int = 1) -> int:
+    """What the fast engine holds besides the weights and the KV cache: rope cos/sin for every position and, per slot
+    (each samples its own row), an fp32 logits row and a bool seen-token mask over the vocabulary. Its ids, positions,
+    settings and hidden state per slot (a few KiB) are left to OVERHEAD_BYTES."""
     rope = 2 * context * shape.head_dim * FP16
-    sampling = shape.vocab_size * (4 + 1) + shape.vocab_size * (FP16 + 4)
-    return rope + sampling + FAST_GRAPH_POOL_BYTES
+    return rope + slots * shape.vocab_size * (4 + 1)
+
+
+def sampling_bytes(vocab_size: int, rows: int) -> int:
+    """The most that sampling `rows` rows of logits holds at once (SAMPLING_BYTES)."""
+    per_row, once = SAMPLING_BYTES
+    return vocab_size * (per_row * rows + once)
+
+
+def fast_static_bytes(shape: ModelShape, context: int, slots: int = 1) -> int:
+    """The fast engine's memory besides the KV cache and the prefill: its buffers, its CUDA-graph pool and sampling.
+
+    Sampling: a prefill samples its last row outside the graphs; a decode step samples every slot's row inside the
+    graph pool, whose guess covers one row. One row outside and one more per further slot: `slots` rows in all."""
+    return fast_buffer_bytes(shape, context, slots) + sampling_bytes(shape.vocab_size, slots) + FAST_GRAPH_POOL_BYTES
 
 
 def logits_bytes(shape: ModelShape, prompt_tokens: int, full_logits: bool = False) -> int:
@@ -186,12 +206,16 @@ def requirement(
     attention: str = "sdpa",
     full_logits: bool = False,
     path: str = "plain",
+    slots: int = 1,
 ) -> tuple[int, int, int]:
-    """Weights, KV cache and activations (the prefill's peak plus the path's static buffers), in bytes."""
+    """Weights, KV cache and activations (the prefill's peak plus the path's static buffers), in bytes.
+
+    The KV cache is one sequence's; `slots` (sequences the fast engine decodes together) sizes its per-slot buffers.
+    """
     shape = model.shape
     prompt = context if prompt_tokens is None else min(prompt_tokens, context)
     if path == "fast":
-        activations = fast_prefill_activation_bytes(shape, prompt) + fast_static_bytes(shape, context)
+        activations = fast_prefill_activation_bytes(shape, prompt) + fast_static_bytes(shape, context, slots)
     else:
         activations = prefill_activation_bytes(shape, prompt, attention) + logits_bytes(shape, prompt, full_logits)
     return total_weight_bytes(model), context * shape.kv_bytes_per_token, activations

@@ -186,7 +186,7 @@ class _Costs:
 
 
 def _costs(model: PlannedModel, context: int, slots: int, path: str) -> _Costs:
-    _, _, activations = requirement(model, context, path=path)
+    _, _, activations = requirement(model, context, path=path, slots=slots)
     shape, scale = model.shape, real_share(model)  # the checkpoint's real size where known
     embedding = int(embedding_bytes(shape) * scale)
     return _Costs(
