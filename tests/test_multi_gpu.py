@@ -130,9 +130,20 @@ def free_cards() -> None:
 
 CAP_CHECK = """
 import sys, torch
-from gptq_chat.loading.loader import load_uncached
-loaded = load_uncached(sys.argv[1], backend="marlin", device="cuda:0", engine="plain", gpu_memory_limit=4 << 30)
-assert loaded.facts.default_context <= 8192, loaded.facts.default_context
+from gptq_chat.loading.checkpoint import find_checkpoint
+from gptq_chat.loading.loader import load_uncached, plan_load
+from gptq_chat.loading.placement import PlacementRefused
+path, cap, asked = sys.argv[1], 4 << 30, 32768
+options = {"backend": "marlin", "device": "cuda:0", "engine": "plain"}
+plan_load(find_checkpoint(path), **options, context_length=asked)  # the whole card holds it
+try:
+    load_uncached(path, **options, context_length=asked, gpu_memory_limit=cap)
+    sys.exit("the planner let 32,768 tokens onto a 4 GiB card")
+except PlacementRefused as refused:
+    assert 0 < refused.available[0] <= cap and 0 < refused.largest_context < asked, refused
+    fitting = refused.largest_context // 256 * 256
+loaded = load_uncached(path, **options, context_length=fitting, gpu_memory_limit=cap)
+assert loaded.facts.max_context == fitting
 try:
     torch.empty(5 << 30, dtype=torch.uint8, device="cuda:0")
 except torch.OutOfMemoryError:
@@ -142,7 +153,8 @@ except torch.OutOfMemoryError:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_a_memory_cap_is_enforced(qwen_shaped) -> None:
-    """A 4 GiB cap on an 80+ GiB card: the planner sees a 4 GiB card, and torch's allocator refuses 5 GiB.
+    """A 4 GiB cap on an 80+ GiB card: the planner sees a 4 GiB card (32,768 tokens of Qwen1.5-0.5B's 3 GiB cache fit
+    the whole card, not the cap: refused, with the context that does fit), and torch's allocator refuses 5 GiB.
     In a fresh process, as a user's is: this one's earlier tests may still hold memory."""
     done = subprocess.run(
         [sys.executable, "-c", CAP_CHECK, str(qwen_shaped)], capture_output=True, text=True, cwd=ROOT, timeout=300

@@ -296,7 +296,7 @@ def test_needs_table_rows_for_7b_14b_and_72b() -> None:
 
 
 def test_gpu_memory_rows_show_used_total_and_free_per_card() -> None:
-    from gptq_chat.loading.gpus import gpu_memory_rows, usage, visible_gpus
+    from gptq_chat.loading.gpus import gpu_memory_rows, usage
 
     gpus = [GpuSpec(0, 24 * GIB, 23 * GIB, "NVIDIA GeForce RTX 4090"), GpuSpec(1, 80 * GIB, 20 * GIB, "NVIDIA H100")]
     first, second = gpu_memory_rows(gpus)
@@ -305,9 +305,19 @@ def test_gpu_memory_rows_show_used_total_and_free_per_card() -> None:
     )  # fmt: skip
     assert second.used == "60.0 GiB" and second.used_fraction == 0.75
     assert usage(80 * GIB, 20 * GIB) == "60.0 GiB used of 80.0 GiB, 20.0 GiB free"
-    live = visible_gpus()  # this machine: its real GPUs, or none
-    assert len(live) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
-    assert len(gpu_memory_rows()) == len(live)
+
+
+@pytest.mark.gpu
+def test_the_cards_planned_against_are_the_real_ones_with_their_real_memory() -> None:
+    from gptq_chat.loading.gpus import gpu_memory_rows, visible_gpus
+
+    live = visible_gpus()
+    assert [gpu.index for gpu in live] == list(range(torch.cuda.device_count())) and live
+    for gpu in live:
+        free, total = torch.cuda.mem_get_info(gpu.index)
+        assert gpu.total_bytes == total and abs(gpu.free_bytes - free) < 256 * MIB
+        assert gpu.name == torch.cuda.get_device_name(gpu.index)
+    assert [row.gpu for row in gpu_memory_rows()] == [f"GPU {gpu.index}" for gpu in live]
 
 
 def test_switching_to_a_model_that_needs_two_cards_is_checked_over_both() -> None:
