@@ -23,10 +23,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import uvicorn
 
 from gptq_chat.api.access import API_KEY, API_KEY_ENV, exposure_problem
 from gptq_chat.api.protocol import ChatCompletionRequest, ServedModel, validate
-from gptq_chat.api.server import create_app
+from gptq_chat.api.server import Server, create_app
 from gptq_chat.chat.prompt import encode_chat
 from gptq_chat.chat.streamer import StopText
 from gptq_chat.engine.scheduler import Scheduler
@@ -329,10 +330,15 @@ def test_off_loopback_the_server_needs_a_key() -> None:
     assert "Refusing to start" in done.stderr and "--api-key" in done.stderr and API_KEY_ENV in done.stderr
 
 
-def test_ctrl_c_stops_the_server_cleanly(demo_model_dir: Path, tmp_path: Path) -> None:
-    """A user's Ctrl-C: the server stops, closes its model and exits with 0 (uvicorn re-raises the signal once
-    it has stopped; a traceback there would look like a crash)."""
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_a_signal_finishes_the_reply_being_written_then_stops_cleanly(
+    demo_model_dir: Path, tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    """A user's Ctrl-C, or a service manager's SIGTERM, while a reply streams: no new request is taken (a closed port,
+    or a 503 in the moment before it closes), the reply being written ends whole, and the server closes its model and
+    exits with 0 (uvicorn re-raises the signal once it has stopped; a traceback there would look like a crash)."""
     port, log = free_port(), tmp_path / "serve.log"
+    base = f"http://127.0.0.1:{port}"
     with log.open("w") as output:
         server = subprocess.Popen(
             [sys.executable, "serve.py", "--model", str(demo_model_dir), "--port", str(port)],
@@ -341,12 +347,27 @@ def test_ctrl_c_stops_the_server_cleanly(demo_model_dir: Path, tmp_path: Path) -
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_until_serving(f"http://127.0.0.1:{port}", server, log, timeout_s=120)
-        server.send_signal(signal.SIGINT)
+        wait_until_serving(base, server, log, timeout_s=120)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        stream = client.chat.completions.create(model=demo_model_dir.name, messages=FRANCE, max_tokens=60, stream=True)
+        text = next(iter(stream)).choices[0].delta.content or ""
+        server.send_signal(stop_signal)
+        for _ in range(20):  # new requests, until the port closes
+            try:
+                late = post(base, body(), key=None)
+            except httpx.TransportError:
+                break
+            assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down", late.text
+            time.sleep(0.05)
+        else:
+            pytest.fail("the server went on taking requests after the signal")
+        chunks = list(stream)
+        text += "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
         assert server.wait(timeout=60) == 0, log.read_text()[-3000:]
     finally:
         server.kill()
-    assert "Stopped" in log.read_text() and "Traceback" not in log.read_text()
+    assert text.strip() and "Stopped" in log.read_text() and "Traceback" not in log.read_text()
 
 
 # -- the queue -------------------------------------------------------------------------------------------------
@@ -419,7 +440,7 @@ def test_503_while_the_model_loads_and_when_shutting_down(served: ServedModel) -
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert post(url, body(), key=None).status_code == 200
-        app.state.server.shutting_down = True
+        Server(uvicorn.Config(app), app.state.server).handle_exit(signal.SIGTERM, None)  # what serve.py runs on SIGTERM
         late = post(url, body(), key=None)
         assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
         assert httpx.get(f"{url}/health").json()["status"] == "shutting_down"

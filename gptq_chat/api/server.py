@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -418,7 +419,14 @@ def main(argv: list[str] | None = None) -> None:
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"OpenAI-compatible API for '{name}' at http://{shown}:{args.port}/v1 (health: /health)", flush=True)
     config = uvicorn.Config(app, host=args.host, port=args.port, access_log=False, timeout_graceful_shutdown=30)
+    signal.signal(signal.SIGTERM, stop_as_asked)
     try:
         Server(config, app.state.server).run()
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has stopped; stopping was asked for
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C or SIGTERM once it has stopped; stopping was asked for
         log.info("Stopped")
+
+
+def stop_as_asked(signum: int, frame: Any) -> None:
+    """SIGTERM (a service manager, `docker stop`) ends the process as Ctrl-C does: once uvicorn has finished the
+    replies being written and re-raises it, with "Stopped" and exit status 0, not killed by the signal."""
+    raise KeyboardInterrupt
