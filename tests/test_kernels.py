@@ -80,7 +80,28 @@ def test_cpu_only_kernel_is_refused_on_a_gpu() -> None:
         choose_kernel(qwen7b(), HOPPER, "torch_aten")
 
 
-@pytest.mark.parametrize("capability", [HOPPER, TURING, None])
-def test_group_size_no_kernel_runs_is_refused_naming_each_reason(capability) -> None:
-    with pytest.raises(KernelError, match=r"No GPTQ kernel can run .*group size 96"):
-        choose_kernel(qwen7b(group_size=96), capability)
+GROUP_96 = "does not run group size 96"
+
+
+@pytest.mark.parametrize(
+    ("capability", "reasons"),
+    [
+        (HOPPER, [f"marlin {GROUP_96}", f"exllama_v2 {GROUP_96}", f"triton {GROUP_96}", f"torch {GROUP_96}"]),
+        (
+            TURING,
+            [
+                "marlin needs compute capability 8.0+, this GPU has 7.5",
+                f"exllama_v2 {GROUP_96}",
+                f"triton {GROUP_96}",
+                f"torch {GROUP_96}",
+            ],
+        ),
+        (None, [f"torch_aten {GROUP_96}", f"torch {GROUP_96}"]),
+    ],
+)
+def test_group_size_no_kernel_runs_is_refused_naming_each_reason(capability, reasons: list[str]) -> None:
+    """Every kernel tried on this device, each with its own reason, in the order they were tried."""
+    info = qwen7b(group_size=96)
+    with pytest.raises(KernelError) as refused:
+        choose_kernel(info, capability)
+    assert str(refused.value) == f"No GPTQ kernel can run {info.name} here: {'; '.join(reasons)}"
