@@ -673,6 +673,30 @@ def test_chats_are_saved_listed_switched_renamed_and_deleted(page: AppTest, data
     assert page.session_state["messages"] == []
 
 
+def new_tab(settle: AppTest) -> AppTest:
+    """Another browser tab on the same app process (and the same saved chats) as `settle`."""
+    tab = AppTest.from_file(APP, default_timeout=180)
+    tab.run()
+    tab.sidebar.slider(key="temperature").set_value(0.0)
+    tab.sidebar.slider(key="max_new").set_value(settle.sidebar.slider(key="max_new").value).run()
+    return tab
+
+
+@pytest.mark.slow
+def test_a_chat_changed_in_another_tab_is_not_overwritten_and_the_user_is_told(page: AppTest, data: Path) -> None:
+    send(page, QUESTION)
+    chat_id = page.session_state["chat"].id
+    other = new_tab(page)
+    other.sidebar.button(key=f"chat_{chat_id}").click().run()
+    send(other, "And of Italy?")  # the other tab saves the chat first
+    send(page, "And of Spain?")
+    warnings = [w.value for w in page.warning]
+    assert warnings == [TEXT["conflict"]["en"]], warnings
+    kept, forked = store_of(data).get(chat_id), store_of(data).get(page.session_state["chat"].id)
+    assert [m["content"] for m in kept.messages if m["role"] == "user"] == [QUESTION, "And of Italy?"]
+    assert [m["content"] for m in forked.messages if m["role"] == "user"] == [QUESTION, "And of Spain?"]
+
+
 @pytest.mark.slow
 def test_a_reload_reopens_the_chat_in_the_address(page: AppTest, data: Path) -> None:
     send(page, QUESTION)

@@ -123,12 +123,23 @@ def load_model(holder: ModelHolder, lang: str) -> LoadedModel | None:
 
 
 def show_notices(lang: str) -> None:
-    """One-time messages from callbacks and finished replies: a text key, `key:detail`, or plain text."""
-    for kind, text in st.session_state.notices:
+    """One-time messages from callbacks and finished replies: a text key, `key:detail`, or plain text.
+
+    A run that goes on to write a reply reruns the page when the reply ends: its notices are kept for that run, or
+    they would vanish with the reply's first token."""
+    state = st.session_state
+    for kind, text in state.notices:
         key, _, detail = text.partition(":")
         message = (f"{t(key, lang)}: {detail}" if detail else t(key, lang)) if key in TEXT else text
         getattr(st, kind)(message)
-    st.session_state.notices = []
+    if not reply_due():
+        state.notices = []
+
+
+def reply_due() -> bool:
+    """Whether this run writes a reply: a message was sent (or a reply asked for) and has none yet."""
+    state = st.session_state
+    return state.pending and needs_reply(state.messages)
 
 
 def main() -> None:
@@ -177,7 +188,7 @@ def main() -> None:
     context_meter(settings.context_length, lang)
 
     st.chat_input(t("input_placeholder", lang), key="chat_text", on_submit=send, args=(store,))
-    pending = state.pending and needs_reply(state.messages)
+    pending = reply_due()
     conversation_view(store, lang, busy=pending)
     if pending:
         answer(source, settings, store, lang)
