@@ -159,7 +159,12 @@ def test_a_reply_streams_then_stop_keeps_it_and_regenerate_replaces_it(new_page,
 
     page.locator(".st-key-regenerate button").click()
     page.locator(".st-key-stop button").wait_for()
-    stop_after(page, 20)  # no need to wait for a whole story twice
+    page.wait_for_function(  # a few words in, then Esc, the Stop button's shortcut
+        "() => document.querySelector('.st-key-live_answer')?.innerText.length >= 20", polling=50
+    )
+    page.keyboard.press("Escape")
+    last_message(page).get_by_text("(stopped)").wait_for(timeout=10_000)
+    expect(page.locator(".st-key-stop")).to_have_count(0)
     expect(page.locator(MESSAGE)).to_have_count(3)  # greeting, question, one reply: replaced, not added
     shot(page, "05-regenerated")
 
