@@ -14,6 +14,7 @@ from gptq_chat.chat.prompt import encode_chat, with_system
 from gptq_chat.chat.reply import ChatSettings, complete_reply, stream_reply
 from gptq_chat.engine.fast_engine import common_prefix, window_buckets
 from gptq_chat.engine.protocols import SamplingSettings
+from gptq_chat.engine.sampling import SamplingState, sample
 from gptq_chat.engine.scheduler import Scheduler
 from gptq_chat.loading.loader import load
 from tests.support.near_tie import assert_near_tie
@@ -106,6 +107,22 @@ def test_sampling_follows_top_k_and_temperature(paths) -> None:
     torch.manual_seed(0)
     seen = {next(iter(fast.scheduler.generate(list(prompt), settings, threading.Event()))) for _ in range(30)}
     assert seen <= top3 and len(seen) >= 2
+
+
+def test_the_sampler_draws_the_renormalised_nucleus_of_a_known_distribution() -> None:
+    """Five tokens with known probabilities: top-p 0.8 keeps the three whose mass above them is under 0.8 (0.85 of
+    it), drawn in proportion; the other two never."""
+    probs = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05])
+    draws = 4000
+    state = SamplingState.allocate(draws, len(probs), torch.device("cpu"))
+    settings = SamplingSettings(temperature=1.0, top_p=0.8, top_k=0, repetition_penalty=1.0)
+    for row in range(draws):
+        state.configure(row, settings, torch.tensor([], dtype=torch.long))
+    torch.manual_seed(0)
+    drawn = torch.bincount(sample(probs.log().expand(draws, -1), state, greedy=False), minlength=len(probs))
+    assert drawn[3:].sum() == 0
+    expected = probs[:3] / probs[:3].sum()
+    assert torch.allclose(drawn[:3] / draws, expected, atol=0.03), drawn  # about 4 standard errors at 4,000 draws
 
 
 def first_token_logits(loaded, prompt: list[int]) -> torch.Tensor:
