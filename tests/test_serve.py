@@ -233,6 +233,9 @@ def body(**fields: object) -> dict:
         (body(n=2), 400, "n", None),
         (body(stop=["a", "b", "c", "d", "e"]), 400, "stop", None),
         (body(stop=[""]), 400, "stop", None),
+        (body(temprature=0.2), 400, "temprature", None),  # a typo is named, not ignored
+        (body(presence_penalty=0.5), 400, "presence_penalty", "unsupported_parameter"),
+        (body(logit_bias={"15": 5}), 400, "logit_bias", "unsupported_parameter"),
     ],
 )
 def test_bad_requests_get_openai_errors(
@@ -244,6 +247,42 @@ def test_bad_requests_get_openai_errors(
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", param, code)
     assert response.headers["x-request-id"]
+
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"user": "u-42", "metadata": {"team": "a"}, "store": False},  # hints about the caller: nothing to do
+        {"frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}, "logprobs": False, "seed": None},
+        {"tools": [], "tool_choice": "none", "response_format": {"type": "text"}, "modalities": ["text"]},
+    ],
+)
+def test_fields_that_ask_for_nothing_are_accepted(base_url: str, fields: dict) -> None:
+    assert post(base_url, body(**fields)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"tools": [WEATHER_TOOL]},
+        {"response_format": {"type": "json_object"}},
+        {"seed": 7},
+        {"logprobs": True, "top_logprobs": 3},
+        {"frequency_penalty": 1.2},
+    ],
+    ids=lambda fields: next(iter(fields)),
+)
+def test_a_field_the_server_does_not_act_on_is_refused_by_name(
+    client: openai.OpenAI, served: ServedModel, fields: dict
+) -> None:
+    """Through the official client: an agent sending `tools` learns it at once, not from a plain-text answer."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=served.name, messages=FRANCE, max_tokens=4, **fields)
+    name = next(iter(fields))
+    assert refused.value.body["param"] == name and name in refused.value.message
 
 
 def test_a_prompt_longer_than_the_context_is_refused_with_the_numbers(

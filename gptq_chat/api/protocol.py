@@ -9,6 +9,7 @@ The client's messages are the history as sent: a prompt that does not fit is ref
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -75,10 +76,38 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
-    """The fields we act on; others (seed, user, penalties...) are accepted and ignored, as vLLM does."""
+# OpenAI's request fields that only describe the caller or ask OpenAI to keep the request: nothing to act on here.
+HINTS = frozenset({"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key"})
+# OpenAI's fields this server does not act on, and the values that ask for nothing (what a client that does not use
+# them may still send). Any other value is refused by name rather than ignored.
+NOT_ACTED_ON: dict[str, tuple[Any, ...]] = {
+    "frequency_penalty": (0, 0.0),
+    "presence_penalty": (0, 0.0),
+    "logit_bias": ({},),
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "seed": (),
+    "response_format": ({"type": "text"},),
+    "tools": ([],),
+    "tool_choice": ("none", "auto"),
+    "parallel_tool_calls": (True, False),
+    "functions": ([],),
+    "function_call": ("none", "auto"),
+    "modalities": (["text"],),
+    "audio": (),
+    "prediction": (),
+    "reasoning_effort": (),
+    "web_search_options": (),
+    "verbosity": (),
+}
 
-    model_config = ConfigDict(extra="ignore")
+
+class ChatCompletionRequest(BaseModel):
+    """The fields this server acts on. Every other field is either a hint (HINTS), a field it does not act on sent
+    with a value that asks for nothing (NOT_ACTED_ON), or refused with a 400 that names it: a client is never
+    silently answered as if a setting it sent had been applied."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str
     messages: list[ChatMessage]
@@ -121,6 +150,22 @@ def parse_request(body: Any) -> ChatCompletionRequest:
         return ChatCompletionRequest.model_validate(body)
     except ValidationError as error:
         raise invalid_body(error.errors()) from None
+
+
+def refuse_unused_fields(request: BaseModel) -> None:
+    """A 400 for the first field beyond the schema that is neither a hint nor a value asking for nothing."""
+    for name, value in (request.model_extra or {}).items():
+        if name in HINTS:
+            continue
+        if name not in NOT_ACTED_ON:
+            raise ApiError(400, f"Unrecognized request argument supplied: {name}", param=name)
+        if value is not None and value not in NOT_ACTED_ON[name]:
+            raise ApiError(
+                400,
+                f"'{name}' is not supported by this server (value {json.dumps(value)[:80]}); leave it out.",
+                param=name,
+                code="unsupported_parameter",
+            )
 
 
 # -- the model the requests go to -----------------------------------------------------------------------------
@@ -244,6 +289,7 @@ def validate(request: ChatCompletionRequest, model: ServedModel) -> ChatJob:
             param="model",
             code="model_not_found",
         )
+    refuse_unused_fields(request)
     if request.n not in (None, 1):
         raise ApiError(400, f"Only n=1 is supported, not n={request.n}.", param="n")
     stops = stop_strings(request.stop)
