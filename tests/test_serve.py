@@ -24,6 +24,7 @@ import httpx
 import openai
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from gptq_chat.api.access import API_KEY, API_KEY_ENV, exposure_problem
 from gptq_chat.api.protocol import ChatCompletionRequest, ServedModel, validate
@@ -196,6 +197,47 @@ def test_text_that_may_begin_a_stop_string_is_held_back_until_it_cannot() -> Non
     cut = StopText(("Paris",))
     assert [cut.push("Par"), cut.push("ty"), cut.push(" P")] == ["", "Party", " "]
     assert cut.flush() == "P" and not cut.stopped
+
+
+def scrape(base_url: str) -> dict[str, float]:
+    """/metrics parsed by prometheus_client's own parser: sample name and labels → value."""
+    response = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {
+        sample.name + json.dumps(sample.labels, sort_keys=True): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_requests_tokens_and_latencies_and_show_the_queue(
+    client: openai.OpenAI, served: ServedModel, base_url: str
+) -> None:
+    before = scrape(base_url)
+    answered = client.chat.completions.create(model=served.name, messages=FRANCE, max_tokens=6, temperature=0)
+    stream = client.chat.completions.create(
+        model=served.name, messages=STORY, max_tokens=5, stream=True, stream_options={"include_usage": True}
+    )
+    (streamed,) = [c.usage for c in stream if c.usage]  # read to the end: the request is over
+    assert post(base_url, body(n=3)).status_code == 400
+    after = scrape(base_url)
+
+    def moved(name: str, **labels: str) -> float:
+        key = name + json.dumps(labels, sort_keys=True)
+        return after[key] - before.get(key, 0.0)
+
+    chat = "/v1/chat/completions"
+    assert moved("gptq_chat_requests_total", path=chat, status="200") == 2
+    assert moved("gptq_chat_requests_total", path=chat, status="400") == 1
+    usages = [answered.usage, streamed]
+    assert moved("gptq_chat_prompt_tokens_total") == sum(u.prompt_tokens for u in usages)
+    assert moved("gptq_chat_generation_tokens_total") == sum(u.completion_tokens for u in usages)
+    assert moved("gptq_chat_time_to_first_token_seconds_count") == 2
+    assert moved("gptq_chat_time_to_first_token_seconds_sum") > 0
+    gaps = moved("gptq_chat_time_per_output_token_seconds_count")
+    assert sum(u.completion_tokens for u in usages) - 2 <= gaps <= sum(u.completion_tokens for u in usages)
+    assert after["gptq_chat_requests_running{}"] == 0 and after["gptq_chat_requests_waiting{}"] == 0
+    assert after["gptq_chat_kv_slots{}"] == served.scheduler.slots
 
 
 # -- bad requests --------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gptq_chat.api.access import API_KEY, API_KEY_ENV, add_server_flags, exposure_problem, secret_matches
+from gptq_chat.api.metrics import ServerMetrics
 from gptq_chat.api.protocol import (
     ApiError,
     ChatCompletionRequest,
@@ -58,6 +59,7 @@ access_log = logging.getLogger("serve.access")
 LOADING_RETRY_S = 10  # Retry-After while the model loads or the server restarts
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # a client's own X-Request-Id is kept if it looks like one
 OPEN_PATHS = ("/health",)  # probes need no key; they show counts, never chats
+COUNTED_PATHS = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions")
 
 
 # -- state ---------------------------------------------------------------------------------------------------
@@ -134,10 +136,12 @@ class RequireKey:
 
 
 class RequestLog:
-    """A request id for every request (the client's `X-Request-Id` or a new one), and one access-log line."""
+    """A request id for every request (the client's `X-Request-Id` or a new one), one access-log line, and the
+    request counted by path and status."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -155,6 +159,8 @@ class RequestLog:
             nonlocal status, complete
             if message["type"] == "http.response.start":
                 status = message["status"]
+                path = scope["path"] if scope["path"] in COUNTED_PATHS else "other"  # no label per probed URL
+                self.metrics.requests.labels(path, str(status)).inc()  # before the client can see the answer
                 MutableHeaders(scope=message).append("X-Request-Id", request_id)
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 complete = True
@@ -307,8 +313,9 @@ def create_app(
 
     app = FastAPI(title="Qwen GPTQ Chat API", lifespan=lifespan)
     app.state.server = state
+    metrics = ServerMetrics(lambda: state.model.scheduler.stats() if state.model is not None else None)
     app.add_middleware(RequireKey, key=api_key)
-    app.add_middleware(RequestLog)  # outermost: refusals get a request id and a log line too
+    app.add_middleware(RequestLog, metrics=metrics)  # outermost: refusals get a request id, a log line, a count
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -333,6 +340,11 @@ def create_app(
         body = state.health()
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return model_list(state.ready())
@@ -350,6 +362,7 @@ def create_app(
             ) from None
         result = Completion(prompt_tokens=len(job.prompt_ids))
         request.state.completion = result
+        tokens = metrics.timed(tokens, result)
         text = ThreadedText(completion_text(tokens, served.tokenizer, job, result), stop)
         completion_id = f"chatcmpl-{request.state.request_id}"
         if job.stream:
