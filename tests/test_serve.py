@@ -84,12 +84,17 @@ def post(base_url: str, body: object, key: str | None = KEY, **headers: str) -> 
     )
 
 
-def greedy_tokens(served: ServedModel, messages: list[dict], max_tokens: int) -> list[int]:
-    """What the model generates for `messages` (stop token excluded), asked of the scheduler directly."""
+def greedy_ids(served: ServedModel, prompt_ids: list[int], max_tokens: int) -> list[int]:
+    """What the model generates after `prompt_ids` (stop token excluded), asked of the scheduler directly."""
     settings = replace(served.defaults, max_new_tokens=max_tokens, temperature=0.0)
-    tokens = list(served.scheduler.generate(encode_chat(served.tokenizer, messages), settings, threading.Event()))
+    tokens = list(served.scheduler.generate(prompt_ids, settings, threading.Event()))
     ends = [i for i, token in enumerate(tokens) if token in settings.stop_token_ids]
     return tokens[: ends[0]] if ends else tokens
+
+
+def greedy_tokens(served: ServedModel, messages: list[dict], max_tokens: int) -> list[int]:
+    """The greedy reply to `messages` through the chat template."""
+    return greedy_ids(served, encode_chat(served.tokenizer, messages), max_tokens)
 
 
 def wait_until_idle(served: ServedModel, within: float) -> float:
@@ -148,6 +153,67 @@ def test_streaming_gives_the_same_text_then_the_finish_and_usage_chunks(
     assert chunks[-1].usage.completion_tokens == len(expected)
     assert chunks[-1].usage.prompt_tokens == len(encode_chat(served.tokenizer, FRANCE))
     assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-")
+
+
+PROMPT = "The capital of France is Paris. The capital of Italy is"
+
+
+def test_a_text_completion_continues_the_prompt_as_it_is(client: openai.OpenAI, served: ServedModel) -> None:
+    """No chat template: the prompt's own tokens, continued; 16 tokens unless told otherwise, as OpenAI."""
+    prompt_ids = served.tokenizer(PROMPT)["input_ids"]
+    completion = client.completions.create(model=served.name, prompt=PROMPT, temperature=0)
+    expected = greedy_ids(served, prompt_ids, 16)
+    choice = completion.choices[0]
+    assert choice.text == served.tokenizer.decode(expected, skip_special_tokens=True) and "Rome" in choice.text
+    assert completion.usage.prompt_tokens == len(prompt_ids) and completion.usage.completion_tokens == len(expected)
+    assert (choice.finish_reason == "length") == (len(expected) == 16)
+    assert completion.object == "text_completion" and completion.id.startswith("cmpl-")
+    by_ids = client.completions.create(model=served.name, prompt=prompt_ids, temperature=0)
+    assert by_ids.choices[0].text == choice.text
+
+
+def test_a_streamed_text_completion_gives_the_same_text_then_the_finish_and_usage(
+    client: openai.OpenAI, served: ServedModel
+) -> None:
+    whole = client.completions.create(model=served.name, prompt=PROMPT, max_tokens=12, temperature=0)
+    chunks = list(
+        client.completions.create(
+            model=served.name,
+            prompt=PROMPT,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert len([c for c in chunks if c.choices and c.choices[0].text]) >= 3  # streamed, not one lump
+    assert chunks[-2].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"echo": True}, "echo"),
+        ({"suffix": "return x"}, "suffix"),
+        ({"best_of": 3}, "best_of"),
+        ({"prompt": ["one", "two"]}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": [10**9]}, "prompt"),
+        ({"max_tokens": 10**6}, "max_tokens"),
+        ({"logprobs": 2}, "logprobs"),
+        ({"temprature": 0.2}, "temprature"),
+    ],
+)
+def test_a_text_completion_refuses_what_it_cannot_do_by_name(base_url: str, fields: dict, param: str) -> None:
+    response = httpx.post(
+        f"{base_url}/v1/completions",
+        json={"model": "SmolLM2-135M-Instruct-GPTQ-Int4", "prompt": PROMPT, **fields},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+    )
+    assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
 
 
 def test_max_tokens_ends_with_finish_reason_length(client: openai.OpenAI, served: ServedModel) -> None:

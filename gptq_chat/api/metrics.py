@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from gptq_chat.api.protocol import Completion
+from gptq_chat.api.responses import Completion
 from gptq_chat.engine.scheduler import SchedulerStats
 
 # Seconds; first tokens wait for the prefill (and the queue), later ones for one decode step.

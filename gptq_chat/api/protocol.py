@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gptq_chat.chat.prompt import Message, encode_chat
-from gptq_chat.chat.streamer import TextTally, stream_text
 from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.engine.scheduler import Scheduler
 
@@ -26,6 +24,7 @@ if TYPE_CHECKING:
     from gptq_chat.loading.loader import LoadedModel
 
 MAX_STOP_STRINGS = 4  # as OpenAI's API
+DEFAULT_COMPLETION_TOKENS = 16  # /v1/completions without max_tokens, as OpenAI and vLLM
 SYSTEM_ROLES = ("system", "developer")
 TYPE_TAGS = ("str", "int", "float", "bool")  # "developer" is OpenAI's newer name for the system message
 
@@ -102,17 +101,15 @@ NOT_ACTED_ON: dict[str, tuple[Any, ...]] = {
 }
 
 
-class ChatCompletionRequest(BaseModel):
-    """The fields this server acts on. Every other field is either a hint (HINTS), a field it does not act on sent
-    with a value that asks for nothing (NOT_ACTED_ON), or refused with a 400 that names it: a client is never
+class SamplingRequest(BaseModel):
+    """The fields both endpoints act on. Every other field is either a hint (HINTS), a field this server does not act
+    on sent with a value that asks for nothing (NOT_ACTED_ON), or refused with a 400 that names it: a client is never
     silently answered as if a setting it sent had been applied."""
 
     model_config = ConfigDict(extra="allow")
 
     model: str
-    messages: list[ChatMessage]
     max_tokens: int | None = None
-    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None  # beyond OpenAI, as vLLM and SGLang accept: -1 or 0 is off
@@ -121,6 +118,22 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+
+
+class ChatCompletionRequest(SamplingRequest):
+    """`POST /v1/chat/completions`."""
+
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
+
+
+class CompletionRequest(SamplingRequest):
+    """`POST /v1/completions`: a prompt in, its continuation out (no chat template)."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool | None = False
+    suffix: str | None = None
+    best_of: int | None = None
 
 
 def param_path(location: tuple[Any, ...]) -> str:
@@ -198,7 +211,7 @@ class ServedModel:
 
 
 @dataclass(frozen=True)
-class ChatJob:
+class Job:
     """A validated request: what to generate and how to answer."""
 
     prompt_ids: list[int]
@@ -247,7 +260,7 @@ def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
     return tuple(stops)
 
 
-def sampling_settings(request: ChatCompletionRequest, defaults: SamplingSettings, max_tokens: int) -> SamplingSettings:
+def sampling_settings(request: SamplingRequest, defaults: SamplingSettings, max_tokens: int) -> SamplingSettings:
     """The checkpoint's defaults, overridden by what the request sets; out-of-range values are a 400."""
     chosen: dict[str, Any] = {"max_new_tokens": max_tokens}
     for name, value in (
@@ -280,8 +293,8 @@ def context_error(model: ServedModel, prompt: int, completion: int | None) -> Ap
     return ApiError(400, window + detail, param=param, code="context_length_exceeded")
 
 
-def validate(request: ChatCompletionRequest, model: ServedModel) -> ChatJob:
-    """Everything a request can get wrong, checked before it takes a place in the queue."""
+def admit(request: SamplingRequest, model: ServedModel) -> None:
+    """What every request is checked for first: the model it names and the fields it sends."""
     if request.model != model.name:
         raise ApiError(
             404,
@@ -292,17 +305,19 @@ def validate(request: ChatCompletionRequest, model: ServedModel) -> ChatJob:
     refuse_unused_fields(request)
     if request.n not in (None, 1):
         raise ApiError(400, f"Only n=1 is supported, not n={request.n}.", param="n")
+
+
+def job(request: SamplingRequest, model: ServedModel, prompt_ids: list[int], requested: int | None) -> Job:
+    """The job for `prompt_ids`: `requested` new tokens at most (None: the rest of the context)."""
     stops = stop_strings(request.stop)
-    prompt_ids = encode_chat(model.tokenizer, chat_messages(request.messages))
     room = model.context_length - len(prompt_ids)
     if room < 1:
         raise context_error(model, len(prompt_ids), None)
-    requested = request.max_completion_tokens if request.max_tokens is None else request.max_tokens
     if requested is not None and requested < 1:
         raise ApiError(400, f"max_tokens must be at least 1, not {requested}.", param="max_tokens")
     if requested is not None and requested > room:
         raise context_error(model, len(prompt_ids), requested)
-    return ChatJob(
+    return Job(
         prompt_ids=prompt_ids,
         sampling=sampling_settings(request, model.defaults, requested or room),
         stops=stops,
@@ -311,94 +326,42 @@ def validate(request: ChatCompletionRequest, model: ServedModel) -> ChatJob:
     )
 
 
-# -- generated text -----------------------------------------------------------------------------------------
+def validate(request: ChatCompletionRequest, model: ServedModel) -> Job:
+    """Everything a chat request can get wrong, checked before it takes a place in the queue."""
+    admit(request, model)
+    prompt_ids = encode_chat(model.tokenizer, chat_messages(request.messages))
+    requested = request.max_completion_tokens if request.max_tokens is None else request.max_tokens
+    return job(request, model, prompt_ids, requested)
 
 
-@dataclass
-class Completion(TextTally):
-    """One completion's counts; `finish_reason` is set when its text ends."""
-
-    prompt_tokens: int = 0
-
-    @property
-    def completion_tokens(self) -> int:
-        return self.new_tokens
-
-
-def completion_text(tokens: Iterator[int], tokenizer: Any, job: ChatJob, result: Completion) -> Iterator[str]:
-    """Text pieces of the reply, cut at the stop strings; closing early (or a stop) closes `tokens`."""
-    return stream_text(tokens, tokenizer, result, stop_ids=job.sampling.stop_token_ids, stops=job.stops)
-
-
-# -- responses ---------------------------------------------------------------------------------------------
+def prompt_ids_of(prompt: str | list[str] | list[int] | list[list[int]], tokenizer: Any) -> list[int]:
+    """One prompt, as text or token ids (OpenAI's four forms; a list of several prompts is refused)."""
+    prompts = prompt if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) else [prompt]
+    if len(prompts) != 1:
+        raise ApiError(400, f"Send one prompt per request, not {len(prompts)}.", param="prompt")
+    (one,) = prompts
+    ids = tokenizer(one)["input_ids"] if isinstance(one, str) else list(one)
+    if not ids:
+        raise ApiError(400, "The prompt is empty.", param="prompt")
+    vocabulary = len(tokenizer)
+    if any(not 0 <= token < vocabulary for token in ids):
+        raise ApiError(400, f"The prompt has token ids outside the vocabulary (0 to {vocabulary - 1}).", param="prompt")
+    return ids
 
 
-def usage(result: Completion) -> dict[str, int]:
-    return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.prompt_tokens + result.completion_tokens,
-    }
-
-
-def completion_response(completion_id: str, model: str, text: str, result: Completion) -> dict[str, Any]:
-    """The non-streaming `chat.completion` object."""
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": result.finish_reason,
-            }
-        ],
-        "usage": usage(result),
-    }
-
-
-def chunk(
-    completion_id: str,
-    model: str,
-    delta: dict[str, str],
-    finish_reason: str | None = None,
-    with_usage: bool = False,
-) -> dict[str, Any]:
-    """One `chat.completion.chunk` of a stream (`usage: null` when the client asked for a usage chunk)."""
-    body: dict[str, Any] = {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-    }
-    if with_usage:
-        body["usage"] = None
-    return body
-
-
-def usage_chunk(completion_id: str, model: str, result: Completion) -> dict[str, Any]:
-    """The last chunk before `[DONE]` when `stream_options.include_usage` is set: no choices, the counts."""
-    return {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [],
-        "usage": usage(result),
-    }
-
-
-def model_list(model: ServedModel) -> dict[str, Any]:
-    """`/v1/models`; `max_model_len` as vLLM reports it, so clients (the page) can size their settings."""
-    card = {
-        "id": model.name,
-        "object": "model",
-        "created": model.created,
-        "owned_by": "gptq-chat",
-        "max_model_len": model.context_length,
-    }
-    return {"object": "list", "data": [card]}
+def validate_completion(request: CompletionRequest, model: ServedModel) -> Job:
+    """A text completion's checks. `max_tokens` defaults to 16, as OpenAI's and vLLM's completions endpoint."""
+    admit(request, model)
+    if request.echo:
+        raise ApiError(400, "'echo' is not supported: the prompt is not repeated in the answer.", param="echo")
+    if request.suffix:
+        raise ApiError(
+            400,
+            "'suffix' is not supported: Qwen chat models are not trained to fill in text between a prompt and a "
+            "suffix. Put the text around the gap in the prompt instead.",
+            param="suffix",
+        )
+    if request.best_of not in (None, 1):
+        raise ApiError(400, f"Only best_of=1 is supported, not best_of={request.best_of}.", param="best_of")
+    requested = DEFAULT_COMPLETION_TOKENS if request.max_tokens is None else request.max_tokens
+    return job(request, model, prompt_ids_of(request.prompt, model.tokenizer), requested)

@@ -39,17 +39,14 @@ from gptq_chat.api.metrics import ServerMetrics
 from gptq_chat.api.protocol import (
     ApiError,
     ChatCompletionRequest,
-    ChatJob,
-    Completion,
+    CompletionRequest,
+    Job,
     ServedModel,
-    chunk,
-    completion_response,
-    completion_text,
     invalid_body,
-    model_list,
-    usage_chunk,
     validate,
+    validate_completion,
 )
+from gptq_chat.api.responses import CHAT, TEXT, Answer, Completion, completion_text, model_list
 from gptq_chat.engine.scheduler import QueueFull
 from gptq_chat.loading.options import add_model_flags, load_options
 
@@ -261,21 +258,23 @@ def event(data: dict[str, Any]) -> str:
 
 
 async def sse_events(
-    text: ThreadedText, completion_id: str, model: str, job: ChatJob, result: Completion
+    text: ThreadedText, answer: Answer, answer_id: str, model: str, job: Job, result: Completion
 ) -> AsyncIterator[str]:
-    """The role chunk at once, a chunk per text piece, the finish chunk, the usage chunk if asked, [DONE]."""
+    """The opening chunk at once, a chunk per text piece, the finish chunk, the usage chunk if asked, [DONE]."""
     with_usage = job.include_usage
-    yield event(chunk(completion_id, model, {"role": "assistant", "content": ""}, with_usage=with_usage))
+    opening = answer.opening(answer_id, model, with_usage)
+    if opening is not None:
+        yield event(opening)
     try:
         async for piece in text:
-            yield event(chunk(completion_id, model, {"content": piece}, with_usage=with_usage))
+            yield event(answer.chunk(answer_id, model, piece, with_usage=with_usage))
     except Exception as error:  # the 200 is sent already: the failure goes in the stream, as vLLM does
         log.exception("Generation failed mid-stream")
         yield event(ApiError(500, f"Generation failed: {error}", "server_error").body())
         return
-    yield event(chunk(completion_id, model, {}, result.finish_reason, with_usage=with_usage))
+    yield event(answer.chunk(answer_id, model, None, result.finish_reason, with_usage=with_usage))
     if with_usage:
-        yield event(usage_chunk(completion_id, model, result))
+        yield event(answer.usage_chunk(answer_id, model, result))
     yield "data: [DONE]\n\n"
 
 
@@ -349,10 +348,8 @@ def create_app(
     async def models() -> dict[str, Any]:
         return model_list(state.ready())
 
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        served = state.ready()
-        job = validate(body, served)
+    async def respond(served: ServedModel, job: Job, answer: Answer, request: Request) -> Response:
+        """Queue `job`, then answer in `answer`'s shape: streamed, or whole once the text ends."""
         stop = threading.Event()
         try:
             tokens = served.scheduler.generate(job.prompt_ids, job.sampling, stop)
@@ -364,11 +361,21 @@ def create_app(
         request.state.completion = result
         tokens = metrics.timed(tokens, result)
         text = ThreadedText(completion_text(tokens, served.tokenizer, job, result), stop)
-        completion_id = f"chatcmpl-{request.state.request_id}"
+        answer_id = answer.id_prefix + request.state.request_id
         if job.stream:
-            return EventStream(sse_events(text, completion_id, served.name, job, result), on_close=text.close)
-        reply = await collect(text, request)
-        return JSONResponse(completion_response(completion_id, served.name, reply, result))
+            return EventStream(sse_events(text, answer, answer_id, served.name, job, result), on_close=text.close)
+        whole = await collect(text, request)
+        return JSONResponse(answer.response(answer_id, served.name, whole, result))
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        served = state.ready()
+        return await respond(served, validate(body, served), CHAT, request)
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        served = state.ready()
+        return await respond(served, validate_completion(body, served), TEXT, request)
 
     return app
 
