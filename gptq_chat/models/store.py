@@ -29,14 +29,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gptq_chat.loading.checkpoint import CheckpointError, inspect_checkpoint, modelscope_name, plain_name
+from gptq_chat.loading.checkpoint import (
+    DOWNLOAD_MANIFEST,
+    CheckpointError,
+    inspect_checkpoint,
+    modelscope_name,
+    plain_name,
+)
 from gptq_chat.models import catalog
 from gptq_chat.models.home import models_home
 from gptq_chat.models.installed import installed_models
 
 log = logging.getLogger(__name__)
 
-MANIFEST = ".download-manifest.json"
+MANIFEST = DOWNLOAD_MANIFEST
 LISTING = ".listing.json"  # the hub's file list, kept in the staging folder while downloading
 STAGING_SUFFIX = ".download"
 IMPORT_SUFFIX = ".import"
@@ -351,6 +357,7 @@ class Installed:
     size: int
     complete: bool
     status: str
+    resumable: bool = False  # a download `download.py ref` can finish or repair (not a folder copied by hand)
 
 
 def folder_bytes(folder: Path) -> int:
@@ -365,7 +372,7 @@ def describe(folder: Path, root: Path) -> Installed:
     if manifest is not None:
         problems = manifest_problems(folder, manifest)
         if problems:
-            return Installed(folder, ref, size, False, "damaged: " + "; ".join(problems[:3]))
+            return Installed(folder, ref, size, False, "damaged: " + "; ".join(problems[:3]), resumable=True)
         return Installed(folder, ref, size, True, f"complete, verified {manifest.get('verified_at', '')[:10]}")
     try:
         inspect_checkpoint(folder)
@@ -387,7 +394,7 @@ def downloads_in_progress(root: Path) -> list[Installed]:
             status = f"incomplete: {gb(done)} of {gb(total)}; run `python download.py {listing['model_id']}`"
         except (OSError, ValueError, KeyError, TypeError):
             done, status = folder_bytes(staging), f"incomplete: run `python download.py {ref}` to resume"
-        found.append(Installed(staging, ref, done, False, status))
+        found.append(Installed(staging, ref, done, False, status, resumable=True))
     return found
 
 
