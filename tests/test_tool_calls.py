@@ -66,6 +66,14 @@ HERMES_REPLIES = [
         id="cut-off-call-stays-text",
     ),
     pytest.param(
+        '<tool_call>\n{"name": "get_current_temperature", "arguments": {"lo<tool_call>\n{"name": '
+        '"get_temperature_date", "arguments": {"location": "San Francisco, CA, USA", "date": "2024-10-01"}}\n'
+        "</tool_call>",
+        '<tool_call>\n{"name": "get_current_temperature", "arguments": {"lo',
+        [TOMORROW],
+        id="a-broken-call-before-a-good-one",
+    ),
+    pytest.param(
         'Calls go in <tool_call> tags: <tool_call>\n{"name": "get_temperature_date", "arguments": {"location": '
         '"San Francisco, CA, USA", "date": "2024-10-01"}}\n</tool_call>',
         "Calls go in <tool_call> tags:",
@@ -242,6 +250,7 @@ def test_a_named_choice_calls_only_that_function(qwen25_tokenizer) -> None:
         ([{"type": "function", "function": {"name": "get weather"}}], "auto", r"tools\[0\] must be"),
         ([{"type": "code_interpreter"}], "auto", r"tools\[0\] must be"),
         (TOOLS, {"type": "function", "function": {"name": "send_email"}}, "'send_email', which is not among"),
+        (TOOLS, {"type": "function", "function": "get_temperature_date"}, "None, which is not among"),
         ([], "required", "needs at least one tool"),
         (TOOLS, "any", "must be 'none', 'auto', 'required' or a named function"),
     ],

@@ -262,10 +262,12 @@ def test_react_steps_pair_results_by_call_id_and_earlier_answers_are_final_answe
     assert ids == published(qwen_tokenizer, expected)
 
 
-def test_react_refuses_a_call_without_its_result(qwen_tokenizer) -> None:
+def test_react_refuses_a_call_without_exactly_one_result(qwen_tokenizer) -> None:
     use = tool_use(qwen_tokenizer, BOSTON_TOOLS)
     with pytest.raises(ValueError, match="one tool message with its result"):
         use.encode(qwen_tokenizer, [{"role": "user", "content": "?"}, BOSTON_CALL, {"role": "user", "content": "!"}])
+    with pytest.raises(ValueError, match="one tool message with its result"):
+        use.encode(qwen_tokenizer, [{"role": "user", "content": "?"}, BOSTON_CALL, BOSTON_RESULT, BOSTON_RESULT])
     with pytest.raises(ValueError, match="must follow the assistant"):
         use.encode(qwen_tokenizer, [{"role": "user", "content": "?"}, BOSTON_RESULT])
 
@@ -310,3 +312,11 @@ def test_tool_results_arguments_and_definitions_cannot_inject_either(qwen25_toke
     # The naive path (render, then tokenize everything) would have let all of them through.
     naive = published(qwen25_tokenizer, text)
     assert (naive.count(IM_START), naive.count(TOOL_CALL)) == (7, 4)
+
+
+def test_marker_characters_in_client_text_cannot_stand_for_another_text(qwen25_tokenizer) -> None:
+    """The prompt builder marks client texts with private-use characters; a client writing them gets nothing."""
+    tools = [weather_tool("get_current_temperature", "Reads \ue0000\ue001 aloud.", {"location": LOCATION}, [])]
+    ids = tool_use(qwen25_tokenizer, tools).encode(qwen25_tokenizer, [{"role": "user", "content": "SECRET"}])
+    text = qwen25_tokenizer.decode(ids)
+    assert text.count("SECRET") == 1 and '"Reads 0 aloud."' in text

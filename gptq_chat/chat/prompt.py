@@ -93,10 +93,12 @@ class PlainText:
 
     def marked_message(self, message: Mapping[str, Any]) -> dict[str, Any]:
         """A message for the template: its content as one marker, control tokens marked in its other fields."""
-        marked = {key: value if key == "role" else self.mark_control_tokens(value) for key, value in message.items()}
-        content = message.get("content")
-        if isinstance(content, str) and content:  # an empty content stays empty: templates test it for truth
-            marked["content"] = self.mark(content)
+        marked = {}
+        for key, value in message.items():
+            if key == "content" and isinstance(value, str) and value:  # an empty one stays: templates test its truth
+                marked[key] = self.mark(value)
+            else:
+                marked[key] = value if key == "role" else self.mark_control_tokens(value)
         return marked
 
     def encode(self, rendered: str) -> list[int]:

@@ -91,9 +91,8 @@ class ToolUse:
         return self.format.encode(tokenizer, messages, self.tools)
 
     def stream(self) -> ToolCallStream:
-        """A fresh reader for one reply's text pieces."""
-        one_call = not self.parallel or self.format.separator is None
-        return ToolCallStream(self.format.scanner(self.callable_names), max_calls=1 if one_call else None)
+        """A fresh reader for one reply's text pieces (a ReAct reply makes one call at most anyway)."""
+        return ToolCallStream(self.format.scanner(self.callable_names), max_calls=None if self.parallel else 1)
 
     def parse(self, reply: str) -> ParsedReply:
         """A whole reply's text and calls."""
@@ -121,7 +120,8 @@ def tool_use(
     if choice in ("auto", "required"):
         chosen = list(functions)
     elif isinstance(choice, Mapping) and choice.get("type") == "function":
-        chosen = [choice.get("function", {}).get("name")]
+        named = choice.get("function")
+        chosen = [named.get("name") if isinstance(named, Mapping) else None]
     else:
         raise ValueError(f"tool_choice must be 'none', 'auto', 'required' or a named function, not {choice!r}.")
     if choice != "auto" and not all(name in functions for name in chosen):
