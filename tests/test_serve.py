@@ -31,6 +31,7 @@ from gptq_chat.api.protocol import ChatCompletionRequest, ServedModel, validate
 from gptq_chat.api.server import Server, create_app
 from gptq_chat.chat.prompt import encode_chat
 from gptq_chat.chat.streamer import StopText
+from gptq_chat.chat.tools import tool_use
 from gptq_chat.engine.scheduler import Scheduler
 from gptq_chat.engine.tensor_parallel import free_port
 from gptq_chat.loading.loader import load
@@ -375,7 +376,6 @@ def test_fields_that_ask_for_nothing_are_accepted(base_url: str, fields: dict) -
 @pytest.mark.parametrize(
     "fields",
     [
-        {"tools": [WEATHER_TOOL]},
         {"response_format": {"type": "json_object"}},
         {"seed": 7},
         {"logprobs": True, "top_logprobs": 3},
@@ -386,11 +386,53 @@ def test_fields_that_ask_for_nothing_are_accepted(base_url: str, fields: dict) -
 def test_a_field_the_server_does_not_act_on_is_refused_by_name(
     client: openai.OpenAI, served: ServedModel, fields: dict
 ) -> None:
-    """Through the official client: an agent sending `tools` learns it at once, not from a plain-text answer."""
+    """Through the official client: an agent sending `response_format` learns it at once, not from a plain answer."""
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model=served.name, messages=FRANCE, max_tokens=4, **fields)
     name = next(iter(fields))
     assert refused.value.body["param"] == name and name in refused.value.message
+
+
+WEATHER_ASKED = [{"role": "user", "content": "What is the weather in Paris?"}]
+WEATHER_CALLED = [
+    *WEATHER_ASKED,
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": '{"celsius": 21}'},
+]
+
+
+@pytest.mark.parametrize("messages", [WEATHER_ASKED, WEATHER_CALLED], ids=["asked", "with the tool's result"])
+def test_tools_reach_the_model_in_its_own_format(client: openai.OpenAI, served: ServedModel, messages: list) -> None:
+    """The demo model's template renders no tools: it gets the ReAct prompt, with earlier calls and results."""
+    completion = client.chat.completions.create(
+        model=served.name, messages=messages, tools=[WEATHER_TOOL], max_tokens=8, temperature=0
+    )
+    expected = tool_use(served.tokenizer, [WEATHER_TOOL]).encode(served.tokenizer, messages)
+    assert completion.usage.prompt_tokens == len(expected)
+    assert "weather" in served.tokenizer.decode(expected) and completion.choices[0].finish_reason in ("stop", "length")
+    if messages is WEATHER_CALLED:
+        assert '{"celsius": 21}' in served.tokenizer.decode(expected)
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "no spaces allowed"}}]}, "tools"),
+        ({"tools": [WEATHER_TOOL], "tool_choice": "sometimes"}, "tool_choice"),
+        ({"tools": [WEATHER_TOOL], "tool_choice": "required"}, "tool_choice"),
+        ({"messages": [*WEATHER_ASKED, {"role": "tool", "tool_call_id": "call_9", "content": "{}"}]}, "messages"),
+    ],
+    ids=["bad name", "bad choice", "required", "a result without its call"],
+)
+def test_tool_requests_the_server_cannot_do_are_refused_by_name(base_url: str, fields: dict, param: str) -> None:
+    response = post(base_url, body(**{"tools": [WEATHER_TOOL], **fields}))
+    assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
 
 
 def test_a_prompt_longer_than_the_context_is_refused_with_the_numbers(

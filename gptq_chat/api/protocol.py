@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gptq_chat.chat.prompt import Message, encode_chat
+from gptq_chat.chat.tools import ToolUse, tool_use
 from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.engine.scheduler import Scheduler
 
@@ -64,6 +65,9 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     role: str
     content: str | list[TextPart] | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool result's call
+    name: str | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -87,9 +91,6 @@ NOT_ACTED_ON: dict[str, tuple[Any, ...]] = {
     "top_logprobs": (0,),
     "seed": (),
     "response_format": ({"type": "text"},),
-    "tools": ([],),
-    "tool_choice": ("none", "auto"),
-    "parallel_tool_calls": (True, False),
     "functions": ([],),
     "function_call": ("none", "auto"),
     "modalities": (["text"],),
@@ -125,6 +126,9 @@ class ChatCompletionRequest(SamplingRequest):
 
     messages: list[ChatMessage]
     max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(SamplingRequest):
@@ -219,6 +223,7 @@ class Job:
     stops: tuple[str, ...]
     stream: bool
     include_usage: bool
+    tools: ToolUse | None = None  # how the reply's tool calls are read, for a request with tools
 
 
 def chat_messages(messages: list[ChatMessage]) -> list[Message]:
@@ -307,9 +312,15 @@ def admit(request: SamplingRequest, model: ServedModel) -> None:
         raise ApiError(400, f"Only n=1 is supported, not n={request.n}.", param="n")
 
 
-def job(request: SamplingRequest, model: ServedModel, prompt_ids: list[int], requested: int | None) -> Job:
+def job(
+    request: SamplingRequest,
+    model: ServedModel,
+    prompt_ids: list[int],
+    requested: int | None,
+    tools: ToolUse | None = None,
+) -> Job:
     """The job for `prompt_ids`: `requested` new tokens at most (None: the rest of the context)."""
-    stops = stop_strings(request.stop)
+    stops = stop_strings(request.stop) + (tools.stop_strings if tools is not None else ())
     room = model.context_length - len(prompt_ids)
     if room < 1:
         raise context_error(model, len(prompt_ids), None)
@@ -323,15 +334,58 @@ def job(request: SamplingRequest, model: ServedModel, prompt_ids: list[int], req
         stops=stops,
         stream=bool(request.stream),
         include_usage=bool(request.stream_options and request.stream_options.include_usage),
+        tools=tools,
     )
 
 
 def validate(request: ChatCompletionRequest, model: ServedModel) -> Job:
     """Everything a chat request can get wrong, checked before it takes a place in the queue."""
     admit(request, model)
-    prompt_ids = encode_chat(model.tokenizer, chat_messages(request.messages))
     requested = request.max_completion_tokens if request.max_tokens is None else request.max_tokens
-    return job(request, model, prompt_ids, requested)
+    if not request.tools and not any(m.role == "tool" or m.tool_calls for m in request.messages):
+        return job(request, model, encode_chat(model.tokenizer, chat_messages(request.messages)), requested)
+    tools = tools_of(request, model.tokenizer)
+    try:
+        prompt_ids = tools.encode(model.tokenizer, tool_messages(request.messages))
+    except ValueError as error:  # a call without its result, a result without its call
+        raise ApiError(400, str(error), param="messages") from None
+    return job(request, model, prompt_ids, requested, tools)
+
+
+def tools_of(request: ChatCompletionRequest, tokenizer: Any) -> ToolUse:
+    """The request's tools for this model, or a 400 naming what is wrong with them."""
+    try:
+        tools = tool_use(tokenizer, request.tools, request.tool_choice, request.parallel_tool_calls is not False)
+    except ValueError as error:
+        raise ApiError(400, str(error), param="tool_choice" if "tool_choice" in str(error) else "tools") from None
+    if tools.forced is not None:
+        raise ApiError(
+            400,
+            "tool_choice 'required' or a named function needs constrained decoding, which this server does not do "
+            "yet; use 'auto'.",
+            param="tool_choice",
+            code="unsupported_parameter",
+        )
+    return tools
+
+
+def tool_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """OpenAI messages with tools as the tool layer reads them: `developer` as `system`, text parts joined."""
+    known = ("system", "user", "assistant", "tool")
+    converted = []
+    for index, message in enumerate(messages):
+        role = "system" if message.role in SYSTEM_ROLES else message.role
+        if role not in known:
+            raise ApiError(
+                400,
+                f"Invalid role '{message.role}' in messages[{index}]: use system, user, assistant or tool.",
+                param=f"messages[{index}].role",
+            )
+        fields = message.model_dump(exclude_none=True, exclude={"role", "content"})
+        converted.append({"role": role, "content": message.text(), **fields})
+    if not converted or converted[-1]["role"] not in ("user", "tool"):
+        raise ApiError(400, "The last message must be the user's or a tool's result.", param="messages")
+    return converted
 
 
 def prompt_ids_of(prompt: str | list[str] | list[int] | list[list[int]], tokenizer: Any) -> list[int]:

@@ -8,12 +8,13 @@ difference, so the streaming and counting logic in `server.py` is written once.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gptq_chat.api.protocol import Job, ServedModel
 from gptq_chat.chat.streamer import TextTally, stream_text
+from gptq_chat.chat.tool_calls import ToolCall, ToolCallDelta
 
 
 @dataclass
@@ -30,6 +31,11 @@ class Completion(TextTally):
 def completion_text(tokens: Iterator[int], tokenizer: Any, job: Job, result: Completion) -> Iterator[str]:
     """Text pieces of the reply, cut at the stop strings; closing early (or a stop) closes `tokens`."""
     return stream_text(tokens, tokenizer, result, stop_ids=job.sampling.stop_token_ids, stops=job.stops)
+
+
+def finish_reason(result: Completion, called: bool) -> str | None:
+    """OpenAI's `tool_calls` for a reply that ended by making calls, else how its text ended."""
+    return "tool_calls" if called and result.finish_reason == "stop" else result.finish_reason
 
 
 def usage(result: Completion) -> dict[str, int]:
@@ -59,21 +65,38 @@ class Answer:
         body = {"id": answer_id, "object": self._object(chunk), "created": int(time.time()), "model": model}
         return body | {"choices": choices}
 
-    def response(self, answer_id: str, model: str, text: str, result: Completion) -> dict[str, Any]:
-        """The whole answer in one object."""
-        carried = {"message": {"role": "assistant", "content": text}} if self.chat else {"text": text}
-        choice = {"index": 0, **carried, "logprobs": None, "finish_reason": result.finish_reason}
+    def response(
+        self, answer_id: str, model: str, text: str, result: Completion, calls: Sequence[ToolCall] = ()
+    ) -> dict[str, Any]:
+        """The whole answer in one object (a chat's tool calls in its message; `content` null when there is none)."""
+        if self.chat:
+            message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
+            if calls:
+                message["tool_calls"] = [call.openai() for call in calls]
+            carried: dict[str, Any] = {"message": message}
+        else:
+            carried = {"text": text}
+        choice = {"index": 0, **carried, "logprobs": None, "finish_reason": finish_reason(result, bool(calls))}
         return self._body(answer_id, model, False, [choice]) | {"usage": usage(result)}
 
     def chunk(
-        self, answer_id: str, model: str, text: str | None, finish_reason: str | None = None, with_usage: bool = False
+        self,
+        answer_id: str,
+        model: str,
+        piece: str | ToolCallDelta | None,
+        finish_reason: str | None = None,
+        with_usage: bool = False,
     ) -> dict[str, Any]:
-        """One chunk of a stream: a piece of text, or (`text` None) the finish; `usage: null` when the client asked
-        for a usage chunk at the end."""
+        """One chunk of a stream: a piece of text, a piece of a tool call, or (None) the finish; `usage: null` when
+        the client asked for a usage chunk at the end."""
         if self.chat:
-            carried: dict[str, Any] = {"delta": {} if text is None else {"content": text}}
+            if isinstance(piece, ToolCallDelta):
+                delta: dict[str, Any] = {"tool_calls": [piece.openai()]}
+            else:
+                delta = {} if piece is None else {"content": piece}
+            carried: dict[str, Any] = {"delta": delta}
         else:
-            carried = {"text": text or ""}
+            carried = {"text": piece or ""}
         choice = {"index": 0, **carried, "logprobs": None, "finish_reason": finish_reason}
         body = self._body(answer_id, model, True, [choice])
         return body | {"usage": None} if with_usage else body

@@ -46,7 +46,7 @@ from gptq_chat.api.protocol import (
     validate,
     validate_completion,
 )
-from gptq_chat.api.responses import CHAT, TEXT, Answer, Completion, completion_text, model_list
+from gptq_chat.api.responses import CHAT, TEXT, Answer, Completion, completion_text, finish_reason, model_list
 from gptq_chat.engine.scheduler import QueueFull
 from gptq_chat.loading.options import add_model_flags, load_options
 
@@ -265,14 +265,19 @@ async def sse_events(
     opening = answer.opening(answer_id, model, with_usage)
     if opening is not None:
         yield event(opening)
+    calls = job.tools.stream() if job.tools is not None else None  # reads tool calls out of the text
     try:
         async for piece in text:
-            yield event(answer.chunk(answer_id, model, piece, with_usage=with_usage))
+            for item in [piece] if calls is None else calls.push(piece):
+                yield event(answer.chunk(answer_id, model, item, with_usage=with_usage))
+        for item in calls.finish() if calls is not None else []:
+            yield event(answer.chunk(answer_id, model, item, with_usage=with_usage))
     except Exception as error:  # the 200 is sent already: the failure goes in the stream, as vLLM does
         log.exception("Generation failed mid-stream")
         yield event(ApiError(500, f"Generation failed: {error}", "server_error").body())
         return
-    yield event(answer.chunk(answer_id, model, None, result.finish_reason, with_usage=with_usage))
+    reason = finish_reason(result, bool(calls and calls.calls))
+    yield event(answer.chunk(answer_id, model, None, reason, with_usage=with_usage))
     if with_usage:
         yield event(answer.usage_chunk(answer_id, model, result))
     yield "data: [DONE]\n\n"
@@ -365,7 +370,10 @@ def create_app(
         if job.stream:
             return EventStream(sse_events(text, answer, answer_id, served.name, job, result), on_close=text.close)
         whole = await collect(text, request)
-        return JSONResponse(answer.response(answer_id, served.name, whole, result))
+        if job.tools is None:
+            return JSONResponse(answer.response(answer_id, served.name, whole, result))
+        parsed = job.tools.parse(whole)
+        return JSONResponse(answer.response(answer_id, served.name, parsed.text, result, parsed.tool_calls))
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
