@@ -279,18 +279,23 @@ def verify_files(
             problems.append(f"{remote.path}: {size:,} bytes, the hub lists {remote.size:,} (incomplete)")
             continue
         sha256, git_sha1 = digests(path, progress)
-        if remote.sha256 and sha256 != remote.sha256.lower():
-            problems.append(f"{remote.path}: sha256 {sha256[:12]}… does not match the hub's {remote.sha256[:12]}…")
-        elif remote.git_sha1 and git_sha1 != remote.git_sha1.lower():
-            problems.append(
-                f"{remote.path}: git hash {git_sha1[:12]}… does not match the hub's {remote.git_sha1[:12]}…"
-            )
-        else:
+        problem = hash_problem(remote, sha256, git_sha1)
+        if problem is None:
             checked = "sha256" if remote.sha256 else "git-sha1" if remote.git_sha1 else "size only"
             entries[remote.path] = {"size": size, "sha256": sha256, "checked_against_hub": checked}
             continue
+        problems.append(f"{remote.path}: {problem}")
         path.unlink()
     return entries, problems
+
+
+def hash_problem(remote: RemoteFile, sha256: str, git_sha1: str) -> str | None:
+    """How a file's digests contradict the hub's file list (its sha256, else its git blob id), or None."""
+    if remote.sha256 and sha256 != remote.sha256.lower():
+        return f"sha256 {sha256[:12]}… does not match the hub's {remote.sha256[:12]}…"
+    if remote.git_sha1 and git_sha1 != remote.git_sha1.lower():
+        return f"git hash {git_sha1[:12]}… does not match the hub's {remote.git_sha1[:12]}…"
+    return None
 
 
 def write_manifest(folder: Path, info: dict[str, Any], files: dict[str, dict[str, Any]]) -> None:
