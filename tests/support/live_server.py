@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 START_TIMEOUT_S = 30
 
@@ -20,6 +19,8 @@ START_TIMEOUT_S = 30
 @contextmanager
 def serving(app: object) -> Iterator[str]:
     """Yields the server's base URL (`http://127.0.0.1:PORT`); stops the server afterwards."""
+    import uvicorn  # here: the GPU tests wait for a `serve.py` process on machines without the API's packages
+
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
