@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import random
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from gptq_chat.chat.conversations import (
     DATA_ENV,
+    DB_NAME,
     ChatRef,
     Conflict,
     ConversationStore,
@@ -20,6 +25,10 @@ from gptq_chat.chat.conversations import (
     to_json,
     to_markdown,
 )
+from tests.support.full_disk import exchange as long_exchange
+from tests.support.full_disk import integrity
+from tests.support.save_loop import loop_messages
+from tests.support.small_disk import KINDS, REPO, run_in_child, tmpfs_possible
 
 STATS = {"prompt_tokens": 20, "new_tokens": 5, "tokens_per_s": 12.5, "first_token_s": 0.1}
 
@@ -205,3 +214,67 @@ def test_titles_come_from_the_first_line_cut_short() -> None:
     assert title_from("\n  Hello there  \nsecond line") == "Hello there"
     long = title_from("word " * 40)
     assert len(long) <= 48 and long.endswith("…")
+
+
+# -- faults: a full disk, a killed process ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_full_disk_refuses_the_save_keeps_the_file_whole_and_the_same_save_works_once_there_is_room(
+    kind: str, tmp_path: Path
+) -> None:
+    """A real refusal by the kernel: a small tmpfs filled up (ENOSPC), or the file-size limit (EFBIG)."""
+    if kind == "tmpfs" and not tmpfs_possible():
+        pytest.skip("this machine lets no unprivileged process mount a tmpfs (unshare --user --mount)")
+    seen = run_in_child(kind, tmp_path, "tests.support.full_disk:store_on_a_full_disk")
+    first, both = [m["content"] for m in long_exchange(1)], [m["content"] for m in long_exchange(1) + long_exchange(2)]
+    assert seen["refusal"] is not None, "the save on a full disk did not raise SaveFailed"
+    assert seen["refusal"]["disk_full"] is (kind == "tmpfs"), seen["refusal"]  # ENOSPC reads as a full disk
+    assert seen["new_chat_refused"]
+    assert seen["full"] == {"saved": first, "integrity": "ok", "unsaved": True}  # read back while still full
+    assert seen["later"] == {"saved": both, "integrity": "ok", "unsaved": False}
+    assert seen["chats"] == 1  # the refused new chat left nothing behind
+
+
+KILLS = 50
+
+
+def saved_run(store: ConversationStore, run: int) -> list[dict]:
+    """The chat a save-loop child of `run` wrote (its title is its first question), or nothing."""
+    found = [s.id for s in store.summaries() if s.title == f"Run {run} question 1"]
+    conversation = store.get(found[0]) if found else None
+    return conversation.messages if conversation else []
+
+
+def kill_mid_saves(path: Path, run: int, after: float) -> int:
+    """Start a save loop on `path`, SIGKILL it `after` seconds into its saves; the saves it said were done."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.save_loop", str(path), str(run)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None and child.stdout.readline() == "ready\n"  # opened cleanly after the last kill
+    time.sleep(after)
+    child.kill()
+    done = child.stdout.read().split()
+    child.wait()
+    return len(done)
+
+
+def test_a_process_killed_mid_save_loses_at_most_that_save_and_the_file_opens_cleanly(tmp_path: Path) -> None:
+    """SIGKILL, as when the app or the server is killed while a reply is being saved: every earlier save is
+    there whole, the one under way is there whole or not at all, and the file passes SQLite's integrity check."""
+    rng = random.Random(21)
+    path = tmp_path / DB_NAME
+    kept: dict[int, list[dict]] = {}
+    for run in range(KILLS):
+        acknowledged = kill_mid_saves(path, run, after=rng.uniform(0, 0.05))
+        store = ConversationStore(path)
+        assert integrity(store) == "ok"
+        kept[run] = saved_run(store, run)
+        assert kept[run] in (loop_messages(run, acknowledged), loop_messages(run, acknowledged + 1)), (
+            f"run {run}: {len(kept[run]) // 2} exchanges saved, {acknowledged} acknowledged"
+        )
+    store = ConversationStore(path)
+    assert {run: saved_run(store, run) for run in kept} == kept  # later kills and recoveries changed no earlier chat

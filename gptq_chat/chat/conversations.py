@@ -4,6 +4,10 @@ SQLite because it is a real embedded store: atomic writes (a crash never leaves 
 with several browser tabs writing at once (WAL, one short connection per call), and one file to back
 up. Each conversation carries a revision: a tab that saves over a newer version (the same chat open
 in two tabs) gets `Conflict` instead of silently erasing the other tab's messages.
+
+Faults: a process killed mid-save loses that save only (each is one WAL transaction, fsynced at commit:
+synchronous=FULL). A full disk makes a save raise `SaveFailed` and changes nothing; reads go on working,
+and the same save succeeds once there is room.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import os
 import sqlite3
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +54,28 @@ CREATE TABLE IF NOT EXISTS messages (
 """
 
 
+# SQLite's primary result codes that mean "the file cannot be written now" (Python 3.11 names them in sqlite3).
+SQLITE_BUSY, SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN = 5, 8, 10, 13, 14
+CANNOT_WRITE = frozenset({SQLITE_BUSY, SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN})
+
+
 class Conflict(RuntimeError):
     """The conversation changed since this tab loaded it (another tab saved it)."""
+
+
+class SaveFailed(RuntimeError):
+    """Nothing was written (the disk is full, or the file cannot be written now); the store is as it was,
+    so the caller keeps its data and tries the same save again later."""
+
+    @property
+    def disk_full(self) -> bool:
+        return "disk is full" in str(self)  # SQLITE_FULL's message: the filesystem refused to grow a file
+
+
+def cannot_write(error: sqlite3.OperationalError) -> bool:
+    """A write refused by the file system or a lock, as opposed to a bug in our SQL."""
+    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11+; before, every OperationalError counts
+    return code is None or code & 0xFF in CANNOT_WRITE
 
 
 def data_dir() -> Path:
@@ -97,15 +122,28 @@ def clean_message(message: dict[str, Any]) -> dict[str, Any]:
 
 
 class ConversationStore:
-    """All saved conversations; every method opens its own short connection (thread- and tab-safe)."""
+    """All saved conversations; every method opens its own short connection (thread- and tab-safe), and one idle
+    connection keeps the write-ahead log open (`_keep_wal_open`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:  # no write when it is set up
+                db.executescript(SCHEMA)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._keep_wal_open()
+
+    def _keep_wal_open(self) -> None:
+        """Hold one idle connection for the store's life, so the WAL and its index (`-shm`) stay open.
+
+        Otherwise each call's connection, the last to close, checkpoints and deletes them, and the next one
+        must create the index again: on a full disk that fails, and with it every read.
+        """
+        keeper = sqlite3.connect(self.path, check_same_thread=False)
+        keeper.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the WAL; no transaction stays open
+        weakref.finalize(self, keeper.close)
 
     @classmethod
     def default(cls) -> ConversationStore:
@@ -117,17 +155,29 @@ class ConversationStore:
         db = sqlite3.connect(self.path, timeout=30)
         try:
             db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA synchronous=FULL")  # a save is on disk before it returns (builds differ by default)
             with db:
                 yield db
         finally:
             db.close()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that raises `SaveFailed` when the disk refuses it; then nothing was written."""
+        try:
+            with self.connect() as db:
+                yield db
+        except sqlite3.OperationalError as error:
+            if not cannot_write(error):
+                raise
+            raise SaveFailed(str(error)) from error
 
     def create(
         self, title: str, messages: Sequence[dict[str, Any]] = (), settings: dict[str, Any] | None = None
     ) -> Conversation:
         now = time.time()
         rows = [clean_message(m) for m in messages]
-        with self.connect() as db:
+        with self.writing() as db:
             cursor = db.execute(
                 "INSERT INTO conversations (title, created, updated, revision, settings) VALUES (?, ?, ?, 1, ?)",
                 (title.strip() or "…", now, now, json.dumps(settings or {}, ensure_ascii=False)),
@@ -170,7 +220,7 @@ class ConversationStore:
     def save_messages(self, conversation_id: int, messages: Sequence[dict[str, Any]], revision: int) -> int:
         """Replace the messages if nobody saved since `revision`; returns the new revision."""
         rows = [clean_message(m) for m in messages]
-        with self.connect() as db:
+        with self.writing() as db:
             db.execute("BEGIN IMMEDIATE")  # hold the write lock from the check to the write
             row = db.execute("SELECT revision FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
             if row is None:
@@ -187,7 +237,7 @@ class ConversationStore:
 
     def save_settings(self, conversation_id: int, settings: dict[str, Any]) -> None:
         """Settings are last-writer-wins: they do not bump the revision or reorder the list."""
-        with self.connect() as db:
+        with self.writing() as db:
             db.execute(
                 "UPDATE conversations SET settings = ? WHERE id = ?",
                 (json.dumps(settings, ensure_ascii=False), conversation_id),
@@ -196,11 +246,11 @@ class ConversationStore:
     def rename(self, conversation_id: int, title: str) -> None:
         if not title.strip():
             raise ValueError("a title cannot be empty")
-        with self.connect() as db:
+        with self.writing() as db:
             db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title.strip(), conversation_id))
 
     def delete(self, conversation_id: int) -> None:
-        with self.connect() as db:
+        with self.writing() as db:
             db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
 
     @staticmethod
@@ -222,7 +272,8 @@ class ConversationStore:
 
 @dataclass
 class ChatRef:
-    """Which saved chat a browser tab shows (None: not saved yet) and the revision it last saw.
+    """Which saved chat a browser tab shows (None: not saved yet), the revision it last saw, and whether
+    its last save failed (its messages are newer than the store's, to be saved at the next try).
 
     Mutable on purpose: a reply that finishes after its tab was stopped updates it in place from its
     own thread, where Streamlit's session state can no longer be read or written.
@@ -230,6 +281,7 @@ class ChatRef:
 
     id: int | None = None
     revision: int = 0
+    unsaved: bool = False
 
 
 def save_chat(
@@ -237,9 +289,21 @@ def save_chat(
 ) -> bool:
     """Save a tab's chat into `chat`: created on its first message, and saved as a new chat (never over
     the other tab's messages) when another tab changed or deleted it meanwhile; True in that case.
+
+    On `SaveFailed`, `chat` keeps its id and revision and is marked `unsaved`: the same call later saves it all.
     """
     if not messages:
         return False
+    chat.unsaved = True  # until a write below succeeds
+    forked = _write_chat(store, chat, messages, settings)
+    chat.unsaved = False
+    return forked
+
+
+def _write_chat(
+    store: ConversationStore, chat: ChatRef, messages: Sequence[dict[str, Any]], settings: dict[str, Any]
+) -> bool:
+    """`save_chat`'s writes: over the tab's revision, else as a new chat; True when it became a new chat."""
     if chat.id is not None:
         try:
             chat.revision = store.save_messages(chat.id, messages, chat.revision)
