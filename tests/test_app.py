@@ -27,7 +27,7 @@ from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_r
 from streamlit.testing.v1 import AppTest
 
 from gptq_chat.api.access import exposure_problem, is_loopback, secret_matches, without_password
-from gptq_chat.chat.conversations import DATA_ENV, ConversationStore, Summary
+from gptq_chat.chat.conversations import DATA_ENV, ConversationStore, SaveFailed, Summary
 from gptq_chat.chat.prompt import encode_chat, with_system
 from gptq_chat.chat.reply import Reply, ReplyStats
 from gptq_chat.chat.think import answer_only, split_think
@@ -51,7 +51,9 @@ from gptq_chat.ui.i18n import LANGUAGES, TEXT, context_line, pick_language, stat
 from gptq_chat.ui.presets import CUSTOM, PRESETS, preset_of
 from gptq_chat.ui.rendering import to_markdown
 from gptq_chat.ui.replies import stream_into, wait_turn
+from gptq_chat.ui.saving import failure_notice, tell
 from tests.support.browser_app import free_port
+from tests.support.small_disk import run_in_child, tmpfs_possible
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -248,6 +250,16 @@ def test_every_ui_string_has_chinese_and_english() -> None:
     assert all(f"preset_{key}" in TEXT for key in [*PRESETS, CUSTOM])
     assert pick_language("zh-CN") == "zh" and pick_language("zh-TW") == "zh"
     assert pick_language("en-US") == "en" and pick_language(None) == "en"
+
+
+def test_a_refused_save_is_told_once_and_a_full_disk_in_plain_words() -> None:
+    """The page tries a refused save again on every run; the user reads one message about it, not one per try."""
+    notices: list[tuple[str, str]] = []
+    for _ in range(3):
+        tell(notices, failure_notice(SaveFailed("database or disk is full")))
+    assert notices == [("error", "disk_full")]
+    tell(notices, failure_notice(SaveFailed("disk I/O error")))
+    assert notices[-1] == ("error", "not_saved:disk I/O error")
 
 
 def test_stats_line_says_speed_and_what_the_model_saw() -> None:
@@ -754,6 +766,26 @@ def test_a_chat_changed_in_another_tab_is_not_overwritten_and_the_user_is_told(p
     kept, forked = store_of(data).get(chat_id), store_of(data).get(page.session_state["chat"].id)
     assert [m["content"] for m in kept.messages if m["role"] == "user"] == [QUESTION, "And of Italy?"]
     assert [m["content"] for m in forked.messages if m["role"] == "user"] == [QUESTION, "And of Spain?"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_keeps_the_chat_on_the_page_says_so_and_saves_it_once_there_is_room(
+    demo_model_dir: Path, tmp_path: Path
+) -> None:
+    """The page in a child whose data folder really fills up: a small tmpfs where this machine allows one, else a
+    file-size limit. A message sent then gets its reply; both stay on the page, unsaved, with a message saying so
+    after every rerun; the first rerun with room saves them."""
+    kind = "tmpfs" if tmpfs_possible() else "fsize"
+    env = {DATA_ENV: str(tmp_path), MODEL_ENV: str(demo_model_dir), "GPTQ_CHAT_PASSWORD": ""}
+    seen = run_in_child(kind, tmp_path, "tests.support.full_disk:page_on_a_full_disk", env=env)
+    sent, still_full, room = seen["sent"], seen["still_full"], seen["room"]
+    told = TEXT["disk_full"]["en"] if kind == "tmpfs" else f"{TEXT['not_saved']['en']}: disk I/O error"
+    assert sent["exceptions"] == [] and sent["errors"] == [told], sent["errors"]
+    question, reply = sent["messages"][-2:]
+    assert question == "And of Italy?" and reply and [question, reply] == sent["shown"][-2:]
+    assert sent["saved"] == sent["messages"][:2] and sent["unsaved"]
+    assert still_full == sent  # a rerun, still full: the same message, the same chat kept
+    assert room["errors"] == [] and room["saved"] == sent["messages"] and not room["unsaved"]
 
 
 @pytest.mark.slow

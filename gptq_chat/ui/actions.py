@@ -8,9 +8,10 @@ from typing import Any
 
 import streamlit as st
 
-from gptq_chat.chat.conversations import ChatRef, Conversation, ConversationStore, from_json, save_chat
+from gptq_chat.chat.conversations import ChatRef, Conversation, ConversationStore, SaveFailed, from_json
 from gptq_chat.ui.history import last_index, with_edited_last_user, without_last_reply
 from gptq_chat.ui.presets import CUSTOM, PRESETS, preset_of
+from gptq_chat.ui.saving import failure_notice, save_notice, tell
 
 # Per-conversation settings: the widget keys, saved with each chat and restored when it is opened.
 SETTING_KEYS = ("preset", "system_prompt", "context_length", "max_new", "temperature", "top_p", "top_k", "penalty")
@@ -30,6 +31,19 @@ def after_reply(callback: Callable[..., None]) -> Callable[..., None]:
             return callback(*args, **kwargs)
         with lock:
             return callback(*args, **kwargs)
+
+    return wrapped
+
+
+def telling_refusals(callback: Callable[..., None]) -> Callable[..., None]:
+    """A callback that changes the store says so, instead of failing the page, when the disk refuses the change."""
+
+    @functools.wraps(callback)
+    def wrapped(*args: Any, **kwargs: Any) -> None:
+        try:
+            callback(*args, **kwargs)
+        except SaveFailed as error:
+            tell(st.session_state.notices, ("error", f"change_failed:{error}"))
 
     return wrapped
 
@@ -63,11 +77,13 @@ def open_chat(store: ConversationStore, conversation_id: int) -> None:
 
 
 @after_reply
+@telling_refusals
 def delete_chat(store: ConversationStore, conversation_id: int) -> None:
     store.delete(conversation_id)
     show_conversation(None)
 
 
+@telling_refusals
 def rename_chat(store: ConversationStore, conversation_id: int) -> None:
     title = st.session_state.get(f"rename_{conversation_id}", "")
     if title.strip():
@@ -75,6 +91,7 @@ def rename_chat(store: ConversationStore, conversation_id: int) -> None:
 
 
 @after_reply
+@telling_refusals
 def import_chat(store: ConversationStore, key: str) -> None:
     state = st.session_state
     upload = state.get(key)
@@ -93,8 +110,20 @@ def import_chat(store: ConversationStore, key: str) -> None:
 def persist(store: ConversationStore) -> None:
     """Save this tab's chat (from callbacks and the page, where session state is safe to use)."""
     state = st.session_state
-    if save_chat(store, state.chat, state.messages, chat_settings()):
-        state.notices.append(("warning", "conflict"))
+    tell(state.notices, save_notice(store, state.chat, state.messages, chat_settings()))
+
+
+def persist_settings(store: ConversationStore) -> None:
+    """The open chat's settings, when they changed; a refused save is tried again on the next run."""
+    state = st.session_state
+    if state.chat.id is None or chat_settings() == state.get("saved_settings"):
+        return
+    try:
+        store.save_settings(state.chat.id, chat_settings())
+    except SaveFailed as error:
+        tell(state.notices, failure_notice(error))
+        return
+    state.saved_settings = chat_settings()
 
 
 @after_reply

@@ -6,7 +6,7 @@ from typing import Any
 
 import streamlit as st
 
-from gptq_chat.chat.conversations import ConversationStore, save_chat
+from gptq_chat.chat.conversations import ConversationStore
 from gptq_chat.chat.prompt import PromptTooLong
 from gptq_chat.chat.reply import ChatSettings
 from gptq_chat.chat.think import split_think
@@ -16,6 +16,7 @@ from gptq_chat.ui.i18n import context_line, stats_line, t
 from gptq_chat.ui.rendering import to_markdown as markdown_of
 from gptq_chat.ui.replies import stream_into, wait_turn
 from gptq_chat.ui.reply_source import ReplySource
+from gptq_chat.ui.saving import save_notice, tell
 
 
 def context_meter(window: int, lang: str) -> None:
@@ -142,8 +143,7 @@ def answer(source: ReplySource, settings: ChatSettings, store: ConversationStore
             waiting.empty()
 
         def finish() -> None:
-            if save_chat(store, chat, messages, settings_now):
-                notices.append(("warning", "conflict"))
+            tell(notices, save_notice(store, chat, messages, settings_now))  # refused: kept, tried again next run
             if entry["stats"]["tokens_per_s"]:
                 speeds.append(entry["stats"]["tokens_per_s"])
 

@@ -85,6 +85,15 @@ TEXT: dict[str, dict[str, str]] = {
         "zh": "此对话已在另一个标签页中修改，你的消息已另存为新对话。",
         "en": "This chat was changed in another tab; your messages were saved as a new chat.",
     },
+    "disk_full": {
+        "zh": "磁盘已满，此对话尚未保存。它仍在本页上，腾出空间后会自动保存。",
+        "en": "The disk is full: this chat is not saved yet. It stays on this page and is saved once there is room.",
+    },
+    "not_saved": {
+        "zh": "此对话尚未保存（仍在本页上，下一步操作时会再次保存）",
+        "en": "This chat is not saved yet (it stays on this page and is saved at your next step)",
+    },
+    "change_failed": {"zh": "未能更改，对话文件无法写入", "en": "Not changed: the chats file cannot be written"},
     "user_label": {"zh": "用户", "en": "User"},
     "assistant_label": {"zh": "助手", "en": "Assistant"},
     "system_label": {"zh": "系统提示词", "en": "System prompt"},

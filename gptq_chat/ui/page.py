@@ -22,7 +22,7 @@ from gptq_chat.loading.kernels import KernelError
 from gptq_chat.loading.loader import LoadedModel
 from gptq_chat.loading.options import load_options
 from gptq_chat.models.installed import default_model
-from gptq_chat.ui.actions import chat_settings, send, show_conversation
+from gptq_chat.ui.actions import persist, persist_settings, send, show_conversation
 from gptq_chat.ui.conversation import answer, context_meter, conversation_view
 from gptq_chat.ui.history import mark_interrupted, needs_reply
 from gptq_chat.ui.i18n import LANGUAGES, TEXT, pick_language, t
@@ -160,6 +160,8 @@ def main() -> None:
     start_session(store)
     with state.stream_lock:  # a reply this tab just stopped is still saving in the stopped run's thread
         mark_interrupted(state.messages)
+        if state.chat.unsaved:  # the disk refused the last save: try again now
+            persist(store)
     if state.chat.id is not None:
         st.query_params["chat"] = str(state.chat.id)  # a reload reopens this chat
     else:
@@ -181,9 +183,7 @@ def main() -> None:
         st.stop()
 
     settings = settings_panel(source, lang)
-    if state.chat.id is not None and chat_settings() != state.get("saved_settings"):
-        store.save_settings(state.chat.id, chat_settings())
-        state.saved_settings = chat_settings()
+    persist_settings(store)
     speed_panel(lang)
     context_meter(settings.context_length, lang)
 
