@@ -158,6 +158,23 @@ def fitting_context(info, args) -> int:
     return min(fits) // 256 * 256
 
 
+def soak(args: argparse.Namespace) -> None:
+    """`--soak N`: serve.py on the checkpoint, N requests from --clients clients; exits 1 if a criterion is missed."""
+    from gptq_chat.testing.soak import run
+
+    folder, _ = prepare_checkpoint(args.dir, args.shape)
+    flags = ("--context", str(args.context), "--slots", str(args.clients))
+    log = Path(tempfile.gettempdir()) / "soak-serve.log"
+    report = run(folder, args.soak, args.clients, args.sample_every, flags=flags, log=log)
+    print(f"GPU: {torch.cuda.get_device_name()}; checkpoint {folder}; serve.py log {log}")
+    print(report.table())
+    if args.json:
+        args.json.write_text(json.dumps(report.summary(), indent=2))
+    failures = report.failures()
+    print("\n".join(["soak: FAILED", *failures]) if failures else "soak: passed")
+    sys.exit(1 if failures else 0)
+
+
 def free_memory() -> None:
     gc.collect()
     torch.cuda.empty_cache()
@@ -192,12 +209,18 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--streams", help="many users at once: stream counts to time together, e.g. 1,4,16,64")
     parser.add_argument("--prompt", type=int, default=512, help="with --streams: each stream's prompt tokens")
+    parser.add_argument("--soak", type=int, metavar="N", help="send N mixed requests through serve.py, watching memory")
+    parser.add_argument("--clients", type=int, default=16, help="with --soak: clients sending at once")
+    parser.add_argument("--sample-every", type=float, default=10.0, help="with --soak: seconds between memory reads")
     args = parser.parse_args()
     if args.split == "tensor" and "fp16reduce" in args.variants:
         parser.error("sdpa-fp16reduce re-captures the first card's graphs only: it cannot be timed with --split tensor")
     logging.basicConfig(level=logging.WARNING)
     if args.streams:
         time_streams(args)
+        return
+    if args.soak:
+        soak(args)
         return
 
     from gptq_chat.loading.checkpoint import find_checkpoint

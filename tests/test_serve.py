@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import openai
+import psutil
 import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
@@ -305,6 +306,8 @@ def test_metrics_count_requests_tokens_and_latencies_and_show_the_queue(
     assert sum(u.completion_tokens for u in usages) - 2 <= gaps <= sum(u.completion_tokens for u in usages)
     assert after["gptq_chat_requests_running{}"] == 0 and after["gptq_chat_requests_waiting{}"] == 0
     assert after["gptq_chat_kv_slots{}"] == served.scheduler.slots
+    rss = psutil.Process().memory_info().rss  # the server runs in this process
+    assert abs(after["process_resident_memory_bytes{}"] - rss) < 0.05 * rss
 
 
 # -- bad requests --------------------------------------------------------------------------------------------
@@ -694,8 +697,6 @@ def test_sixteen_clients_at_once_each_get_their_own_answer(api: tuple[ServedMode
 
 def test_memory_and_threads_stay_flat_over_many_requests(base_url: str, served: ServedModel) -> None:
     """Every way a request can end (answered, streamed, cut off, refused), again and again: nothing piles up."""
-    import psutil
-
     process = psutil.Process()
     streamed = body(max_tokens=2, stream=True, stream_options={"include_usage": True})
 

@@ -1,17 +1,27 @@
 """`/metrics` in Prometheus' text format, through `prometheus_client`: what a dashboard of a served model watches.
 
 Counters move as requests are answered and tokens are written; the queue's gauges (running and waiting requests,
-KV-cache slots in use) are read from the scheduler when Prometheus scrapes, so they are never stale. Each app has its
-own registry, so several servers in one process (the tests) count apart. Names follow vLLM's where they mean the
-same, under the `gptq_chat_` prefix.
+KV-cache slots in use) are read from the scheduler when Prometheus scrapes, so they are never stale, and so is the
+memory: the process's own (`process_resident_memory_bytes`, prometheus_client's process collector) and, per card it
+uses, what torch's allocator holds and what the card has in use by every process. Each app has its own registry, so
+several servers in one process (the tests) count apart. Names follow vLLM's where they mean the same, under the
+`gptq_chat_` prefix.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -37,6 +47,31 @@ class QueueGauges(Collector):
         yield GaugeMetricFamily("gptq_chat_requests_waiting", "Requests queued for a slot.", value=stats.waiting)
         yield GaugeMetricFamily("gptq_chat_kv_slots", "Sequences the KV cache holds at once.", value=stats.slots)
         yield GaugeMetricFamily("gptq_chat_kv_slots_in_use", "KV-cache slots generating now.", value=stats.active)
+
+
+class GpuMemoryGauges(Collector):
+    """Per card this process uses: bytes torch's allocator holds (`reserved`: what leaks or fragmentation would grow)
+    and bytes in use on the card by every process (`used`, as nvidia-smi shows). Cards the process has not touched
+    are not read: reading one would open a CUDA context there."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        torch = sys.modules.get("torch")  # a process that never loaded torch has no GPU memory to show
+        if torch is None or not torch.cuda.is_initialized():
+            return
+        reserved = GaugeMetricFamily(
+            "gptq_chat_gpu_memory_reserved_bytes", "Held by torch's allocator.", labels=["card"]
+        )
+        used = GaugeMetricFamily(
+            "gptq_chat_gpu_memory_used_bytes", "In use on the card, all processes.", labels=["card"]
+        )
+        for card in range(torch.cuda.device_count()):
+            held = torch.cuda.memory_reserved(card)
+            if held:
+                free, total = torch.cuda.mem_get_info(card)
+                reserved.add_metric([str(card)], held)
+                used.add_metric([str(card)], total - free)
+        yield reserved
+        yield used
 
 
 class ServerMetrics:
@@ -65,6 +100,8 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.registry.register(QueueGauges(stats))
+        self.registry.register(GpuMemoryGauges())
+        ProcessCollector(registry=self.registry)
 
     def timed(self, tokens: Iterator[int], result: Completion) -> Iterator[int]:
         """`tokens` as they come, timed (the first token, then each gap); when they end, the request's prompt and

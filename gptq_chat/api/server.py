@@ -47,7 +47,7 @@ from gptq_chat.api.protocol import (
     validate_completion,
 )
 from gptq_chat.api.responses import CHAT, TEXT, Answer, Completion, completion_text, finish_reason, model_list
-from gptq_chat.engine.scheduler import QueueFull
+from gptq_chat.engine.scheduler import OutOfMemory, QueueFull
 from gptq_chat.loading.options import add_model_flags, load_options
 
 log = logging.getLogger("serve")
@@ -274,13 +274,21 @@ async def sse_events(
             yield event(answer.chunk(answer_id, model, item, with_usage=with_usage))
     except Exception as error:  # the 200 is sent already: the failure goes in the stream, as vLLM does
         log.exception("Generation failed mid-stream")
-        yield event(ApiError(500, f"Generation failed: {error}", "server_error").body())
+        yield event(generation_error(error).body())
         return
     reason = finish_reason(result, bool(calls and calls.calls))
     yield event(answer.chunk(answer_id, model, None, reason, with_usage=with_usage))
     if with_usage:
         yield event(answer.usage_chunk(answer_id, model, result))
     yield "data: [DONE]\n\n"
+
+
+def generation_error(error: Exception) -> ApiError:
+    """A failure while generating, as the client is told it: the card out of memory is a 503 to retry (the server
+    goes on serving), anything else a 500."""
+    if isinstance(error, OutOfMemory):
+        return ApiError(503, str(error), "server_error", code="out_of_memory", retry_after=LOADING_RETRY_S)
+    return ApiError(500, f"Generation failed: {error}", "server_error")
 
 
 async def collect(text: ThreadedText, request: Request) -> str:
@@ -333,6 +341,10 @@ def create_app(
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         kind = "invalid_request_error" if error.status_code < 500 else "server_error"
         return error_response(ApiError(error.status_code, str(error.detail), kind))
+
+    @app.exception_handler(OutOfMemory)
+    async def out_of_memory(request: Request, error: OutOfMemory) -> JSONResponse:
+        return error_response(generation_error(error))
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, error: Exception) -> JSONResponse:

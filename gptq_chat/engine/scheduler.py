@@ -48,6 +48,26 @@ class SchedulerStats:
     served: int
 
 
+class OutOfMemory(RuntimeError):
+    """The card had no room for one request's work (its prefill, most often). The request fails with this, saying
+    what to do; the engine keeps serving the next ones."""
+
+
+def as_out_of_memory(error: BaseException, prompt_tokens: int) -> BaseException:
+    """A CUDA out-of-memory error as `OutOfMemory` (the allocator's cached blocks given back, so the next request
+    finds them); any other error as it is."""
+    import torch
+
+    if not isinstance(error, torch.cuda.OutOfMemoryError):
+        return error
+    torch.cuda.empty_cache()
+    return OutOfMemory(
+        f"The GPU ran out of memory for this request ({prompt_tokens:,} prompt tokens): other programs on the card "
+        "or a long prompt left no room. Try again in a moment or with a shorter prompt; if it keeps happening, "
+        "load the model with a smaller --context or fewer --slots."
+    )
+
+
 @dataclass
 class Request:
     """One generation: the worker fills `tokens` (ids, then None, or an exception), the caller drains it."""
@@ -221,6 +241,8 @@ class Scheduler:
                     yield token
             finally:
                 tokens.close()
+        except Exception as error:
+            raise as_out_of_memory(error, len(request.prompt_ids)) from error
         finally:
             with self.lock:
                 if started:
@@ -264,8 +286,9 @@ class Scheduler:
                 inflight = launched
             except Exception as error:  # a CUDA or shape error: tell every caller, keep serving
                 log.exception("Decode step failed")
+                longest = max((len(r.prompt_ids) for r in self.running.values()), default=0)
                 with self.lock:
-                    self.fail_all(error, keep_pending=True)
+                    self.fail_all(as_out_of_memory(error, longest), keep_pending=True)
                 try:
                     engine.reset()
                 except Exception:  # e.g. a tensor-parallel worker that died: each new request will be told
@@ -300,8 +323,9 @@ class Scheduler:
             engine.prefill(request.prompt_ids, request.settings, request.slot)
             first = int(engine.next_tokens[request.slot])
         except Exception as error:
-            request.tokens.put(error)
-            self.finish(engine, request)
+            log.warning("Prefill of %d tokens failed: %s", len(request.prompt_ids), error)
+            request.tokens.put(as_out_of_memory(error, len(request.prompt_ids)))
+            self.finish(engine, request, cached=[])  # a prefill cut short left the slot's cache half written
             return
         self.accept(engine, request, first)
 
@@ -344,10 +368,11 @@ class Scheduler:
         for request in [r for r in self.running.values() if r.stop.is_set() and not r.done]:
             self.finish(engine, request)
 
-    def finish(self, engine: SlotEngine, request: Request) -> None:
-        """End a request and free its slot (the cache keeps its K/V for a prompt that starts the same way)."""
+    def finish(self, engine: SlotEngine, request: Request, cached: list[int] | None = None) -> None:
+        """End a request and free its slot (the cache keeps its K/V for a prompt that starts the same way; `cached`
+        says which tokens it holds where that is not what the request fed)."""
         request.done = True
-        engine.park(request.slot, request.fed())
+        engine.park(request.slot, request.fed() if cached is None else cached)
         with self.lock:
             del self.running[request.slot]
             self.active -= 1
