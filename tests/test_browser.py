@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -261,3 +262,39 @@ def test_an_imported_chat_renders_math_code_and_reasoning(new_page, server: str,
     shot(page, "12-editing")
     page.locator(".st-key-cancel_edit button").click()
     expect(editor).to_have_count(0)
+
+
+def server_process(url: str):
+    """The `streamlit run` process serving `url` (found by its port)."""
+    import psutil
+
+    port = f"--server.port={url.rsplit(':', 1)[1]}"
+    return next(p for p in psutil.process_iter(["cmdline"]) if port in (p.info["cmdline"] or []))
+
+
+def test_two_tabs_asking_in_turn_answer_every_question_with_flat_memory(new_page, server: str) -> None:
+    """A soak of the page: two tabs ask in turn (they queue for the one model), `PAGE_SOAK_ROUNDS` questions each
+    (6 here; 50 for the figure in docs/benchmarks.md); every question gets a reply under it in its own tab, and the
+    server's memory after the first third of the rounds is within 1 % of the last."""
+    from tests.test_demo_model import QUESTIONS
+
+    rounds = int(os.environ.get("PAGE_SOAK_ROUNDS", "6"))
+    tabs = [new_page(), new_page()]
+    for tab in tabs:
+        log_in(tab, server)
+        tab.get_by_role("button", name=re.compile("New chat")).click()
+    process = server_process(server)
+    memory = []
+    for round_ in range(rounds):
+        asked = [QUESTIONS[(round_ + offset) % len(QUESTIONS)] for offset in (0, 5)]
+        for tab, (question, _) in zip(tabs, asked, strict=True):
+            send(tab, question)
+        for tab, (question, _) in zip(tabs, asked, strict=True):
+            tab.locator(MESSAGE).nth(2 * round_ + 2).get_by_text(re.compile("new tokens")).wait_for()
+            assert question in tab.locator(MESSAGE).nth(2 * round_ + 1).inner_text() and reply_text(tab)
+        memory.append(process.memory_info().rss)
+    shot(tabs[0], "12-tabs-asking-in-turn")
+    for tab in tabs:
+        assert tab.locator(MESSAGE).count() == 1 + 2 * rounds  # the greeting, then each question and its reply
+    print(f"page soak, {rounds} rounds: RSS MiB by round {[m // 2**20 for m in memory]}")
+    assert memory[-1] <= memory[rounds // 3 - 1] * 1.01, [m // 2**20 for m in memory]
