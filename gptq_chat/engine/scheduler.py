@@ -393,7 +393,7 @@ class Scheduler:
         """A new token for `request`: pass it on, and end the request on a stop token, its budget, the end of its
         grammar or a stop. A token its grammar refuses (which the masks should make impossible) ends it with the
         grammar library's error."""
-        request.generated.append(token)
+        request.generated.append(int(token))  # ids only: what the cache holds (and followers are sent)
         request.tokens.put(token)
         ended = token in request.settings.stop_token_ids or len(request.generated) >= request.budget
         if request.matcher is not None and not ended:
