@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from gptq_chat.loading.checkpoint import CheckpointError
 from gptq_chat.loading.fit import SPLIT_HELP, SPLITS
 from gptq_chat.loading.gpus import parse_card_sizes
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.remove:
             return remove(args.remove, args.dir, assume_yes=args.yes)
-        return fetch(args)
+        with logging_redirect_tqdm():  # log lines (a file that starts over, a client's warning) above the bar
+            return fetch(args)
     except CheckpointError as error:
         print(f"Error: {error.problem}\n  Fix: {error.fix}", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,9 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import psutil
 import pytest
@@ -24,7 +27,7 @@ from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_r
 from streamlit.testing.v1 import AppTest
 
 from gptq_chat.api.access import exposure_problem, is_loopback, secret_matches, without_password
-from gptq_chat.chat.conversations import DATA_ENV, ConversationStore
+from gptq_chat.chat.conversations import DATA_ENV, ConversationStore, Summary
 from gptq_chat.chat.prompt import encode_chat, with_system
 from gptq_chat.chat.reply import Reply, ReplyStats
 from gptq_chat.chat.think import answer_only, split_think
@@ -32,6 +35,7 @@ from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.loading import holder
 from gptq_chat.loading.loader import load
 from gptq_chat.models.installed import MODEL_ENV
+from gptq_chat.ui.chat_list import chat_labels, chat_time, user_zone
 from gptq_chat.ui.history import (
     can_regenerate,
     context_use,
@@ -252,6 +256,48 @@ def test_stats_line_says_speed_and_what_the_model_saw() -> None:
     assert "首字延迟" in stats_line(record, "zh")
 
 
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+def shanghai(*when: int) -> float:
+    """A moment given as Shanghai's wall clock (year, month, day, hour, minute)."""
+    return datetime(*when, tzinfo=SHANGHAI).timestamp()
+
+
+def test_a_chats_time_is_as_short_as_it_can_be_in_both_languages() -> None:
+    now = shanghai(2026, 3, 10, 15, 0)
+    for lang in LANGUAGES:
+        assert chat_time(shanghai(2026, 3, 10, 14, 5), now, SHANGHAI, lang) == "14:05"
+        assert chat_time(shanghai(2026, 3, 10, 0, 0), now, SHANGHAI, lang) == "00:00"
+        assert chat_time(shanghai(2025, 12, 7, 14, 5), now, SHANGHAI, lang) == "2025-12-07"
+    assert chat_time(shanghai(2026, 3, 9, 23, 59), now, SHANGHAI, "en") == "Mar 9 23:59"
+    assert chat_time(shanghai(2026, 1, 2, 9, 30), now, SHANGHAI, "zh") == "1月2日 09:30"
+
+
+def test_a_chats_time_is_told_in_the_users_time_zone() -> None:
+    now = shanghai(2026, 3, 10, 8, 0)  # midnight in London
+    updated = shanghai(2026, 3, 10, 7, 30)  # still yesterday there
+    assert chat_time(updated, now, user_zone("Asia/Shanghai"), "en") == "07:30"
+    assert chat_time(updated, now, user_zone("Europe/London"), "en") == "Mar 9 23:30"
+    assert user_zone(None) is None and user_zone("Nowhere/Atlantis") is None  # then the server's own zone
+
+
+def test_chats_that_read_the_same_in_the_list_are_told_apart_by_their_number() -> None:
+    now, today, yesterday = shanghai(2026, 3, 10, 15, 0), shanghai(2026, 3, 10, 14, 5), shanghai(2026, 3, 9, 14, 5)
+    summaries = [
+        Summary(7, f"{QUESTION} One word.", today, 2),
+        Summary(3, QUESTION, today, 2),
+        Summary(2, QUESTION, yesterday, 2),
+        Summary(1, "Hi", today, 2),
+    ]
+    assert chat_labels(summaries, now, SHANGHAI, "en") == [
+        "What is the capital of Fr… · 14:05 · #7",
+        "What is the capital of Fr… · 14:05 · #3",
+        "What is the capital of Fr… · Mar 9 14:05",
+        "Hi · 14:05",
+    ]
+
+
 def test_presets_fill_the_system_prompt_and_an_edit_makes_it_custom() -> None:
     assert preset_of(PRESETS["coder"]) == "coder"
     assert preset_of(PRESETS["coder"] + " Also be funny.") == CUSTOM
@@ -465,6 +511,15 @@ def store_of(data: Path) -> ConversationStore:
     return ConversationStore(data / "conversations.sqlite3")
 
 
+def chat_buttons(at: AppTest) -> list:
+    return [b for b in at.sidebar.button if b.key and b.key.startswith("chat_")]
+
+
+def selected_chats(at: AppTest) -> list[str]:
+    """The chats the list shows as selected (a primary button): the open one, only."""
+    return [b.key for b in chat_buttons(at) if b.proto.type == "primary"]
+
+
 @pytest.mark.slow
 def test_message_gets_a_streamed_reply_with_stats(page: AppTest) -> None:
     send(page, QUESTION)
@@ -653,15 +708,19 @@ def test_chats_are_saved_listed_switched_renamed_and_deleted(page: AppTest, data
     page.sidebar.button(key="new_chat").click().run()
     assert page.session_state["messages"] == [] and page.session_state["chat"].id is None
     page.sidebar.slider(key="max_new").set_value(5).run()
-    send(page, "Name a color.")
+    send(page, f"{QUESTION} One word.")  # begins as the first chat does
     second = page.session_state["chat"].id
     assert second != first
-    titles = [b.label for b in page.sidebar.button if b.key and b.key.startswith("chat_")]
-    assert titles == ["Name a color.", "What is the capital of Fr…"]  # newest first, one line each
+    listed = chat_buttons(page)
+    assert [b.key for b in listed] == [f"chat_{second}", f"chat_{first}"]  # newest first
+    assert all(re.fullmatch(r"What is the capital of Fr… · \d\d:\d\d( · #\d+)?", b.label) for b in listed)
+    assert listed[0].label != listed[1].label  # one line each, told apart
+    assert selected_chats(page) == [f"chat_{second}"]
 
     page.sidebar.button(key=f"chat_{first}").click().run()  # switch back: history and settings come back
     assert page.session_state["messages"][0]["content"] == QUESTION
     assert page.sidebar.slider(key="max_new").value == SHORT
+    assert selected_chats(page) == [f"chat_{first}"]
     page.sidebar.button(key=f"chat_{second}").click().run()
     assert page.sidebar.slider(key="max_new").value == 5
 

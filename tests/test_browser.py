@@ -10,7 +10,9 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.sync_api import expect
@@ -30,6 +32,7 @@ MAIN = '[data-testid="stMainBlockContainer"]'
 LONG_ASK = "Write a very long story about a dragon who learns to fly, with many chapters."
 QUESTION = "What is the capital of France?"
 REPLY_TIMEOUT_MS = 90_000
+FAR_ZONE = "Pacific/Kiritimati"  # UTC+14: a browser whose clock is not the server's
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +62,8 @@ def new_page(browser, server: str):
     """Pages in their own browser contexts: separate cookies and Streamlit sessions, like separate tabs."""
     contexts = []
 
-    def make(locale: str = "en-US"):
-        context = browser.new_context(locale=locale, viewport={"width": 1280, "height": 900})
+    def make(locale: str = "en-US", zone: str | None = None):
+        context = browser.new_context(locale=locale, timezone_id=zone, viewport={"width": 1280, "height": 900})
         context.set_default_timeout(REPLY_TIMEOUT_MS)
         contexts.append(context)
         return context.new_page()
@@ -170,19 +173,26 @@ def test_a_reply_streams_then_stop_keeps_it_and_regenerate_replaces_it(new_page,
 
 
 def test_a_reload_finds_the_conversation(new_page, server: str) -> None:
-    page = new_page()
+    page = new_page(zone=FAR_ZONE)
     log_in(page, server)
     send(page, QUESTION)
     answer = stop_after(page, 20)
     assert answer
     page.wait_for_url(re.compile(r"\?chat=\d+"))
+    chat_id = re.search(r"\?chat=(\d+)", page.url)[1]
     shot(page, "06-answered")
     page.reload()
     log_in(page, page.url)  # each new session logs in again
     page.get_by_text(QUESTION).first.wait_for()
     assert wait_for_reply(page) == answer
     listed = page.locator('.st-key-chat_list button [data-testid="stMarkdownContainer"]').first.inner_text()
-    assert QUESTION.startswith(listed.rstrip("…")) and len(listed) > 10  # listed, newest first
+    title, _, when = listed.partition(" · ")
+    assert QUESTION.startswith(title.rstrip("…")) and len(title) > 10  # listed, newest first
+    assert re.fullmatch(r"\d\d:\d\d", when), listed  # changed today: the time, on the browser's clock
+    hours, minutes = map(int, when.split(":"))
+    now = datetime.now(ZoneInfo(FAR_ZONE))
+    assert (now.hour * 60 + now.minute - hours * 60 - minutes) % (24 * 60) <= 5, (when, now)
+    expect(page.locator(f".st-key-chat_{chat_id} button").first).to_have_attribute("kind", "primary")  # the open chat
     shot(page, "07-after-reload")
 
 

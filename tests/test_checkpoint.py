@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gptq_chat.loading.checkpoint import CheckpointError, find_checkpoint, inspect_checkpoint, resolve_model_dir
+from gptq_chat.models import store
 
 
 @pytest.fixture
@@ -88,7 +89,14 @@ def test_missing_weights_are_reported(checkpoint_copy: Path) -> None:
         inspect_checkpoint(checkpoint_copy)
 
 
-def test_truncated_safetensors_is_reported_with_byte_counts(checkpoint_copy: Path) -> None:
+@pytest.mark.parametrize("origin", ["copied by hand", "downloaded"])
+def test_truncated_safetensors_is_reported_with_byte_counts_and_the_repair_that_fits(
+    checkpoint_copy: Path, origin: str
+) -> None:
+    """A folder download.py fetched is repaired by resuming its download; one copied by hand has no download to
+    resume (a `python download.py FOLDER-NAME` would name a hub model that does not exist): copy it again."""
+    if origin == "downloaded":
+        store.write_manifest(checkpoint_copy, {"model_id": "Qwen/Tiny-GPTQ-Int4"}, {})
     weights = next(checkpoint_copy.glob("*.safetensors"))
     size = weights.stat().st_size
     with weights.open("r+b") as handle:
@@ -96,7 +104,11 @@ def test_truncated_safetensors_is_reported_with_byte_counts(checkpoint_copy: Pat
     with pytest.raises(CheckpointError, match="truncated") as error:
         inspect_checkpoint(checkpoint_copy)
     assert f"{size - 1000:,} of {size:,} bytes" in error.value.problem
-    assert "resume the download" in error.value.fix
+    if origin == "downloaded":
+        assert error.value.fix.startswith("resume the download: `python download.py Qwen/Tiny-GPTQ-Int4`")
+    else:
+        assert error.value.fix.startswith(f"{weights.name} should be {size:,} bytes")
+        assert "copy it again" in error.value.fix and checkpoint_copy.name not in error.value.fix
 
 
 def test_damaged_safetensors_header_is_reported(checkpoint_copy: Path) -> None:

@@ -24,6 +24,7 @@ from gptq_chat.doctor.checks import FAIL, OK, WARN, Gpu, Machine, exit_code, run
 from gptq_chat.loading.gpus import GpuSpec
 from gptq_chat.loading.memory_plan import FAST_GRAPH_POOL_BYTES, GIB, plan  # the pool: a guess (GPU)
 from gptq_chat.loading.placement import largest_context, standard_gpus
+from gptq_chat.models import store
 from gptq_chat.models.home import DEMO_MODEL_NAME, REPO_ROOT
 from tests.support.engine_bytes import SamplingPeaks, footprint
 
@@ -296,13 +297,31 @@ def test_a_missing_gptq_library_is_blocking(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_an_incomplete_model_the_app_would_open_is_blocking(models: Path, tiny_gptq_dir: Path) -> None:
-    copy_checkpoint(tiny_gptq_dir, models / "Qwen" / "Tiny-GPTQ-Int4", truncate_weights_to=1_000_000)
+def test_an_incomplete_download_the_app_would_open_is_blocking_and_resumed(models: Path, tiny_gptq_dir: Path) -> None:
+    folder = copy_checkpoint(tiny_gptq_dir, models / "Qwen" / "Tiny-GPTQ-Int4", truncate_weights_to=1_000_000)
+    weights = {p.name: {"size": p.stat().st_size} for p in tiny_gptq_dir.glob("*.safetensors")}
+    store.write_manifest(folder, {"model_id": "Qwen/Tiny-GPTQ-Int4"}, weights)  # as download.py left it, whole
     result = run_doctor()
     assert result.returncode == 1, result.stdout + result.stderr
     line = next(line for line in result.stdout.splitlines() if line.startswith(f"{FAIL} model"))
-    assert "Qwen/Tiny-GPTQ-Int4" in line and "truncated" in line and "the app opens this one" in line
+    assert "Qwen/Tiny-GPTQ-Int4" in line and "1,000,000 of" in line and "the app opens this one" in line
     assert "fix: resume the download: .venv/bin/python download.py Qwen/Tiny-GPTQ-Int4" in result.stdout
+
+
+def test_a_truncated_folder_named_on_the_command_line_is_to_be_copied_again(
+    tmp_path: Path, tiny_gptq_dir: Path
+) -> None:
+    """`env/doctor.py --model FOLDER` on a hand copy: not a kernel problem, and no download to resume."""
+    folder = copy_checkpoint(tiny_gptq_dir, tmp_path / "m", truncate_weights_to=1_000_000)
+    weights = next(tiny_gptq_dir.glob("*.safetensors"))
+    result = run_doctor("--model", str(folder))
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith(f"{FAIL} model"))
+    assert "truncated: 1,000,000 of" in lines[index]
+    fix = lines[index + 1]
+    assert f"{weights.name} should be {weights.stat().st_size:,} bytes" in fix and "copy it again" in fix, fix
+    assert "kernel" not in fix and "download.py m" not in fix
 
 
 def test_an_incomplete_model_beside_the_chosen_one_is_only_a_warning(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tqdm import tqdm
 
 import download
 from gptq_chat.loading.placement import largest_context, standard_gpus
@@ -71,10 +73,10 @@ def file_requests(hub: FakeHub) -> list[str]:
     return [r.path for r in hub.requests]
 
 
-def run_cli(*args: str) -> subprocess.Popen:
-    """download.py as a user runs it, in its own process (so that it can be interrupted)."""
+def run_cli(*args: str, quiet: bool = True) -> subprocess.Popen:
+    """download.py as a user runs it, in its own process (so that it can be interrupted, and draws its bar)."""
     return subprocess.Popen(
-        [sys.executable, "download.py", *args, "--quiet"],
+        [sys.executable, "download.py", *args, *(["--quiet"] if quiet else [])],
         cwd=REPO_ROOT,
         env=dict(os.environ),
         stdout=subprocess.PIPE,
@@ -184,6 +186,24 @@ def test_wrong_bytes_are_caught_by_hash_named_and_never_marked_complete(
     hub.reset()
     assert download.main([HF_ID, "--source", source, "--quiet"]) == 0
     assert file_requests(hub) == [WEIGHTS]  # only the bad file is fetched again
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_a_file_damaged_twice_is_fetched_again_counted_once_on_the_bar_and_announced_on_its_own_line(
+    hub: FakeHub, source: str, tiny_gptq_dir: Path
+) -> None:
+    hub.corrupt_times[WEIGHTS] = 2  # a flaky mirror: the third download of the file is right
+    process = run_cli(HF_ID, "--source", source, quiet=False)
+    _, err = process.communicate(timeout=180)
+    assert process.returncode == 0, err
+    assert len(hub.downloads_of(WEIGHTS)) == 3
+    lines = [line.strip() for line in re.split(r"[\r\n]", re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", err))]
+    model = tqdm.format_sizeof(sum(p.stat().st_size for p in tiny_gptq_dir.rglob("*") if p.is_file()), divisor=1024)
+    bars = [line for line in lines if line.startswith("Qwen1.5-7B-Chat-GPTQ-Int4:")]
+    assert "100%" in bars[-1] and f"| {model}/{model} [" in bars[-1], bars[-1]
+    assert all(f"/{model} [" in bar for bar in bars), bars  # tqdm drops the total once a count passes it
+    assert f"retrying {WEIGHTS} (2/3): hash mismatch" in lines, err
+    assert f"retrying {WEIGHTS} (3/3): hash mismatch" in lines, err
 
 
 def test_not_enough_disk_is_refused_before_anything_is_downloaded(

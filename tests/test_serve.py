@@ -24,12 +24,14 @@ import httpx
 import openai
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from gptq_chat.api.access import API_KEY, API_KEY_ENV, exposure_problem
 from gptq_chat.api.protocol import ChatCompletionRequest, ServedModel, validate
 from gptq_chat.api.server import Server, create_app
 from gptq_chat.chat.prompt import encode_chat
 from gptq_chat.chat.streamer import StopText
+from gptq_chat.chat.tools import tool_use
 from gptq_chat.engine.scheduler import Scheduler
 from gptq_chat.engine.tensor_parallel import free_port
 from gptq_chat.loading.loader import load
@@ -83,12 +85,17 @@ def post(base_url: str, body: object, key: str | None = KEY, **headers: str) -> 
     )
 
 
-def greedy_tokens(served: ServedModel, messages: list[dict], max_tokens: int) -> list[int]:
-    """What the model generates for `messages` (stop token excluded), asked of the scheduler directly."""
+def greedy_ids(served: ServedModel, prompt_ids: list[int], max_tokens: int) -> list[int]:
+    """What the model generates after `prompt_ids` (stop token excluded), asked of the scheduler directly."""
     settings = replace(served.defaults, max_new_tokens=max_tokens, temperature=0.0)
-    tokens = list(served.scheduler.generate(encode_chat(served.tokenizer, messages), settings, threading.Event()))
+    tokens = list(served.scheduler.generate(prompt_ids, settings, threading.Event()))
     ends = [i for i, token in enumerate(tokens) if token in settings.stop_token_ids]
     return tokens[: ends[0]] if ends else tokens
+
+
+def greedy_tokens(served: ServedModel, messages: list[dict], max_tokens: int) -> list[int]:
+    """The greedy reply to `messages` through the chat template."""
+    return greedy_ids(served, encode_chat(served.tokenizer, messages), max_tokens)
 
 
 def wait_until_idle(served: ServedModel, within: float) -> float:
@@ -149,6 +156,67 @@ def test_streaming_gives_the_same_text_then_the_finish_and_usage_chunks(
     assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-")
 
 
+PROMPT = "The capital of France is Paris. The capital of Italy is"
+
+
+def test_a_text_completion_continues_the_prompt_as_it_is(client: openai.OpenAI, served: ServedModel) -> None:
+    """No chat template: the prompt's own tokens, continued; 16 tokens unless told otherwise, as OpenAI."""
+    prompt_ids = served.tokenizer(PROMPT)["input_ids"]
+    completion = client.completions.create(model=served.name, prompt=PROMPT, temperature=0)
+    expected = greedy_ids(served, prompt_ids, 16)
+    choice = completion.choices[0]
+    assert choice.text == served.tokenizer.decode(expected, skip_special_tokens=True) and "Rome" in choice.text
+    assert completion.usage.prompt_tokens == len(prompt_ids) and completion.usage.completion_tokens == len(expected)
+    assert (choice.finish_reason == "length") == (len(expected) == 16)
+    assert completion.object == "text_completion" and completion.id.startswith("cmpl-")
+    by_ids = client.completions.create(model=served.name, prompt=prompt_ids, temperature=0)
+    assert by_ids.choices[0].text == choice.text
+
+
+def test_a_streamed_text_completion_gives_the_same_text_then_the_finish_and_usage(
+    client: openai.OpenAI, served: ServedModel
+) -> None:
+    whole = client.completions.create(model=served.name, prompt=PROMPT, max_tokens=12, temperature=0)
+    chunks = list(
+        client.completions.create(
+            model=served.name,
+            prompt=PROMPT,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert len([c for c in chunks if c.choices and c.choices[0].text]) >= 3  # streamed, not one lump
+    assert chunks[-2].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"echo": True}, "echo"),
+        ({"suffix": "return x"}, "suffix"),
+        ({"best_of": 3}, "best_of"),
+        ({"prompt": ["one", "two"]}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": [10**9]}, "prompt"),
+        ({"max_tokens": 10**6}, "max_tokens"),
+        ({"logprobs": 2}, "logprobs"),
+        ({"temprature": 0.2}, "temprature"),
+    ],
+)
+def test_a_text_completion_refuses_what_it_cannot_do_by_name(base_url: str, fields: dict, param: str) -> None:
+    response = httpx.post(
+        f"{base_url}/v1/completions",
+        json={"model": "SmolLM2-135M-Instruct-GPTQ-Int4", "prompt": PROMPT, **fields},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+    )
+    assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
+
+
 def test_max_tokens_ends_with_finish_reason_length(client: openai.OpenAI, served: ServedModel) -> None:
     completion = client.chat.completions.create(
         model=served.name,
@@ -198,6 +266,47 @@ def test_text_that_may_begin_a_stop_string_is_held_back_until_it_cannot() -> Non
     assert cut.flush() == "P" and not cut.stopped
 
 
+def scrape(base_url: str) -> dict[str, float]:
+    """/metrics parsed by prometheus_client's own parser: sample name and labels → value."""
+    response = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {
+        sample.name + json.dumps(sample.labels, sort_keys=True): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_requests_tokens_and_latencies_and_show_the_queue(
+    client: openai.OpenAI, served: ServedModel, base_url: str
+) -> None:
+    before = scrape(base_url)
+    answered = client.chat.completions.create(model=served.name, messages=FRANCE, max_tokens=6, temperature=0)
+    stream = client.chat.completions.create(
+        model=served.name, messages=STORY, max_tokens=5, stream=True, stream_options={"include_usage": True}
+    )
+    (streamed,) = [c.usage for c in stream if c.usage]  # read to the end: the request is over
+    assert post(base_url, body(n=3)).status_code == 400
+    after = scrape(base_url)
+
+    def moved(name: str, **labels: str) -> float:
+        key = name + json.dumps(labels, sort_keys=True)
+        return after[key] - before.get(key, 0.0)
+
+    chat = "/v1/chat/completions"
+    assert moved("gptq_chat_requests_total", path=chat, status="200") == 2
+    assert moved("gptq_chat_requests_total", path=chat, status="400") == 1
+    usages = [answered.usage, streamed]
+    assert moved("gptq_chat_prompt_tokens_total") == sum(u.prompt_tokens for u in usages)
+    assert moved("gptq_chat_generation_tokens_total") == sum(u.completion_tokens for u in usages)
+    assert moved("gptq_chat_time_to_first_token_seconds_count") == 2
+    assert moved("gptq_chat_time_to_first_token_seconds_sum") > 0
+    gaps = moved("gptq_chat_time_per_output_token_seconds_count")
+    assert sum(u.completion_tokens for u in usages) - 2 <= gaps <= sum(u.completion_tokens for u in usages)
+    assert after["gptq_chat_requests_running{}"] == 0 and after["gptq_chat_requests_waiting{}"] == 0
+    assert after["gptq_chat_kv_slots{}"] == served.scheduler.slots
+
+
 # -- bad requests --------------------------------------------------------------------------------------------
 
 
@@ -233,6 +342,9 @@ def body(**fields: object) -> dict:
         (body(n=2), 400, "n", None),
         (body(stop=["a", "b", "c", "d", "e"]), 400, "stop", None),
         (body(stop=[""]), 400, "stop", None),
+        (body(temprature=0.2), 400, "temprature", None),  # a typo is named, not ignored
+        (body(presence_penalty=0.5), 400, "presence_penalty", "unsupported_parameter"),
+        (body(logit_bias={"15": 5}), 400, "logit_bias", "unsupported_parameter"),
     ],
 )
 def test_bad_requests_get_openai_errors(
@@ -244,6 +356,83 @@ def test_bad_requests_get_openai_errors(
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", param, code)
     assert response.headers["x-request-id"]
+
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"user": "u-42", "metadata": {"team": "a"}, "store": False},  # hints about the caller: nothing to do
+        {"frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}, "logprobs": False, "seed": None},
+        {"tools": [], "tool_choice": "none", "response_format": {"type": "text"}, "modalities": ["text"]},
+    ],
+)
+def test_fields_that_ask_for_nothing_are_accepted(base_url: str, fields: dict) -> None:
+    assert post(base_url, body(**fields)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"response_format": {"type": "json_object"}},
+        {"seed": 7},
+        {"logprobs": True, "top_logprobs": 3},
+        {"frequency_penalty": 1.2},
+    ],
+    ids=lambda fields: next(iter(fields)),
+)
+def test_a_field_the_server_does_not_act_on_is_refused_by_name(
+    client: openai.OpenAI, served: ServedModel, fields: dict
+) -> None:
+    """Through the official client: an agent sending `response_format` learns it at once, not from a plain answer."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=served.name, messages=FRANCE, max_tokens=4, **fields)
+    name = next(iter(fields))
+    assert refused.value.body["param"] == name and name in refused.value.message
+
+
+WEATHER_ASKED = [{"role": "user", "content": "What is the weather in Paris?"}]
+WEATHER_CALLED = [
+    *WEATHER_ASKED,
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": '{"celsius": 21}'},
+]
+
+
+@pytest.mark.parametrize("messages", [WEATHER_ASKED, WEATHER_CALLED], ids=["asked", "with the tool's result"])
+def test_tools_reach_the_model_in_its_own_format(client: openai.OpenAI, served: ServedModel, messages: list) -> None:
+    """The demo model's template renders no tools: it gets the ReAct prompt, with earlier calls and results."""
+    completion = client.chat.completions.create(
+        model=served.name, messages=messages, tools=[WEATHER_TOOL], max_tokens=8, temperature=0
+    )
+    expected = tool_use(served.tokenizer, [WEATHER_TOOL]).encode(served.tokenizer, messages)
+    assert completion.usage.prompt_tokens == len(expected)
+    assert "weather" in served.tokenizer.decode(expected) and completion.choices[0].finish_reason in ("stop", "length")
+    if messages is WEATHER_CALLED:
+        assert '{"celsius": 21}' in served.tokenizer.decode(expected)
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "no spaces allowed"}}]}, "tools"),
+        ({"tools": [WEATHER_TOOL], "tool_choice": "sometimes"}, "tool_choice"),
+        ({"tools": [WEATHER_TOOL], "tool_choice": "required"}, "tool_choice"),
+        ({"messages": [*WEATHER_ASKED, {"role": "tool", "tool_call_id": "call_9", "content": "{}"}]}, "messages"),
+    ],
+    ids=["bad name", "bad choice", "required", "a result without its call"],
+)
+def test_tool_requests_the_server_cannot_do_are_refused_by_name(base_url: str, fields: dict, param: str) -> None:
+    response = post(base_url, body(**{"tools": [WEATHER_TOOL], **fields}))
+    assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
 
 
 def test_a_prompt_longer_than_the_context_is_refused_with_the_numbers(

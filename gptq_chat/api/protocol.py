@@ -9,15 +9,15 @@ The client's messages are the history as sent: a prompt that does not fit is ref
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gptq_chat.chat.prompt import Message, encode_chat
-from gptq_chat.chat.streamer import TextTally, stream_text
+from gptq_chat.chat.tools import ToolUse, tool_use
 from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.engine.scheduler import Scheduler
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from gptq_chat.loading.loader import LoadedModel
 
 MAX_STOP_STRINGS = 4  # as OpenAI's API
+DEFAULT_COMPLETION_TOKENS = 16  # /v1/completions without max_tokens, as OpenAI and vLLM
 SYSTEM_ROLES = ("system", "developer")
 TYPE_TAGS = ("str", "int", "float", "bool")  # "developer" is OpenAI's newer name for the system message
 
@@ -64,6 +65,9 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     role: str
     content: str | list[TextPart] | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool result's call
+    name: str | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -75,15 +79,38 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
-    """The fields we act on; others (seed, user, penalties...) are accepted and ignored, as vLLM does."""
+# OpenAI's request fields that only describe the caller or ask OpenAI to keep the request: nothing to act on here.
+HINTS = frozenset({"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key"})
+# OpenAI's fields this server does not act on, and the values that ask for nothing (what a client that does not use
+# them may still send). Any other value is refused by name rather than ignored.
+NOT_ACTED_ON: dict[str, tuple[Any, ...]] = {
+    "frequency_penalty": (0, 0.0),
+    "presence_penalty": (0, 0.0),
+    "logit_bias": ({},),
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "seed": (),
+    "response_format": ({"type": "text"},),
+    "functions": ([],),
+    "function_call": ("none", "auto"),
+    "modalities": (["text"],),
+    "audio": (),
+    "prediction": (),
+    "reasoning_effort": (),
+    "web_search_options": (),
+    "verbosity": (),
+}
 
-    model_config = ConfigDict(extra="ignore")
+
+class SamplingRequest(BaseModel):
+    """The fields both endpoints act on. Every other field is either a hint (HINTS), a field this server does not act
+    on sent with a value that asks for nothing (NOT_ACTED_ON), or refused with a 400 that names it: a client is never
+    silently answered as if a setting it sent had been applied."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str
-    messages: list[ChatMessage]
     max_tokens: int | None = None
-    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None  # beyond OpenAI, as vLLM and SGLang accept: -1 or 0 is off
@@ -92,6 +119,25 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+
+
+class ChatCompletionRequest(SamplingRequest):
+    """`POST /v1/chat/completions`."""
+
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+
+class CompletionRequest(SamplingRequest):
+    """`POST /v1/completions`: a prompt in, its continuation out (no chat template)."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool | None = False
+    suffix: str | None = None
+    best_of: int | None = None
 
 
 def param_path(location: tuple[Any, ...]) -> str:
@@ -121,6 +167,22 @@ def parse_request(body: Any) -> ChatCompletionRequest:
         return ChatCompletionRequest.model_validate(body)
     except ValidationError as error:
         raise invalid_body(error.errors()) from None
+
+
+def refuse_unused_fields(request: BaseModel) -> None:
+    """A 400 for the first field beyond the schema that is neither a hint nor a value asking for nothing."""
+    for name, value in (request.model_extra or {}).items():
+        if name in HINTS:
+            continue
+        if name not in NOT_ACTED_ON:
+            raise ApiError(400, f"Unrecognized request argument supplied: {name}", param=name)
+        if value is not None and value not in NOT_ACTED_ON[name]:
+            raise ApiError(
+                400,
+                f"'{name}' is not supported by this server (value {json.dumps(value)[:80]}); leave it out.",
+                param=name,
+                code="unsupported_parameter",
+            )
 
 
 # -- the model the requests go to -----------------------------------------------------------------------------
@@ -153,7 +215,7 @@ class ServedModel:
 
 
 @dataclass(frozen=True)
-class ChatJob:
+class Job:
     """A validated request: what to generate and how to answer."""
 
     prompt_ids: list[int]
@@ -161,6 +223,7 @@ class ChatJob:
     stops: tuple[str, ...]
     stream: bool
     include_usage: bool
+    tools: ToolUse | None = None  # how the reply's tool calls are read, for a request with tools
 
 
 def chat_messages(messages: list[ChatMessage]) -> list[Message]:
@@ -202,7 +265,7 @@ def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
     return tuple(stops)
 
 
-def sampling_settings(request: ChatCompletionRequest, defaults: SamplingSettings, max_tokens: int) -> SamplingSettings:
+def sampling_settings(request: SamplingRequest, defaults: SamplingSettings, max_tokens: int) -> SamplingSettings:
     """The checkpoint's defaults, overridden by what the request sets; out-of-range values are a 400."""
     chosen: dict[str, Any] = {"max_new_tokens": max_tokens}
     for name, value in (
@@ -235,8 +298,8 @@ def context_error(model: ServedModel, prompt: int, completion: int | None) -> Ap
     return ApiError(400, window + detail, param=param, code="context_length_exceeded")
 
 
-def validate(request: ChatCompletionRequest, model: ServedModel) -> ChatJob:
-    """Everything a request can get wrong, checked before it takes a place in the queue."""
+def admit(request: SamplingRequest, model: ServedModel) -> None:
+    """What every request is checked for first: the model it names and the fields it sends."""
     if request.model != model.name:
         raise ApiError(
             404,
@@ -244,115 +307,115 @@ def validate(request: ChatCompletionRequest, model: ServedModel) -> ChatJob:
             param="model",
             code="model_not_found",
         )
+    refuse_unused_fields(request)
     if request.n not in (None, 1):
         raise ApiError(400, f"Only n=1 is supported, not n={request.n}.", param="n")
-    stops = stop_strings(request.stop)
-    prompt_ids = encode_chat(model.tokenizer, chat_messages(request.messages))
+
+
+def job(
+    request: SamplingRequest,
+    model: ServedModel,
+    prompt_ids: list[int],
+    requested: int | None,
+    tools: ToolUse | None = None,
+) -> Job:
+    """The job for `prompt_ids`: `requested` new tokens at most (None: the rest of the context)."""
+    stops = stop_strings(request.stop) + (tools.stop_strings if tools is not None else ())
     room = model.context_length - len(prompt_ids)
     if room < 1:
         raise context_error(model, len(prompt_ids), None)
-    requested = request.max_completion_tokens if request.max_tokens is None else request.max_tokens
     if requested is not None and requested < 1:
         raise ApiError(400, f"max_tokens must be at least 1, not {requested}.", param="max_tokens")
     if requested is not None and requested > room:
         raise context_error(model, len(prompt_ids), requested)
-    return ChatJob(
+    return Job(
         prompt_ids=prompt_ids,
         sampling=sampling_settings(request, model.defaults, requested or room),
         stops=stops,
         stream=bool(request.stream),
         include_usage=bool(request.stream_options and request.stream_options.include_usage),
+        tools=tools,
     )
 
 
-# -- generated text -----------------------------------------------------------------------------------------
+def validate(request: ChatCompletionRequest, model: ServedModel) -> Job:
+    """Everything a chat request can get wrong, checked before it takes a place in the queue."""
+    admit(request, model)
+    requested = request.max_completion_tokens if request.max_tokens is None else request.max_tokens
+    if not request.tools and not any(m.role == "tool" or m.tool_calls for m in request.messages):
+        return job(request, model, encode_chat(model.tokenizer, chat_messages(request.messages)), requested)
+    tools = tools_of(request, model.tokenizer)
+    try:
+        prompt_ids = tools.encode(model.tokenizer, tool_messages(request.messages))
+    except ValueError as error:  # a call without its result, a result without its call
+        raise ApiError(400, str(error), param="messages") from None
+    return job(request, model, prompt_ids, requested, tools)
 
 
-@dataclass
-class Completion(TextTally):
-    """One completion's counts; `finish_reason` is set when its text ends."""
-
-    prompt_tokens: int = 0
-
-    @property
-    def completion_tokens(self) -> int:
-        return self.new_tokens
-
-
-def completion_text(tokens: Iterator[int], tokenizer: Any, job: ChatJob, result: Completion) -> Iterator[str]:
-    """Text pieces of the reply, cut at the stop strings; closing early (or a stop) closes `tokens`."""
-    return stream_text(tokens, tokenizer, result, stop_ids=job.sampling.stop_token_ids, stops=job.stops)
-
-
-# -- responses ---------------------------------------------------------------------------------------------
+def tools_of(request: ChatCompletionRequest, tokenizer: Any) -> ToolUse:
+    """The request's tools for this model, or a 400 naming what is wrong with them."""
+    try:
+        tools = tool_use(tokenizer, request.tools, request.tool_choice, request.parallel_tool_calls is not False)
+    except ValueError as error:
+        raise ApiError(400, str(error), param="tool_choice" if "tool_choice" in str(error) else "tools") from None
+    if tools.forced is not None:
+        raise ApiError(
+            400,
+            "tool_choice 'required' or a named function needs constrained decoding, which this server does not do "
+            "yet; use 'auto'.",
+            param="tool_choice",
+            code="unsupported_parameter",
+        )
+    return tools
 
 
-def usage(result: Completion) -> dict[str, int]:
-    return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.prompt_tokens + result.completion_tokens,
-    }
+def tool_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """OpenAI messages with tools as the tool layer reads them: `developer` as `system`, text parts joined."""
+    known = ("system", "user", "assistant", "tool")
+    converted = []
+    for index, message in enumerate(messages):
+        role = "system" if message.role in SYSTEM_ROLES else message.role
+        if role not in known:
+            raise ApiError(
+                400,
+                f"Invalid role '{message.role}' in messages[{index}]: use system, user, assistant or tool.",
+                param=f"messages[{index}].role",
+            )
+        fields = message.model_dump(exclude_none=True, exclude={"role", "content"})
+        converted.append({"role": role, "content": message.text(), **fields})
+    if not converted or converted[-1]["role"] not in ("user", "tool"):
+        raise ApiError(400, "The last message must be the user's or a tool's result.", param="messages")
+    return converted
 
 
-def completion_response(completion_id: str, model: str, text: str, result: Completion) -> dict[str, Any]:
-    """The non-streaming `chat.completion` object."""
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": result.finish_reason,
-            }
-        ],
-        "usage": usage(result),
-    }
+def prompt_ids_of(prompt: str | list[str] | list[int] | list[list[int]], tokenizer: Any) -> list[int]:
+    """One prompt, as text or token ids (OpenAI's four forms; a list of several prompts is refused)."""
+    prompts = prompt if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) else [prompt]
+    if len(prompts) != 1:
+        raise ApiError(400, f"Send one prompt per request, not {len(prompts)}.", param="prompt")
+    (one,) = prompts
+    ids = tokenizer(one)["input_ids"] if isinstance(one, str) else list(one)
+    if not ids:
+        raise ApiError(400, "The prompt is empty.", param="prompt")
+    vocabulary = len(tokenizer)
+    if any(not 0 <= token < vocabulary for token in ids):
+        raise ApiError(400, f"The prompt has token ids outside the vocabulary (0 to {vocabulary - 1}).", param="prompt")
+    return ids
 
 
-def chunk(
-    completion_id: str,
-    model: str,
-    delta: dict[str, str],
-    finish_reason: str | None = None,
-    with_usage: bool = False,
-) -> dict[str, Any]:
-    """One `chat.completion.chunk` of a stream (`usage: null` when the client asked for a usage chunk)."""
-    body: dict[str, Any] = {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-    }
-    if with_usage:
-        body["usage"] = None
-    return body
-
-
-def usage_chunk(completion_id: str, model: str, result: Completion) -> dict[str, Any]:
-    """The last chunk before `[DONE]` when `stream_options.include_usage` is set: no choices, the counts."""
-    return {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [],
-        "usage": usage(result),
-    }
-
-
-def model_list(model: ServedModel) -> dict[str, Any]:
-    """`/v1/models`; `max_model_len` as vLLM reports it, so clients (the page) can size their settings."""
-    card = {
-        "id": model.name,
-        "object": "model",
-        "created": model.created,
-        "owned_by": "gptq-chat",
-        "max_model_len": model.context_length,
-    }
-    return {"object": "list", "data": [card]}
+def validate_completion(request: CompletionRequest, model: ServedModel) -> Job:
+    """A text completion's checks. `max_tokens` defaults to 16, as OpenAI's and vLLM's completions endpoint."""
+    admit(request, model)
+    if request.echo:
+        raise ApiError(400, "'echo' is not supported: the prompt is not repeated in the answer.", param="echo")
+    if request.suffix:
+        raise ApiError(
+            400,
+            "'suffix' is not supported: Qwen chat models are not trained to fill in text between a prompt and a "
+            "suffix. Put the text around the gap in the prompt instead.",
+            param="suffix",
+        )
+    if request.best_of not in (None, 1):
+        raise ApiError(400, f"Only best_of=1 is supported, not best_of={request.best_of}.", param="best_of")
+    requested = DEFAULT_COMPLETION_TOKENS if request.max_tokens is None else request.max_tokens
+    return job(request, model, prompt_ids_of(request.prompt, model.tokenizer), requested)

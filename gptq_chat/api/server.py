@@ -35,20 +35,18 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gptq_chat.api.access import API_KEY, API_KEY_ENV, add_server_flags, exposure_problem, secret_matches
+from gptq_chat.api.metrics import ServerMetrics
 from gptq_chat.api.protocol import (
     ApiError,
     ChatCompletionRequest,
-    ChatJob,
-    Completion,
+    CompletionRequest,
+    Job,
     ServedModel,
-    chunk,
-    completion_response,
-    completion_text,
     invalid_body,
-    model_list,
-    usage_chunk,
     validate,
+    validate_completion,
 )
+from gptq_chat.api.responses import CHAT, TEXT, Answer, Completion, completion_text, finish_reason, model_list
 from gptq_chat.engine.scheduler import QueueFull
 from gptq_chat.loading.options import add_model_flags, load_options
 
@@ -58,6 +56,7 @@ access_log = logging.getLogger("serve.access")
 LOADING_RETRY_S = 10  # Retry-After while the model loads or the server restarts
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # a client's own X-Request-Id is kept if it looks like one
 OPEN_PATHS = ("/health",)  # probes need no key; they show counts, never chats
+COUNTED_PATHS = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions")
 
 
 # -- state ---------------------------------------------------------------------------------------------------
@@ -134,10 +133,12 @@ class RequireKey:
 
 
 class RequestLog:
-    """A request id for every request (the client's `X-Request-Id` or a new one), and one access-log line."""
+    """A request id for every request (the client's `X-Request-Id` or a new one), one access-log line, and the
+    request counted by path and status."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -155,6 +156,8 @@ class RequestLog:
             nonlocal status, complete
             if message["type"] == "http.response.start":
                 status = message["status"]
+                path = scope["path"] if scope["path"] in COUNTED_PATHS else "other"  # no label per probed URL
+                self.metrics.requests.labels(path, str(status)).inc()  # before the client can see the answer
                 MutableHeaders(scope=message).append("X-Request-Id", request_id)
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 complete = True
@@ -255,21 +258,28 @@ def event(data: dict[str, Any]) -> str:
 
 
 async def sse_events(
-    text: ThreadedText, completion_id: str, model: str, job: ChatJob, result: Completion
+    text: ThreadedText, answer: Answer, answer_id: str, model: str, job: Job, result: Completion
 ) -> AsyncIterator[str]:
-    """The role chunk at once, a chunk per text piece, the finish chunk, the usage chunk if asked, [DONE]."""
+    """The opening chunk at once, a chunk per text piece, the finish chunk, the usage chunk if asked, [DONE]."""
     with_usage = job.include_usage
-    yield event(chunk(completion_id, model, {"role": "assistant", "content": ""}, with_usage=with_usage))
+    opening = answer.opening(answer_id, model, with_usage)
+    if opening is not None:
+        yield event(opening)
+    calls = job.tools.stream() if job.tools is not None else None  # reads tool calls out of the text
     try:
         async for piece in text:
-            yield event(chunk(completion_id, model, {"content": piece}, with_usage=with_usage))
+            for item in [piece] if calls is None else calls.push(piece):
+                yield event(answer.chunk(answer_id, model, item, with_usage=with_usage))
+        for item in calls.finish() if calls is not None else []:
+            yield event(answer.chunk(answer_id, model, item, with_usage=with_usage))
     except Exception as error:  # the 200 is sent already: the failure goes in the stream, as vLLM does
         log.exception("Generation failed mid-stream")
         yield event(ApiError(500, f"Generation failed: {error}", "server_error").body())
         return
-    yield event(chunk(completion_id, model, {}, result.finish_reason, with_usage=with_usage))
+    reason = finish_reason(result, bool(calls and calls.calls))
+    yield event(answer.chunk(answer_id, model, None, reason, with_usage=with_usage))
     if with_usage:
-        yield event(usage_chunk(completion_id, model, result))
+        yield event(answer.usage_chunk(answer_id, model, result))
     yield "data: [DONE]\n\n"
 
 
@@ -307,8 +317,9 @@ def create_app(
 
     app = FastAPI(title="Qwen GPTQ Chat API", lifespan=lifespan)
     app.state.server = state
+    metrics = ServerMetrics(lambda: state.model.scheduler.stats() if state.model is not None else None)
     app.add_middleware(RequireKey, key=api_key)
-    app.add_middleware(RequestLog)  # outermost: refusals get a request id and a log line too
+    app.add_middleware(RequestLog, metrics=metrics)  # outermost: refusals get a request id, a log line, a count
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -333,14 +344,17 @@ def create_app(
         body = state.health()
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return model_list(state.ready())
 
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        served = state.ready()
-        job = validate(body, served)
+    async def respond(served: ServedModel, job: Job, answer: Answer, request: Request) -> Response:
+        """Queue `job`, then answer in `answer`'s shape: streamed, or whole once the text ends."""
         stop = threading.Event()
         try:
             tokens = served.scheduler.generate(job.prompt_ids, job.sampling, stop)
@@ -350,12 +364,26 @@ def create_app(
             ) from None
         result = Completion(prompt_tokens=len(job.prompt_ids))
         request.state.completion = result
+        tokens = metrics.timed(tokens, result)
         text = ThreadedText(completion_text(tokens, served.tokenizer, job, result), stop)
-        completion_id = f"chatcmpl-{request.state.request_id}"
+        answer_id = answer.id_prefix + request.state.request_id
         if job.stream:
-            return EventStream(sse_events(text, completion_id, served.name, job, result), on_close=text.close)
-        reply = await collect(text, request)
-        return JSONResponse(completion_response(completion_id, served.name, reply, result))
+            return EventStream(sse_events(text, answer, answer_id, served.name, job, result), on_close=text.close)
+        whole = await collect(text, request)
+        if job.tools is None:
+            return JSONResponse(answer.response(answer_id, served.name, whole, result))
+        parsed = job.tools.parse(whole)
+        return JSONResponse(answer.response(answer_id, served.name, parsed.text, result, parsed.tool_calls))
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        served = state.ready()
+        return await respond(served, validate(body, served), CHAT, request)
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        served = state.ready()
+        return await respond(served, validate_completion(body, served), TEXT, request)
 
     return app
 

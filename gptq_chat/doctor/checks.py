@@ -538,14 +538,18 @@ def loadable(info: CheckpointInfo, machine: Machine) -> str | None:
     return None
 
 
-def model_problem(item: store.Installed, machine: Machine) -> str | None:
-    """What keeps a model folder from loading here (incomplete, damaged, no kernel for it), or None."""
-    if not item.complete:
-        return item.status
+def model_problem(item: store.Installed, machine: Machine) -> tuple[str, str] | None:
+    """What keeps a model folder from loading here (incomplete, damaged, no kernel for it) and what repairs it."""
+    if not item.complete and item.resumable:  # the store knows this download: it can finish or repair it
+        return item.status, f"resume the download: {python_command()} download.py {item.ref}"
     try:
-        return loadable(find_checkpoint(item.path), machine)
-    except CheckpointError as error:
-        return error.problem.splitlines()[0]
+        info = find_checkpoint(item.path)
+    except CheckpointError as error:  # its fix knows whether the folder came through download.py
+        return error.problem.splitlines()[0], error.fix
+    problem = loadable(info, machine)
+    if problem is None:
+        return None
+    return problem, "open another model (--model), or pick a kernel that runs it (--backend, --device)"
 
 
 def check_models(machine: Machine, root: Path, requested: str | None) -> tuple[list[Check], Chosen]:
@@ -581,17 +585,14 @@ def check_models(machine: Machine, root: Path, requested: str | None) -> tuple[l
     for item in listed:
         is_chosen = item.path.resolve() == chosen_dir
         label = "demo" if item.path == demo_model_dir() else item.ref
-        problem = model_problem(item, machine)
+        found = model_problem(item, machine)
         opened = " (the app opens this one)" if is_chosen else ""
-        if problem is None:
+        if found is None:
             checks.append(Check("model", OK, f"{label}: {item.status}{opened}"))
             continue
+        problem, fix = found
         if label == "demo":
             fix = f"{python_command()} download.py --demo --force"
-        elif item.complete:
-            fix = "open another model (--model), or pick a kernel that runs it (--backend, --device)"
-        else:
-            fix = f"resume the download: {python_command()} download.py {item.ref}"
         checks.append(Check("model", FAIL if is_chosen else WARN, f"{label}: {problem}{opened}", fix))
     return checks, chosen
 

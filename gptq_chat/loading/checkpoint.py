@@ -20,6 +20,7 @@ from gptq_chat.models.home import models_home
 SUPPORTED_BITS = (4, 8)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "qwen.tiktoken")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+DOWNLOAD_MANIFEST = ".download-manifest.json"  # written by download.py (models/store.py) once a download is verified
 
 
 class CheckpointError(ValueError):
@@ -95,13 +96,34 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     )
 
 
+def downloaded_as(folder: Path) -> str | None:
+    """The hub id `download.py` downloaded `folder` as (its manifest says so), or None: copied by hand or built."""
+    try:
+        model_id = json.loads((folder / DOWNLOAD_MANIFEST).read_text(encoding="utf-8")).get("model_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return model_id if isinstance(model_id, str) and model_id else None
+
+
+def refetch_fix(folder: Path, damage: str) -> str:
+    """How to get a checkpoint's missing or damaged files back: resume the download it came from, or, for a folder
+    that did not come through `download.py`, copy it again (there is no download to resume)."""
+    model_id = downloaded_as(folder)
+    if model_id is not None:
+        return f"resume the download: `python download.py {model_id}` (it fetches only what is missing or damaged)"
+    return (
+        f"{damage}. This folder did not come through `python download.py`, so there is no download to resume: copy "
+        "it again from where it came from, or download the model (`python download.py --list` shows them)"
+    )
+
+
 def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(
             f"{path.name} in {path.parent} cannot be read: {error}",
-            "download the model again (`python download.py MODEL`); the file is damaged or incomplete",
+            refetch_fix(path.parent, f"{path.name} is damaged or incomplete"),
         ) from error
 
 
@@ -157,7 +179,7 @@ def weight_files(folder: Path) -> tuple[Path, ...]:
         hint = f" (found {', '.join(others)}, which transformers does not load by that name)" if others else ""
         raise CheckpointError(
             f"No model weights in {folder}{hint}",
-            f"download the model again: `python download.py {folder.name}`",
+            refetch_fix(folder, "model.safetensors (or its index, model.safetensors.index.json) is missing"),
         )
     files = []
     for name in names:
@@ -165,20 +187,20 @@ def weight_files(folder: Path) -> tuple[Path, ...]:
         if not path.is_file():
             raise CheckpointError(
                 f"Weight file {name} is missing from {folder}",
-                f"resume the download: `python download.py {folder.name}`",
+                refetch_fix(folder, f"{name} is missing"),
             )
         try:
             expected = safetensors_data_size(path)
         except (ValueError, KeyError, json.JSONDecodeError, OSError) as error:
             raise CheckpointError(
                 f"Weight file {name} in {folder} is damaged ({error})",
-                f"download it again: `python download.py {folder.name}`",
+                refetch_fix(folder, f"{name} is damaged"),
             ) from error
         actual = path.stat().st_size
         if actual < expected:
             raise CheckpointError(
                 f"Weight file {name} in {folder} is truncated: {actual:,} of {expected:,} bytes",
-                f"resume the download: `python download.py {folder.name}`",
+                refetch_fix(folder, f"{name} should be {expected:,} bytes, and has {actual:,}"),
             )
         files.append(path)
     return tuple(files)
@@ -197,7 +219,7 @@ def inspect_checkpoint(folder: Path) -> CheckpointInfo:
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise CheckpointError(
             f"{folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})",
-            f"download the model again: `python download.py {folder.name}`",
+            refetch_fix(folder, f"the tokenizer ({' or '.join(TOKENIZER_FILES)}) is missing"),
         )
     files = weight_files(folder)
     tokenizer_config = folder / "tokenizer_config.json"

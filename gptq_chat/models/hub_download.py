@@ -2,11 +2,12 @@
 
 - ModelScope: its own `snapshot_download` (modelscope >= 1.38 ships it in the light `modelscope_hub`
   package; importing `modelscope` itself pulls in torch for 5 s). It resumes partial `.incomplete` files
-  with HTTP Range and checks each file's size and sha256 from the file list.
+  with HTTP Range and checks each file's size and sha256 from the file list, fetching a damaged file again
+  (3 tries for a hash, 2 for a size).
 - Hugging Face: `huggingface_hub` 2.x deletes a partial file when a download fails, so an interrupted
   download starts over. Here its file list (`model_info(files_metadata=True)`: sizes, LFS sha256, git
   blob ids) and its HTTP helper `http_get` (Range resume, retries, auth headers) are used, but the
-  partial file is ours and survives Ctrl-C.
+  partial file is ours and survives Ctrl-C. A file whose hash is wrong is fetched again here (3 tries).
 - Either way, every file is then re-checked here against the hub's size and hash, the folder is checked
   as a checkpoint, our manifest is written, and only then is it renamed into `<org>/<name>`.
 
@@ -21,12 +22,14 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gptq_chat.models import catalog
+from gptq_chat.models.download_progress import DownloadProgress, announce_retry
 from gptq_chat.models.store import (
     LISTING,
     MANIFEST,
@@ -37,9 +40,11 @@ from gptq_chat.models.store import (
     Snapshot,
     bytes_present,
     check_disk,
+    digests,
     disk_full_error,
     finalize,
     gb,
+    hash_problem,
     is_disk_full,
     manifest_problems,
     partial_path,
@@ -56,6 +61,9 @@ HUB_NAMES = {"modelscope": "ModelScope", "hf": "Hugging Face"}
 DEFAULT_REVISION = {"modelscope": "master", "hf": "main"}
 LIBRARY = "gptq-chat"
 NOTHING_YET = "Nothing was downloaded."
+MODELSCOPE_DOWNLOAD_LOG = "modelscope_hub.download"  # where its client announces a retry of a damaged file
+ATTEMPTS = 3  # tries at a Hugging Face file that arrives damaged, as ModelScope's client tries one whose hash is wrong
+RETRY_BACKOFF_S = 1.0  # before the first retry of a damaged file, doubled for each further one (as ModelScope's)
 
 
 @dataclass(frozen=True)
@@ -209,29 +217,44 @@ def list_modelscope(model_id: str, revision: str | None, token: str | None = Non
     return Snapshot("modelscope", model_id, revision, files, endpoint=endpoint)
 
 
-def fetch_modelscope(snapshot: Snapshot, staging: Path, bar: ByteProgress, token: str | None = None) -> None:
+class ModelScopeRetries(logging.Filter):
+    """Turns the ModelScope client's notice that a damaged file starts over into our line (`announce_retry`).
+
+    The client retries a file whose size or sha256 is wrong by itself (3 tries for a hash, 2 for a size) and
+    says so only in this log record, in its own words (hashes, delay); ours replaces it.
+    """
+
+    NOTICE = re.compile(r"(Hash|Size) validation failed for (.+), retrying in \S+ \((\d+)/(\d+)\)")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        notice = self.NOTICE.match(record.getMessage())
+        if notice is None:
+            return True
+        kind, path, failures, attempts = notice.groups()
+        announce_retry(path, int(failures) + 1, int(attempts), f"{kind.lower()} mismatch")
+        return False
+
+
+def fetch_modelscope(snapshot: Snapshot, staging: Path, progress: DownloadProgress, token: str | None = None) -> None:
     """ModelScope's own snapshot_download into the staging folder, our bar fed by its progress callbacks."""
     from modelscope_hub.compat.snapshot_download import snapshot_download
 
-    partial = bytes_present(staging, snapshot.files)
-
     class Callback:
-        """Per-file progress from the client; the bytes it resumes from were counted in the bar already."""
+        """The client makes one per attempt at a file and reports every byte of it, resumed ones first."""
 
         def __init__(self, filename: str, file_size: int) -> None:
-            self.skip = partial.get(filename, 0)
+            self.filename = filename
+            progress.hold(filename, 0)
 
         def update(self, size: int) -> None:
-            if size > 0 and self.skip > 0:
-                taken = min(size, self.skip)
-                self.skip -= taken
-                size -= taken
-            if size:
-                bar.update(size)
+            progress.add(self.filename, size)
 
         def end(self) -> None:
             pass
 
+    client_log = logging.getLogger(MODELSCOPE_DOWNLOAD_LOG)
+    retries = ModelScopeRetries()
+    client_log.addFilter(retries)
     try:
         snapshot_download(
             snapshot.model_id,
@@ -247,6 +270,8 @@ def fetch_modelscope(snapshot: Snapshot, staging: Path, bar: ByteProgress, token
         raise
     except Exception as error:
         raise _modelscope_error(error, snapshot.model_id, snapshot.endpoint, str(staging)) from error
+    finally:
+        client_log.removeFilter(retries)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,26 +339,10 @@ def list_hf(model_id: str, revision: str | None, token: str | None = None) -> Sn
     return Snapshot("hf", model_id, revision, tuple(files), commit=info.sha, endpoint=endpoint)
 
 
-def fetch_hf(snapshot: Snapshot, staging: Path, bar: ByteProgress, token: str | None = None) -> None:
+def fetch_hf(snapshot: Snapshot, staging: Path, progress: DownloadProgress, token: str | None = None) -> None:
     """Each file through huggingface_hub's `http_get`, appending to a partial file that survives interruption."""
     from huggingface_hub import hf_hub_url
-    from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
-
-    class Bar:
-        """Stands in for the tqdm bar http_get makes per file: feeds the model-wide one instead."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            pass
-
-        def __enter__(self) -> Bar:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
-
-        def update(self, size: int | float | None = 1) -> None:
-            bar.update(int(size or 0))
 
     headers = build_hf_headers(token=token, library_name=LIBRARY)
     for remote in snapshot.files:
@@ -349,24 +358,63 @@ def fetch_hf(snapshot: Snapshot, staging: Path, bar: ByteProgress, token: str | 
         target.parent.mkdir(parents=True, exist_ok=True)
         url = hf_hub_url(snapshot.model_id, remote.path, revision=snapshot.commit, endpoint=snapshot.endpoint)
         try:
-            with partial.open("ab") as handle:
-                if handle.tell() > remote.size:
-                    handle.seek(0)
-                    handle.truncate()
-                http_get(
-                    url,
-                    handle,
-                    resume_size=handle.tell(),
-                    headers=headers,
-                    expected_size=remote.size,
-                    displayed_filename=remote.path,
-                    tqdm_class=Bar,  # type: ignore[arg-type]
-                )
+            _fetch_hf_file(url, remote, partial, headers, progress)
         except KeyboardInterrupt:
             raise
         except Exception as error:
             raise _hf_error(error, snapshot.model_id, snapshot.endpoint, str(staging)) from error
         partial.replace(target)
+
+
+def _fetch_hf_file(
+    url: str, remote: RemoteFile, partial: Path, headers: dict[str, str], progress: DownloadProgress
+) -> None:
+    """One file into its partial file, fetched again from nothing while its hash is wrong (ATTEMPTS tries in all).
+
+    huggingface_hub resumes a dropped connection by itself but takes damaged bytes as they come.
+    """
+    for attempt in range(1, ATTEMPTS + 1):
+        _hf_get(url, remote, partial, headers, progress)
+        if attempt == ATTEMPTS or hash_problem(remote, *digests(partial)) is None:
+            return  # still damaged after the last try: the check of the whole folder names and discards it
+        partial.unlink()
+        announce_retry(remote.path, attempt + 1, ATTEMPTS, "hash mismatch")
+        time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1))
+
+
+def _hf_get(url: str, remote: RemoteFile, partial: Path, headers: dict[str, str], progress: DownloadProgress) -> None:
+    """huggingface_hub's `http_get` appending to (resuming) the partial file, its bytes counted on our bar."""
+    from huggingface_hub.file_download import http_get
+
+    class Bar:
+        """Stands in for the tqdm bar http_get makes per file: feeds the model-wide one instead."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def __enter__(self) -> Bar:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def update(self, size: int | float | None = 1) -> None:
+            progress.add(remote.path, int(size or 0))
+
+    with partial.open("ab") as handle:
+        if handle.tell() > remote.size:
+            handle.seek(0)
+            handle.truncate()
+        progress.hold(remote.path, handle.tell())
+        http_get(
+            url,
+            handle,
+            resume_size=handle.tell(),
+            headers=headers,
+            expected_size=remote.size,
+            displayed_filename=remote.path,
+            tqdm_class=Bar,  # type: ignore[arg-type]
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -452,7 +500,7 @@ def download_model(
     (staging / LISTING).write_text(_json(snapshot.to_json()), encoding="utf-8")
 
     try:
-        with ByteProgress(total, initial=have, desc=place.name, enabled=progress) as bar:
+        with DownloadProgress(total, present, place.name, enabled=progress) as bar:
             FETCHERS[source](snapshot, staging, bar, token)
     except OSError as error:
         if is_disk_full(error):

@@ -29,14 +29,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gptq_chat.loading.checkpoint import CheckpointError, inspect_checkpoint, modelscope_name, plain_name
+from gptq_chat.loading.checkpoint import (
+    DOWNLOAD_MANIFEST,
+    CheckpointError,
+    inspect_checkpoint,
+    modelscope_name,
+    plain_name,
+)
 from gptq_chat.models import catalog
 from gptq_chat.models.home import models_home
 from gptq_chat.models.installed import installed_models
 
 log = logging.getLogger(__name__)
 
-MANIFEST = ".download-manifest.json"
+MANIFEST = DOWNLOAD_MANIFEST
 LISTING = ".listing.json"  # the hub's file list, kept in the staging folder while downloading
 STAGING_SUFFIX = ".download"
 IMPORT_SUFFIX = ".import"
@@ -273,18 +279,23 @@ def verify_files(
             problems.append(f"{remote.path}: {size:,} bytes, the hub lists {remote.size:,} (incomplete)")
             continue
         sha256, git_sha1 = digests(path, progress)
-        if remote.sha256 and sha256 != remote.sha256.lower():
-            problems.append(f"{remote.path}: sha256 {sha256[:12]}… does not match the hub's {remote.sha256[:12]}…")
-        elif remote.git_sha1 and git_sha1 != remote.git_sha1.lower():
-            problems.append(
-                f"{remote.path}: git hash {git_sha1[:12]}… does not match the hub's {remote.git_sha1[:12]}…"
-            )
-        else:
+        problem = hash_problem(remote, sha256, git_sha1)
+        if problem is None:
             checked = "sha256" if remote.sha256 else "git-sha1" if remote.git_sha1 else "size only"
             entries[remote.path] = {"size": size, "sha256": sha256, "checked_against_hub": checked}
             continue
+        problems.append(f"{remote.path}: {problem}")
         path.unlink()
     return entries, problems
+
+
+def hash_problem(remote: RemoteFile, sha256: str, git_sha1: str) -> str | None:
+    """How a file's digests contradict the hub's file list (its sha256, else its git blob id), or None."""
+    if remote.sha256 and sha256 != remote.sha256.lower():
+        return f"sha256 {sha256[:12]}… does not match the hub's {remote.sha256[:12]}…"
+    if remote.git_sha1 and git_sha1 != remote.git_sha1.lower():
+        return f"git hash {git_sha1[:12]}… does not match the hub's {remote.git_sha1[:12]}…"
+    return None
 
 
 def write_manifest(folder: Path, info: dict[str, Any], files: dict[str, dict[str, Any]]) -> None:
@@ -351,6 +362,7 @@ class Installed:
     size: int
     complete: bool
     status: str
+    resumable: bool = False  # a download `download.py ref` can finish or repair (not a folder copied by hand)
 
 
 def folder_bytes(folder: Path) -> int:
@@ -365,7 +377,7 @@ def describe(folder: Path, root: Path) -> Installed:
     if manifest is not None:
         problems = manifest_problems(folder, manifest)
         if problems:
-            return Installed(folder, ref, size, False, "damaged: " + "; ".join(problems[:3]))
+            return Installed(folder, ref, size, False, "damaged: " + "; ".join(problems[:3]), resumable=True)
         return Installed(folder, ref, size, True, f"complete, verified {manifest.get('verified_at', '')[:10]}")
     try:
         inspect_checkpoint(folder)
@@ -387,7 +399,7 @@ def downloads_in_progress(root: Path) -> list[Installed]:
             status = f"incomplete: {gb(done)} of {gb(total)}; run `python download.py {listing['model_id']}`"
         except (OSError, ValueError, KeyError, TypeError):
             done, status = folder_bytes(staging), f"incomplete: run `python download.py {ref}` to resume"
-        found.append(Installed(staging, ref, done, False, status))
+        found.append(Installed(staging, ref, done, False, status, resumable=True))
     return found
 
 

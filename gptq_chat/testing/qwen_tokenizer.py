@@ -6,8 +6,9 @@ ChatML framing).  `dashscope` (on PyPI, so reachable) bundles `resources/qwen.ti
 BPE ranks those models share.  From them we rebuild what `AutoTokenizer.from_pretrained("Qwen/Qwen1.5-*-Chat")`
 gives: the same vocabulary, one merge per non-byte token (151,387, the count the published `merges.txt` has),
 Qwen's pre-tokenizer regex, NFC normalization, the three special tokens at ids 151643-151645 and the Qwen1.5
-ChatML chat template.  `save_qwen_tokenizer` writes it to a folder so random-weight Qwen-shaped checkpoints get a
-real tokenizer too.
+ChatML chat template.  `build_qwen25_tokenizer` adds the 19 tokens Qwen2.5 added after them (its tool-call tags
+among them) for a Qwen2.5 chat template.  `save_qwen_tokenizer` writes the Qwen1.5 one to a folder so random-weight
+Qwen-shaped checkpoints get a real tokenizer too.
 
 `dashscope` is located with `importlib.util.find_spec` and never imported: CI installs it with `--no-deps`, so
 its own imports may fail.
@@ -32,8 +33,10 @@ __all__ = [
     "MODEL_MAX_LENGTH",
     "NUM_BPE_TOKENS",
     "QWEN15_CHAT_TEMPLATE",
+    "QWEN25_ADDED_TOKENS",
     "QWEN_PRETOKENIZE_REGEX",
     "SPECIAL_TOKEN_IDS",
+    "build_qwen25_tokenizer",
     "build_qwen_tokenizer",
     "load_qwen_bpe_ranks",
     "qwen_bpe_merges",
@@ -48,6 +51,31 @@ IM_END = "<|im_end|>"
 # `<|extra_N|>` reserved tokens of Qwen(1)'s tiktoken tokenizer are not in the Qwen1.5 vocabulary, and the
 # `<|object_ref_start|>`... tokens from 151646 on only arrived with Qwen2.5.
 SPECIAL_TOKEN_IDS: dict[str, int] = {ENDOFTEXT: 151643, IM_START: 151644, IM_END: 151645}
+# The tokens Qwen2.5 added after those (id, special): `added_tokens_decoder` of Qwen/Qwen2.5-7B-Instruct's
+# tokenizer_config.json; torchtune's `QWEN2_5_SPECIAL_TOKENS` lists the same ids.  The vision and box markers are
+# special; the tool-call tags and the code-completion markers are not, so `split_special_tokens=True` leaves them
+# whole in text.
+QWEN25_ADDED_TOKENS: dict[str, tuple[int, bool]] = {
+    "<|object_ref_start|>": (151646, True),
+    "<|object_ref_end|>": (151647, True),
+    "<|box_start|>": (151648, True),
+    "<|box_end|>": (151649, True),
+    "<|quad_start|>": (151650, True),
+    "<|quad_end|>": (151651, True),
+    "<|vision_start|>": (151652, True),
+    "<|vision_end|>": (151653, True),
+    "<|vision_pad|>": (151654, True),
+    "<|image_pad|>": (151655, True),
+    "<|video_pad|>": (151656, True),
+    "<tool_call>": (151657, False),
+    "</tool_call>": (151658, False),
+    "<|fim_prefix|>": (151659, False),
+    "<|fim_middle|>": (151660, False),
+    "<|fim_suffix|>": (151661, False),
+    "<|fim_pad|>": (151662, False),
+    "<|repo_name|>": (151663, False),
+    "<|file_sep|>": (151664, False),
+}
 NUM_BPE_TOKENS = 151643
 MODEL_MAX_LENGTH = 32768
 
@@ -156,13 +184,15 @@ def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
-def _new_tokenizer(chat_template: str) -> Qwen2Tokenizer:
+def _new_tokenizer(chat_template: str, extra_tokens: dict[str, tuple[int, bool]]) -> Qwen2Tokenizer:
     """A new instance from the cached vocabulary and merges (~0.3 s; a deep copy of a built one takes longer)."""
     vocab, merges = _vocab_and_merges()
+    tokens = {content: (token_id, True) for content, token_id in SPECIAL_TOKEN_IDS.items()} | extra_tokens
     added = {
-        token_id: AddedToken(content, special=True, normalized=False, lstrip=False, rstrip=False)
-        for content, token_id in SPECIAL_TOKEN_IDS.items()
+        token_id: AddedToken(content, special=special, normalized=False, lstrip=False, rstrip=False)
+        for content, (token_id, special) in tokens.items()
     }
+    named_specials = [content for content, (_, special) in tokens.items() if special and content != ENDOFTEXT]
     # Qwen2Tokenizer (what transformers 5 loads Qwen1.5 checkpoints as; Qwen2TokenizerFast is an alias) adds
     # the NFC normalizer, the regex split, byte-level pre-tokenizer and decoder.  The keyword arguments mirror
     # Qwen1.5-Chat's tokenizer_config.json.  It keeps the dict and list it is given, hence the copies.
@@ -170,7 +200,7 @@ def _new_tokenizer(chat_template: str) -> Qwen2Tokenizer:
         vocab=dict(vocab),
         merges=list(merges),
         added_tokens_decoder=added,
-        additional_special_tokens=[IM_START, IM_END],
+        additional_special_tokens=named_specials,
         bos_token=None,
         eos_token=IM_END,
         pad_token=ENDOFTEXT,
@@ -189,7 +219,7 @@ def _new_tokenizer(chat_template: str) -> Qwen2Tokenizer:
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
-    for content, token_id in SPECIAL_TOKEN_IDS.items():
+    for content, (token_id, _) in tokens.items():
         if tokenizer.convert_tokens_to_ids(content) != token_id:
             raise RuntimeError(f"{content} got id {tokenizer.convert_tokens_to_ids(content)}, not {token_id}")
     return tokenizer
@@ -201,11 +231,16 @@ def build_qwen_tokenizer(chat_template: str = QWEN15_CHAT_TEMPLATE) -> PreTraine
     The first call per process takes a few seconds (reading the ranks, deriving merges, both cached); later
     calls only build a new instance from the cache.
     """
-    return _new_tokenizer(chat_template)
+    return _new_tokenizer(chat_template, {})
+
+
+def build_qwen25_tokenizer(chat_template: str) -> PreTrainedTokenizerFast:
+    """A fresh Qwen2.5 tokenizer: the Qwen1.5 one with Qwen2.5's 19 added tokens, for a Qwen2.5 chat template."""
+    return _new_tokenizer(chat_template, QWEN25_ADDED_TOKENS)
 
 
 def save_qwen_tokenizer(directory: Path, *, chat_template: str = QWEN15_CHAT_TEMPLATE) -> None:
     """Write the tokenizer so `AutoTokenizer.from_pretrained(directory)` loads an identical one."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _new_tokenizer(chat_template).save_pretrained(directory)
+    _new_tokenizer(chat_template, {}).save_pretrained(directory)

@@ -68,6 +68,7 @@ TEXT: dict[str, dict[str, str]] = {
     # conversations
     "conversations": {"zh": "对话", "en": "Chats"},
     "new_chat": {"zh": "新对话", "en": "New chat"},
+    "date_this_year": {"zh": "{month}月{day}日 {time}", "en": "{month_name} {day} {time}"},  # a chat's time
     "rename": {"zh": "重命名", "en": "Rename"},
     "title_label": {"zh": "标题", "en": "Title"},
     "save": {"zh": "保存", "en": "Save"},
@@ -125,6 +126,9 @@ TEXT: dict[str, dict[str, str]] = {
     "password_needed": {"zh": "此页面需要密码。", "en": "This page is protected by a password."},
     "wrong_password": {"zh": "密码错误。", "en": "Wrong password."},
 }
+
+# For English dates; a Chinese date names the month by its number ("date_this_year").
+MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def pick_language(locale: str | None) -> str:

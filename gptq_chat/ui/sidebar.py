@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -24,12 +25,12 @@ from gptq_chat.ui.actions import (
     request_switch,
     show_conversation,
 )
+from gptq_chat.ui.chat_list import chat_labels, list_title, user_zone
 from gptq_chat.ui.i18n import t
 from gptq_chat.ui.presets import CUSTOM, DEFAULT, PRESETS, preset_of
 from gptq_chat.ui.reply_source import ReplySource, remote_source
 
 LISTED_CHATS = 100
-LIST_TITLE_CHARS = 26  # one line of the sidebar
 
 
 def conversations_panel(store: ConversationStore, lang: str) -> None:
@@ -41,14 +42,13 @@ def conversations_panel(store: ConversationStore, lang: str) -> None:
     listed = (
         bar.container(height=min(320, 40 * len(summaries) + 16), border=False, key="chat_list") if summaries else bar
     )
-    for summary in summaries:
-        current = summary.id == state.chat.id
+    labels = chat_labels(summaries, time.time(), user_zone(st.context.timezone), lang)
+    for summary, label in zip(summaries, labels, strict=True):
         listed.button(
-            summary.title if len(summary.title) <= LIST_TITLE_CHARS else summary.title[: LIST_TITLE_CHARS - 1] + "…",
-            help=summary.title if len(summary.title) > LIST_TITLE_CHARS else None,
+            label,
+            help=summary.title if list_title(summary.title) != summary.title else None,
             key=f"chat_{summary.id}",
-            type="secondary" if current else "tertiary",
-            icon=":material/chat:" if current else None,
+            type="primary" if summary.id == state.chat.id else "tertiary",  # the open chat: the selected item
             width="stretch",
             on_click=open_chat,
             args=(store, summary.id),

@@ -6,6 +6,8 @@ It answers the endpoints the real clients call (modelscope_hub 0.5 / modelscope 
 - ``cut_after[path] = n``: the next full download of `path` sends `n` bytes, then drops the connection.
 - ``stall_after[path] = n``: the next download sends `n` bytes, then hangs until ``release()`` (for Ctrl-C).
 - ``corrupt``: paths served with wrong bytes of the right length.
+- ``corrupt_times[path] = n``: the next `n` downloads of `path` get wrong bytes of the right length, later ones
+  the right bytes (a flaky mirror that a retry gets past).
 - ``token``: every request without ``Authorization: Bearer <token>`` gets 401.
 Unknown repositories get 404 the way each hub says it. Every request is logged in ``requests``.
 
@@ -89,6 +91,7 @@ class FakeHub:
         self.cut_after: dict[str, int] = {}
         self.stall_after: dict[str, int] = {}
         self.corrupt: set[str] = set()
+        self.corrupt_times: dict[str, int] = {}
         self.token: str | None = None
         self.requests: list[Served] = []
         self.stalled = threading.Event()  # set once a stalled transfer has sent its bytes
@@ -139,12 +142,20 @@ class FakeHub:
         self.cut_after.clear()
         self.stall_after.clear()
         self.corrupt.clear()
+        self.corrupt_times.clear()
         self.token = None
         self.requests.clear()
         self.stalled.clear()
         self._release.clear()
 
     # ------------------------------------------------------------------------------------------
+
+    def _take_corrupt_turn(self, rel: str) -> bool:
+        """Whether this download of `rel` is one of the wrong ones counted in ``corrupt_times`` (under the lock)."""
+        left = self.corrupt_times.get(rel, 0)
+        if left:
+            self.corrupt_times[rel] = left - 1
+        return left > 0
 
     def _handle(self, request: BaseHTTPRequestHandler, head: bool) -> None:
         url = urlsplit(request.path)
@@ -229,6 +240,7 @@ class FakeHub:
             self.requests.append(served)
             cut = None if head else self.cut_after.pop(rel, None)
             stall = None if head else self.stall_after.pop(rel, None)
+            wrong = rel in self.corrupt or (not head and self._take_corrupt_turn(rel))
         request.send_response(status)
         request.send_header("Content-Type", "application/octet-stream")
         request.send_header("Content-Length", str(size - start))
@@ -246,7 +258,7 @@ class FakeHub:
             position = start
             while position < size:
                 block = handle.read(CHUNK)
-                if rel in self.corrupt:
+                if wrong:
                     block = block.translate(INVERT)
                 if limit is not None and position + len(block) - start > limit:
                     block = block[: max(limit - (position - start), 0)]
