@@ -15,6 +15,11 @@ from gptq_chat.loading.loader import load
 
 pytestmark = pytest.mark.slow
 QUESTION = [{"role": "user", "content": "Tell me a short story about a cat."}]
+ANOTHER_STORY = [
+    *QUESTION,
+    {"role": "assistant", "content": "The cat slept."},
+    {"role": "user", "content": "Another one."},
+]
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +64,18 @@ def test_greedy_logprobs_rank_the_chosen_token_first(paths, path) -> None:
 
 @pytest.mark.parametrize("path", ["plain", "fast"])
 def test_logprobs_are_the_models_not_the_samplers(paths, path) -> None:
-    """Sampled at temperature 0.5 with a repetition penalty, the first token's log-probabilities are still the
-    model's own next-token distribution (transformers' forward is the reference; the engines agree to bf16)."""
+    """Sampled at temperature 0.5 with the strongest repetition penalty, the first token's log-probabilities are
+    still the model's own next-token distribution (transformers' forward is the reference; the engines agree to
+    bf16). The likeliest first token ('The') is in the prompt, so a penalty applied before scoring would move it."""
     loaded = paths[path]
-    settings = dataclasses.replace(sampled(loaded, seed=3, max_new_tokens=1), temperature=0.5, logprobs=3)
-    (token,) = generate(loaded, settings)
-    prompt = encode_chat(loaded.tokenizer, QUESTION)
+    settings = dataclasses.replace(
+        sampled(loaded, seed=3, max_new_tokens=1), temperature=0.5, repetition_penalty=2.0, logprobs=3
+    )
+    (token,) = generate(loaded, settings, ANOTHER_STORY)
+    prompt = encode_chat(loaded.tokenizer, ANOTHER_STORY)
     with torch.no_grad():
         reference = paths["plain"].model(torch.tensor([prompt])).logits[0, -1].float().log_softmax(-1)
+    assert token.top_logprobs[0][0] in prompt  # the case the penalty would change
     for alternative, value in token.top_logprobs:
         assert abs(value - reference[alternative].item()) < 0.1
     assert abs(token.logprob - reference[int(token)].item()) < 0.1
@@ -82,26 +91,23 @@ def test_a_seed_repeats_its_reply_and_no_seed_does_not(paths, path) -> None:
 
 
 def test_a_seeded_reply_is_the_same_alone_and_in_a_batch(batched) -> None:
-    """The seeded request alone, then while three others (sampled without a seed) share its decode steps."""
+    """The seeded request alone (in slot 0), then again once three others (sampled without a seed or a stop token)
+    hold slots 0 to 2: it draws in another row, beside rows at other draw counts, and gives the same tokens."""
     seeded = sampled(batched, seed=5, max_new_tokens=16)
     alone = generate(batched, seeded)
-    replies: dict[int, list[int]] = {}
-    gate = threading.Barrier(5, timeout=60)
-    others = ["Name three colors.", "What is the capital of Japan?", "Write a haiku."]
-
-    def ask(index: int) -> None:
-        settings = seeded if index == 0 else sampled(batched, seed=None, max_new_tokens=24)
-        messages = QUESTION if index == 0 else [{"role": "user", "content": others[index - 1]}]
-        gate.wait()
-        replies[index] = generate(batched, settings, messages)
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
-    for thread in threads:
+    endless = dataclasses.replace(sampled(batched, seed=None, max_new_tokens=64), stop_token_ids=())
+    others = [
+        threading.Thread(target=generate, args=(batched, endless, [{"role": "user", "content": text}]))
+        for text in ["Name three colors.", "What is the capital of Japan?", "Write a haiku."]
+    ]
+    for thread in others:
         thread.start()
-    gate.wait()
-    together = 0
-    while any(thread.is_alive() for thread in threads):
-        together = max(together, batched.scheduler.stats().active)
+    deadline = time.monotonic() + 60
+    while batched.scheduler.stats().active < len(others):
+        assert time.monotonic() < deadline, "the other requests never started"
         time.sleep(0.005)
-    assert replies[0] == alone
-    assert together >= 3
+    together = generate(batched, seeded)
+    assert all(thread.is_alive() for thread in others)  # they shared every step of it
+    for thread in others:
+        thread.join()
+    assert together == alone

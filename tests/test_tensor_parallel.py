@@ -4,6 +4,7 @@ one-process engine's logits; the scheduler drives them as it drives one engine; 
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 
 import pytest
@@ -124,7 +125,11 @@ def test_a_grammar_a_seed_and_logprobs_over_two_cards(tiny_gptq_dir, qwen_tokeni
         scheduler.close()
     assert first == again and first[-1] in stops
     jsonschema.validate(json.loads(qwen_tokenizer.decode(first[:-1])), case.schema)
-    assert all(token.top_logprobs and token.logprob <= 0 for token in first)
+    for token in first:  # the best two the grammar allows, sorted, and the chosen token's value where listed
+        ids, values = zip(*token.top_logprobs, strict=True)
+        assert len(set(ids)) == len(ids) and list(values) == sorted(values, reverse=True)
+        assert math.fsum(map(math.exp, values)) <= 1 + 1e-3
+        assert token.logprob <= values[0] and (int(token) not in ids or token.logprob == values[ids.index(token)])
 
 
 def assert_each_token_is_the_top_choice(engine, prompt: list[int], answer: list[int]) -> None:
