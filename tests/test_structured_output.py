@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-import time
 
 import jsonschema
 import pytest
@@ -17,31 +16,17 @@ from gptq_chat.chat.constraints import UnsupportedConstraint, constraint_compile
 from gptq_chat.chat.prompt import encode_chat
 from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.engine.sampling import SamplingState, sample
-from gptq_chat.loading.loader import load
 from gptq_chat.testing.json_schemas import SCHEMAS
 from gptq_chat.testing.qwen_tokenizer import SPECIAL_TOKEN_IDS
+from tests.support.batching import most_active
 
 pytestmark = pytest.mark.slow
 BUDGET = 64  # tokens; every schema's reply needs fewer, so a reply cut short fails
 
 
 @pytest.fixture(scope="module")
-def paths(demo_model_dir):
-    """The loader's cached models: the same objects as tests/test_engine.py's."""
-    return {
-        "plain": load(demo_model_dir, device="cpu", engine="plain"),
-        "fast": load(demo_model_dir, device="cpu", engine="fast", context_length=1024),
-    }
-
-
-@pytest.fixture(scope="module")
-def batched(demo_model_dir):
-    return load(demo_model_dir, device="cpu", engine="fast", context_length=512, slots=4)
-
-
-@pytest.fixture(scope="module")
-def compiler(paths):
-    loaded = paths["fast"]
+def compiler(demo_paths):
+    loaded = demo_paths["fast"]
     return constraint_compiler(loaded.tokenizer, loaded.defaults.stop_token_ids)
 
 
@@ -68,26 +53,26 @@ def ended_document(loaded, ids: list[int]):
 
 @pytest.mark.parametrize("path", ["plain", "fast"])
 @pytest.mark.parametrize("case", SCHEMAS, ids=[case.name for case in SCHEMAS])
-def test_every_reply_satisfies_its_schema(paths, compiler, path, case) -> None:
-    loaded = paths[path]
+def test_every_reply_satisfies_its_schema(demo_paths, compiler, path, case) -> None:
+    loaded = demo_paths[path]
     prompt = schema_prompt(loaded.tokenizer, case.schema)
     ids = generate(loaded, prompt, settings_for(loaded, compiler.json_schema(case.schema)))
     jsonschema.validate(ended_document(loaded, ids), case.schema)
 
 
 @pytest.mark.parametrize("path", ["plain", "fast"])
-def test_a_json_object_constraint_gives_a_json_object(paths, compiler, path) -> None:
-    loaded = paths[path]
+def test_a_json_object_constraint_gives_a_json_object(demo_paths, compiler, path) -> None:
+    loaded = demo_paths[path]
     prompt = encode_chat(loaded.tokenizer, [{"role": "user", "content": "Give the capital of France as JSON."}])
     document = ended_document(loaded, generate(loaded, prompt, settings_for(loaded, compiler.json_object())))
     assert isinstance(document, dict)
 
 
 @pytest.mark.parametrize("path", ["plain", "fast"])
-def test_a_complete_grammar_ends_the_reply_without_stop_tokens(paths, path) -> None:
+def test_a_complete_grammar_ends_the_reply_without_stop_tokens(demo_paths, path) -> None:
     """The request has no stop token, and the grammar's end token is one neither the model nor transformers stops
     at (SmolLM2's `<|endoftext|>`, id 0; it ends turns with id 2): the reply still ends with it, once complete."""
-    loaded = paths[path]
+    loaded = demo_paths[path]
     end = loaded.tokenizer.convert_tokens_to_ids("<|endoftext|>")
     assert end not in loaded.defaults.stop_token_ids
     case = SCHEMAS[2]
@@ -98,7 +83,7 @@ def test_a_complete_grammar_ends_the_reply_without_stop_tokens(paths, path) -> N
     jsonschema.validate(json.loads(loaded.tokenizer.decode(ids[:-1])), case.schema)
 
 
-def test_four_slots_decode_together_each_under_its_own_grammar(batched, compiler) -> None:
+def test_four_slots_decode_together_each_under_its_own_grammar(demo_slots, compiler) -> None:
     """Four requests in one batch, two greedy and two sampled, each with another schema: all valid."""
     cases = [SCHEMAS[0], SCHEMAS[2], SCHEMAS[5], SCHEMAS[7]]  # bounded even when sampled
     replies: dict[str, list[int]] = {}
@@ -107,27 +92,24 @@ def test_four_slots_decode_together_each_under_its_own_grammar(batched, compiler
     def ask(index: int) -> None:
         case = cases[index]
         changes = {"temperature": 0.8, "seed": index} if index % 2 else {}
-        settings = settings_for(batched, compiler.json_schema(case.schema), **changes)
-        prompt = schema_prompt(batched.tokenizer, case.schema)
+        settings = settings_for(demo_slots, compiler.json_schema(case.schema), **changes)
+        prompt = schema_prompt(demo_slots.tokenizer, case.schema)
         gate.wait()
-        replies[case.name] = generate(batched, prompt, settings)
+        replies[case.name] = generate(demo_slots, prompt, settings)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(cases))]
     for thread in threads:
         thread.start()
     gate.wait()
-    together = 0
-    while any(thread.is_alive() for thread in threads):
-        together = max(together, batched.scheduler.stats().active)
-        time.sleep(0.005)
+    together = most_active(demo_slots.scheduler, threads)
     for case in cases:
-        jsonschema.validate(ended_document(batched, replies[case.name]), case.schema)
+        jsonschema.validate(ended_document(demo_slots, replies[case.name]), case.schema)
     assert together >= 3  # they really shared decode steps
 
 
-def test_a_lark_grammar_holds_a_tool_call(paths, compiler) -> None:
+def test_a_lark_grammar_holds_a_tool_call(demo_paths, compiler) -> None:
     """An arbitrary grammar, as a tool call would be built: tags around a JSON schema."""
-    loaded = paths["fast"]
+    loaded = demo_paths["fast"]
     arguments = {"type": "object", "properties": {"city": {"enum": ["Paris", "Tokyo"]}}, "required": ["city"]}
     grammar = compiler.lark(f'start: "<tool_call>" call "</tool_call>"\ncall: %json {json.dumps(arguments)}')
     prompt = encode_chat(loaded.tokenizer, [{"role": "user", "content": "What is the weather in Paris?"}])
