@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import logging
 import os
@@ -226,6 +227,11 @@ def main() -> None:
         parser.error("sdpa-fp16reduce re-captures the first card's graphs only: it cannot be timed with --split tensor")
     logging.basicConfig(level=logging.WARNING)
     if args.grammar_engines:
+        if importlib.util.find_spec("xgrammar") is None:
+            parser.error(
+                "--grammar-engines compares llguidance with xgrammar: pip install xgrammar (a benchmark-only "
+                "package, not in requirements.txt)"
+            )
         time_grammar_engines()
         return
     if args.constrained:
@@ -575,6 +581,8 @@ def time_constrained(args: argparse.Namespace) -> None:
 
 @dataclass
 class GrammarTiming:
+    """One grammar library on one tokenizer: the row of the --grammar-engines table."""
+
     engine: str
     tokenizer: str
     setup_s: float  # once per tokenizer: the engine's view of every token's bytes
@@ -615,19 +623,21 @@ def drive(fill: Any, consume: Any, tokens: list[int], timing: GrammarTiming) -> 
             raise RuntimeError(f"{timing.engine} refused token {token} of a valid document")
 
 
-def time_llguidance(name: str, tokenizer: Any, width: int, cases: list) -> GrammarTiming:
+def time_llguidance(name: str, tokenizer: Any, cases: list) -> GrammarTiming:
+    """llguidance with the engine's JSON options; its masks cover the tokenizer's ids, not the logits' padding."""
     import llguidance
     import llguidance.hf
     import llguidance.torch
 
+    from gptq_chat.chat.constraints import JSON_OPTIONS
+
     started = time.perf_counter()
     vocabulary = llguidance.hf.from_tokenizer(tokenizer)
     timing = GrammarTiming("llguidance", name, time.perf_counter() - started, [], [], [], False)
-    options = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
     bits = llguidance.torch.allocate_token_bitmask(1, vocabulary.vocab_size)
     for case in cases:
         started = time.perf_counter()
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(case.schema, overrides=options)
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(case.schema, overrides=JSON_OPTIONS)
         matcher = llguidance.LLMatcher(vocabulary, grammar)
         timing.compile_ms.append((time.perf_counter() - started) * 1e3)
         tokens = tokenizer.encode(json.dumps(case.example, separators=JSON_SEPARATORS), add_special_tokens=False)
@@ -638,6 +648,7 @@ def time_llguidance(name: str, tokenizer: Any, width: int, cases: list) -> Gramm
 
 
 def time_xgrammar(name: str, tokenizer: Any, width: int, cases: list) -> GrammarTiming:
+    """xgrammar with the same spacing; it is told the logits' width, as a server using it would be."""
     import xgrammar
 
     started = time.perf_counter()
@@ -672,7 +683,7 @@ def time_grammar_engines() -> None:
     cases = [*SCHEMAS, TOOL_CALL]
     timings = []
     for name, tokenizer, width in grammar_tokenizers():
-        timings.append(time_llguidance(name, tokenizer, width, cases))
+        timings.append(time_llguidance(name, tokenizer, cases))
         timings.append(time_xgrammar(name, tokenizer, width, cases))
     versions = {p: importlib.metadata.version(p) for p in ("llguidance", "xgrammar", "torch", "transformers")}
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {versions}; {len(cases)} schemas")
