@@ -49,6 +49,7 @@ class LLGuidanceMatcher:
         bits[self.words :] = 0
 
     def advance(self, token: int) -> None:
+        """Take the chosen token; one the grammar refuses raises ValueError with llguidance's reason, first line."""
         if not self.matcher.consume_token(token):
             reason = self.matcher.get_error().splitlines()[0]  # the rest is the parser's state
             raise ValueError(f"The grammar refused token {token}: {reason}")
@@ -98,6 +99,7 @@ class ConstraintCompiler:
         return self.compile(llguidance.LLMatcher.grammar_from_lark(grammar), "grammar")
 
     def compile(self, grammar: str, what: str) -> CompiledGrammar:
+        """A matcher for llguidance's grammar text; what it cannot enforce is refused here, once, not mid-reply."""
         matcher = llguidance.LLMatcher(self.vocabulary, grammar, log_level=0)
         if matcher.is_error():
             raise UnsupportedConstraint(f"This {what} cannot be enforced: {matcher.get_error()}")

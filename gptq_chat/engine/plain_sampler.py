@@ -21,6 +21,7 @@ from gptq_chat.engine.sampling import SamplingState, TokenScores, mask_words, sa
 
 
 def needs_own_sampler(settings: SamplingSettings) -> bool:
+    """Whether `generate`'s sampling falls short for the request (see the module's docstring); the rest keep it."""
     return settings.constraint is not None or settings.seed is not None or settings.logprobs is not None
 
 
@@ -38,6 +39,8 @@ class EngineSampler(LogitsProcessor):
         self.ended = False
 
     def start(self, prompt: torch.Tensor, width: int, device: torch.device) -> SamplingState:
+        """The one-row state, made at the first step: only the logits tell their width (Qwen's exceeds its
+        tokenizer's) and device (the last layer's, when a model is split)."""
         state = SamplingState.allocate(1, width, device)
         self.scores = TokenScores.allocate(1, width, device)
         self.bits = torch.zeros(mask_words(width), dtype=torch.int32)
@@ -45,6 +48,7 @@ class EngineSampler(LogitsProcessor):
         return state
 
     def next_mask(self) -> torch.Tensor | None:
+        """The grammar's mask for the next token, filled into the one host buffer; None without a grammar."""
         if self.matcher is None:
             return None
         assert self.bits is not None
@@ -52,6 +56,8 @@ class EngineSampler(LogitsProcessor):
         return self.bits
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """Choose the token as the fast engine would, then leave it the only finite score: greedy `generate` takes
+        exactly it."""
         if self.state is None:
             self.state = self.start(input_ids[0], scores.shape[-1], scores.device)
         state = self.state

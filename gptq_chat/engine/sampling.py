@@ -21,12 +21,14 @@ repetition penalty, temperature, top-k, top-p; the grammar's mask comes first, a
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 import torch
 
 from gptq_chat.engine.protocols import MAX_TOP_LOGPROBS, SamplingSettings, ScoredToken
 
 MASK32 = 0xFFFFFFFF
+Word32 = TypeVar("Word32", int, torch.Tensor)  # an int, or an int64 tensor, in [0, 2**32)
 ALL_ALLOWED = -1  # an int32 word with every bit set
 
 
@@ -35,7 +37,7 @@ def mask_words(vocab: int) -> int:
     return (vocab + 31) // 32
 
 
-def mix32(x):  # an int, or an int64 tensor, in [0, 2**32)
+def mix32(x: Word32) -> Word32:
     """lowbias32 (C. Wellons' integer hash), exact in int64: no product reaches 2**63, so it runs on tensors in
     a graph as well as on Python ints. Multiplying by 0x846CA68B is split into 0x046CA68B and 2**31."""
     x = x ^ (x >> 16)
@@ -172,6 +174,7 @@ class TokenScores:
 
     @classmethod
     def allocate(cls, slots: int, vocab: int, device: torch.device | str, pin: bool = False) -> TokenScores:
+        """Rows for `slots`; `pin` (host memory, on a GPU machine) lets a step's scores be copied in without a wait."""
         top = min(MAX_TOP_LOGPROBS, vocab)
         return cls(
             chosen=torch.zeros(slots, dtype=torch.float32, device=device, pin_memory=pin),
@@ -180,6 +183,7 @@ class TokenScores:
         )
 
     def copy_(self, other: TokenScores, rows: slice, non_blocking: bool = False) -> None:
+        """Only `rows` (the slots a step ran), so a step copies no more than it scored."""
         for f in fields(self):
             getattr(self, f.name)[rows].copy_(getattr(other, f.name)[rows], non_blocking=non_blocking)
 

@@ -94,6 +94,7 @@ class HostBuffers:
 
     @classmethod
     def allocate(cls, engine: SlotEngine, cuda: bool) -> HostBuffers:
+        """Once per worker, for the engine's slots and logits width: every step reuses them instead of pinning anew."""
         import torch
 
         from gptq_chat.engine.sampling import TokenScores, mask_words
