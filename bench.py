@@ -3,6 +3,8 @@
     python bench.py --shape qwen1.5-7b                 # writes a random-weight checkpoint first (on the GPU)
     python bench.py --dir /path/to/checkpoint           # or measure a real one
     python bench.py --shape qwen1.5-7b --streams 1,4,16,64   # many users at once, through the scheduler
+    python bench.py --grammar-engines                    # structured output: llguidance against xgrammar, CPU
+    python bench.py --constrained --dir /tmp/bench-qwen1.5-7b   # decode under a JSON schema against free decode
 
 Weights' values do not matter for speed; end-of-sequence is disabled so every run decodes the
 full count. Like gpt-fast it prints what it achieved against the limit: tokens/s and the memory
@@ -12,21 +14,29 @@ With --streams, every stream sends its own prompt (--prompt tokens, 512 by defau
 all streams of a level start together, from their own threads, through the same `Scheduler` the page and the API
 use. Aggregate speed counts every token of every stream over the level's wall time (prefills included);
 per-stream speed is each stream's own decode rate after its first token.
+
+With --constrained, one engine decodes the same prompt greedily three times in one run, at batch 1: free, free
+with the top 20 log-probabilities of every token, and under a JSON schema (a grammar mask filled on the host every
+step). It runs on the CPU too: `--device cpu` with a checkpoint in --dir (the demo model), or a random-weight one of
+--shape written there on the CPU (`--shape tiny`: two small layers and Qwen's 151,936-token head, where sampling
+weighs most).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +72,9 @@ def bytes_per_token(weight_bytes: int, kv_bytes_per_token: int, context: int) ->
     return weight_bytes + kv_bytes_per_token * context
 
 
-def prepare_checkpoint(folder: Path | None, shape: str) -> tuple[Path, float | None]:
-    """The folder to measure; a random-weight checkpoint of `shape` is written there first if it is empty."""
+def prepare_checkpoint(folder: Path | None, shape: str, device: str = "cuda") -> tuple[Path, float | None]:
+    """The folder to measure; a random-weight checkpoint of `shape` is written there first (on `device`) if it is
+    empty."""
     from gptq_chat.testing.qwen_tokenizer import save_qwen_tokenizer
     from gptq_chat.testing.random_checkpoint import write_random_gptq_checkpoint
 
@@ -71,14 +82,16 @@ def prepare_checkpoint(folder: Path | None, shape: str) -> tuple[Path, float | N
     if (folder / "config.json").is_file():
         return folder, None
     started = time.perf_counter()
-    write_random_gptq_checkpoint(folder, shape, device="cuda", eos_token_id=None)
+    write_random_gptq_checkpoint(folder, shape, device=device, eos_token_id=None)
     save_qwen_tokenizer(folder)
     free_memory()  # the writer's cached blocks would count against a --cap-gb limit
     return folder, time.perf_counter() - started
 
 
-def random_prompt(length: int, seed: int) -> list[int]:
-    return torch.randint(1000, 100_000, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+def random_prompt(length: int, seed: int, vocab: int = 100_000) -> list[int]:
+    """Token ids of ordinary words (past the first 1,000, where special tokens sit) in a vocabulary of `vocab`."""
+    top = min(vocab, 100_000)
+    return torch.randint(1000, top, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def card_indices(device: str) -> list[int]:
@@ -112,7 +125,12 @@ class CardPeaks:
 
 
 def measure(
-    engine: TokenSource, name: str, prompt_len: int, settings: SamplingSettings, memory: CardPeaks
+    engine: TokenSource,
+    name: str,
+    prompt_len: int,
+    settings: SamplingSettings,
+    memory: CardPeaks,
+    vocab: int = 100_000,
 ) -> Measurement:
     """Time to first token and steady decode speed of one generation; the first token is not counted in decode.
 
@@ -121,8 +139,8 @@ def measure(
     prompt is new) is counted, and no prompt prefix is reused.
     """
     warm = SamplingSettings(max_new_tokens=2, temperature=settings.temperature)
-    list(engine.generate(random_prompt(prompt_len - 3, seed=prompt_len + 1), warm, threading.Event()))
-    prompt = random_prompt(prompt_len, seed=prompt_len)
+    list(engine.generate(random_prompt(prompt_len - 3, prompt_len + 1, vocab), warm, threading.Event()))
+    prompt = random_prompt(prompt_len, prompt_len, vocab)
     memory.reset()
     started = time.perf_counter()
     stamps = []
@@ -136,7 +154,7 @@ def measure(
         new_tokens=len(stamps),
         first_token_ms=(stamps[0] - started) * 1e3,
         decode_tokens_per_s=1.0 / decode,
-        peak_vram_gb=max(peaks),
+        peak_vram_gb=max(peaks, default=0.0),
         peak_per_card_gb=peaks if len(peaks) > 1 else None,
     )
 
@@ -212,10 +230,33 @@ def main() -> None:
     parser.add_argument("--soak", type=int, metavar="N", help="send N mixed requests through serve.py, watching memory")
     parser.add_argument("--clients", type=int, default=16, help="with --soak: clients sending at once")
     parser.add_argument("--sample-every", type=float, default=10.0, help="with --soak: seconds between memory reads")
+    parser.add_argument(
+        "--constrained",
+        action="store_true",
+        help="decode speed and first token under a JSON schema, and with log-probabilities, against free decoding "
+        "(batch 1, one run)",
+    )
+    parser.add_argument(
+        "--grammar-engines",
+        action="store_true",
+        help="time the grammar engines for structured output (compile, mask per token) on the Qwen and demo "
+        "tokenizers; needs no model and no GPU",
+    )
     args = parser.parse_args()
     if args.split == "tensor" and "fp16reduce" in args.variants:
         parser.error("sdpa-fp16reduce re-captures the first card's graphs only: it cannot be timed with --split tensor")
     logging.basicConfig(level=logging.WARNING)
+    if args.grammar_engines:
+        if importlib.util.find_spec("xgrammar") is None:
+            parser.error(
+                "--grammar-engines compares llguidance with xgrammar: pip install xgrammar (a benchmark-only "
+                "package, not in requirements.txt)"
+            )
+        time_grammar_engines()
+        return
+    if args.constrained:
+        time_constrained(args)
+        return
     if args.streams:
         time_streams(args)
         return
@@ -511,6 +552,178 @@ def time_streams(args: argparse.Namespace) -> None:
     print(streams_table(results, header))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+
+
+# -- decoding under a grammar (--constrained) -------------------------------------------------------------
+
+# A reply whose length the model decides: a random-weight model writes a long string before it closes the quote.
+STORY_SCHEMA = {
+    "type": "object",
+    "properties": {"title": {"type": "string", "maxLength": 40}, "story": {"type": "string"}},
+    "required": ["title", "story"],
+    "additionalProperties": False,
+}
+
+
+def time_constrained(args: argparse.Namespace) -> None:
+    """The same prompt decoded greedily by one engine: free, with log-probabilities, under `STORY_SCHEMA`; decode
+    speed counts the tokens after the first, so they compare even when the grammar ends its reply sooner."""
+    from gptq_chat.chat.constraints import constraint_compiler
+    from gptq_chat.loading.loader import load_uncached
+
+    cuda = args.device.startswith("cuda")
+    folder, _ = prepare_checkpoint(args.dir, args.shape, "cuda" if cuda else "cpu")
+    loaded = load_uncached(folder, device=args.device, engine="fast", context_length=args.context)
+    started = time.perf_counter()
+    grammar = constraint_compiler(loaded.tokenizer, loaded.defaults.stop_token_ids).json_schema(STORY_SCHEMA)
+    report = {
+        "gpu": torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)",
+        "checkpoint": str(folder),
+        "weight_gb": loaded.info.weight_bytes / 1e9,
+        "grammar_setup_s": time.perf_counter() - started,
+    }
+    memory = CardPeaks(card_indices(args.device) if cuda else [])
+    free = SamplingSettings(max_new_tokens=args.new_tokens, temperature=0.0, repetition_penalty=1.0)
+    prompt = int(args.prompts.split(",")[0])
+    label = f"{loaded.engine.name}, batch 1"
+    cases = {
+        "free": free,
+        "top-20 logprobs": replace(free, logprobs=20),
+        "JSON schema": replace(free, constraint=grammar),
+    }
+    vocab = loaded.engine.vocab_width
+    results = [measure(loaded.scheduler, f"{label}, {k}", prompt, s, memory, vocab) for k, s in cases.items()]
+    loaded.scheduler.close()
+    print(table(results, report))
+    if args.json:
+        args.json.write_text(json.dumps({**report, "results": [asdict(r) for r in results]}, indent=2))
+
+
+# -- grammar engines for structured output (--grammar-engines) ---------------------------------------------
+
+
+@dataclass
+class GrammarTiming:
+    """One grammar library on one tokenizer: the row of the --grammar-engines table."""
+
+    engine: str
+    tokenizer: str
+    setup_s: float  # once per tokenizer: the engine's view of every token's bytes
+    compile_ms: list[float]  # per schema: grammar to a matcher ready for its first mask
+    first_mask_ms: list[float]
+    mask_us: list[float]  # per token of the example documents, after the first
+    refuses_not: bool  # whether a schema with an unsupported keyword ("not") is an error rather than ignored
+
+
+JSON_SEPARATORS = (", ", ": ")  # what the engine's JSON constraints produce: compact, with json.dumps' spacing
+
+
+def grammar_tokenizers() -> list[tuple[str, Any, int]]:
+    """(name, tokenizer, the model's logits width): the real Qwen tokenizer, and the demo model's if it is built."""
+    from transformers import AutoTokenizer
+
+    from gptq_chat.models.home import demo_model_dir
+    from gptq_chat.testing.qwen_tokenizer import build_qwen_tokenizer
+
+    found = [("Qwen1.5 (151,646 tokens)", build_qwen_tokenizer(), 151_936)]
+    if (demo_model_dir() / "tokenizer.json").is_file():
+        demo = AutoTokenizer.from_pretrained(demo_model_dir())
+        found.append((f"SmolLM2 demo ({len(demo):,} tokens)", demo, len(demo)))
+    return found
+
+
+def drive(fill: Any, consume: Any, tokens: list[int], timing: GrammarTiming) -> None:
+    """Fill the mask before each token of a valid document and take the token, timing each fill."""
+    for index, token in enumerate(tokens):
+        started = time.perf_counter()
+        fill()
+        elapsed = time.perf_counter() - started
+        if index == 0:
+            timing.first_mask_ms.append(elapsed * 1e3)
+        else:
+            timing.mask_us.append(elapsed * 1e6)
+        if not consume(token):
+            raise RuntimeError(f"{timing.engine} refused token {token} of a valid document")
+
+
+def time_llguidance(name: str, tokenizer: Any, cases: list) -> GrammarTiming:
+    """llguidance with the engine's JSON options; its masks cover the tokenizer's ids, not the logits' padding."""
+    import llguidance
+    import llguidance.hf
+    import llguidance.torch
+
+    from gptq_chat.chat.constraints import JSON_OPTIONS
+
+    started = time.perf_counter()
+    vocabulary = llguidance.hf.from_tokenizer(tokenizer)
+    timing = GrammarTiming("llguidance", name, time.perf_counter() - started, [], [], [], False)
+    bits = llguidance.torch.allocate_token_bitmask(1, vocabulary.vocab_size)
+    for case in cases:
+        started = time.perf_counter()
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(case.schema, overrides=JSON_OPTIONS)
+        matcher = llguidance.LLMatcher(vocabulary, grammar)
+        timing.compile_ms.append((time.perf_counter() - started) * 1e3)
+        tokens = tokenizer.encode(json.dumps(case.example, separators=JSON_SEPARATORS), add_special_tokens=False)
+        drive(lambda: llguidance.torch.fill_next_token_bitmask(matcher, bits), matcher.consume_token, tokens, timing)  # noqa: B023
+    unsupported = llguidance.LLMatcher.grammar_from_json_schema({"not": {"type": "string"}})
+    timing.refuses_not = llguidance.LLMatcher(vocabulary, unsupported).is_error()
+    return timing
+
+
+def time_xgrammar(name: str, tokenizer: Any, width: int, cases: list) -> GrammarTiming:
+    """xgrammar with the same spacing; it is told the logits' width, as a server using it would be."""
+    import xgrammar
+
+    started = time.perf_counter()
+    info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=width)
+    compiler = xgrammar.GrammarCompiler(info, cache_enabled=False)
+    timing = GrammarTiming("xgrammar", name, time.perf_counter() - started, [], [], [], False)
+    bits = xgrammar.allocate_token_bitmask(1, info.vocab_size)
+
+    def compile_schema(schema: dict) -> Any:
+        return compiler.compile_json_schema(json.dumps(schema), any_whitespace=False, separators=JSON_SEPARATORS)
+
+    for case in cases:
+        started = time.perf_counter()
+        matcher = xgrammar.GrammarMatcher(compile_schema(case.schema))
+        timing.compile_ms.append((time.perf_counter() - started) * 1e3)
+        tokens = tokenizer.encode(json.dumps(case.example, separators=JSON_SEPARATORS), add_special_tokens=False)
+        drive(lambda: matcher.fill_next_token_bitmask(bits), matcher.accept_token, tokens, timing)  # noqa: B023
+    try:
+        compile_schema({"not": {"type": "string"}})
+    except Exception:  # any refusal counts
+        timing.refuses_not = True
+    return timing
+
+
+def time_grammar_engines() -> None:
+    """Both grammar engines on each tokenizer, for the test schemas and a tool call; one table, with versions."""
+    import importlib.metadata
+    import platform
+
+    from gptq_chat.testing.json_schemas import SCHEMAS, TOOL_CALL
+
+    cases = [*SCHEMAS, TOOL_CALL]
+    timings = []
+    for name, tokenizer, width in grammar_tokenizers():
+        timings.append(time_llguidance(name, tokenizer, cases))
+        timings.append(time_xgrammar(name, tokenizer, width, cases))
+    versions = {p: importlib.metadata.version(p) for p in ("llguidance", "xgrammar", "torch", "transformers")}
+    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {versions}; {len(cases)} schemas")
+    print(
+        "| engine | tokenizer | setup s | compile ms (median / max) | first mask ms (median) "
+        "| mask µs per token (median / p99 / max) | refuses `not` |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for t in timings:
+        p99 = statistics.quantiles(t.mask_us, n=100)[98]
+        print(
+            f"| {t.engine} | {t.tokenizer} | {t.setup_s:.2f} | {statistics.median(t.compile_ms):.1f} / "
+            f"{max(t.compile_ms):.1f} | {statistics.median(t.first_mask_ms):.2f} | "
+            f"{statistics.median(t.mask_us):.0f} / {p99:.0f} / {max(t.mask_us):.0f} | {t.refuses_not} |"
+        )
+    for package in ("llguidance", "xgrammar"):
+        print(f"{package} requires: {importlib.metadata.requires(package)}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from gptq_chat.engine.fast_engine import common_prefix, window_buckets
 from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.engine.sampling import SamplingState, sample
 from gptq_chat.engine.scheduler import Scheduler
-from gptq_chat.loading.loader import load
+from tests.support.batching import most_active
 from tests.support.near_tie import assert_near_tie
 
 pytestmark = pytest.mark.slow
@@ -24,10 +24,9 @@ QUESTIONS = ["What is the capital of France?", "Name three colors.", "How many d
 
 
 @pytest.fixture(scope="module")
-def paths(demo_model_dir):
-    plain = load(demo_model_dir, device="cpu", engine="plain")
-    fast = load(demo_model_dir, device="cpu", engine="fast", context_length=1024)
-    return plain, fast
+def paths(demo_paths):
+    """(plain, fast), as this module unpacks them."""
+    return demo_paths["plain"], demo_paths["fast"]
 
 
 def wait_until_idle(scheduler, seconds: float = 5.0) -> bool:
@@ -166,12 +165,7 @@ def test_window_buckets_and_prefix() -> None:
     assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2 and common_prefix([], [1]) == 0
 
 
-@pytest.fixture(scope="module")
-def batched(demo_model_dir):
-    return load(demo_model_dir, device="cpu", engine="fast", context_length=512, slots=4)
-
-
-def test_batched_requests_each_get_their_own_answer(paths, batched, demo_model_dir) -> None:
+def test_batched_requests_each_get_their_own_answer(paths, demo_slots, demo_model_dir) -> None:
     """Four questions decoded together, joining at different times, give the texts each gets alone."""
     _, fast = paths
     alone = {q: complete_reply(fast.scheduler, fast.tokenizer, ask(q), greedy(fast, 24)).text for q in QUESTIONS}
@@ -181,27 +175,26 @@ def test_batched_requests_each_get_their_own_answer(paths, batched, demo_model_d
 
     def ask_in_thread(question: str, delay: float) -> None:
         time.sleep(delay)
-        answers[question] = complete_reply(batched.scheduler, batched.tokenizer, ask(question), greedy(fast, 24)).text
+        answers[question] = complete_reply(
+            demo_slots.scheduler, demo_slots.tokenizer, ask(question), greedy(fast, 24)
+        ).text
 
     threads = [threading.Thread(target=ask_in_thread, args=(q, 0.3 * i)) for i, q in enumerate(questions)]
     for thread in threads:
         thread.start()
-    together = 0
-    while any(thread.is_alive() for thread in threads):
-        together = max(together, batched.scheduler.stats().active)
-        time.sleep(0.005)
+    together = most_active(demo_slots.scheduler, threads)
     for question in questions:
         if answers[question] != alone[question]:  # batching may flip a near tie (tests/near_tie.py)
             settings = greedy(fast).sampling
             messages = with_system(greedy(fast).system_prompt, ask(question))
             assert_near_tie(demo_model_dir, settings, messages, alone[question], answers[question])
     assert together >= 3  # they really were decoded in the same steps
-    assert batched.scheduler.stats().served >= len(questions) and wait_until_idle(batched.scheduler)
+    assert demo_slots.scheduler.stats().served >= len(questions) and wait_until_idle(demo_slots.scheduler)
 
 
 @pytest.mark.parametrize("which", ["plain", "batched"])
-def test_a_stream_closed_before_reading_leaves_the_queue(paths, batched, which) -> None:
-    scheduler = paths[0].scheduler if which == "plain" else batched.scheduler
+def test_a_stream_closed_before_reading_leaves_the_queue(paths, demo_slots, which) -> None:
+    scheduler = paths[0].scheduler if which == "plain" else demo_slots.scheduler
     prompt = paths[0].tokenizer.apply_chat_template(ask("Hi"), add_generation_prompt=True)["input_ids"]
     served = scheduler.stats().served
     stream = scheduler.generate(list(prompt), SamplingSettings(max_new_tokens=50), threading.Event())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,65 @@ def test_sequences_decoded_together_match_each_decoded_alone(qwen_shaped) -> Non
         top2 = alone.topk(2, dim=-1).values
         clear = (top2[:, 0] - top2[:, 1]) > 0.04 * scale
         assert torch.equal(together[slot].argmax(-1)[clear], alone.argmax(-1)[clear])
+
+
+def test_grammars_seeds_and_logprobs_under_cuda_graphs(qwen_shaped) -> None:
+    """Two slots replaying captured graphs: each reply under its own bounded schema parses and validates, with no
+    id of the logits' padding (151,646..151,935); a seed repeats its tokens alone and beside another request;
+    greedy log-probabilities rank the chosen token first."""
+    import json
+
+    import jsonschema
+    from transformers import AutoTokenizer
+
+    from gptq_chat.chat.constraints import constraint_compiler
+    from gptq_chat.engine.fast_engine import load_engine
+    from gptq_chat.testing.json_schemas import SCHEMAS
+    from gptq_chat.testing.qwen_tokenizer import SPECIAL_TOKEN_IDS
+
+    engine = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024, slots=2)
+    assert engine.use_graphs
+    scheduler = Scheduler(engine)
+    tokenizer = AutoTokenizer.from_pretrained(qwen_shaped)
+    stops = (SPECIAL_TOKEN_IDS["<|im_end|>"], SPECIAL_TOKEN_IDS["<|endoftext|>"])
+    compiler = constraint_compiler(tokenizer, stops)
+    prompt = forced_tokens()[:PROMPT].tolist()
+    cases = [SCHEMAS[2], SCHEMAS[7]]  # enums, digits: bounded whatever random weights choose
+    replies: dict[int, list[int]] = {}
+
+    def ask(index: int, settings: SamplingSettings) -> None:
+        replies[index] = list(scheduler.generate(prompt, settings, threading.Event()))
+
+    base = SamplingSettings(max_new_tokens=64, temperature=0.0, repetition_penalty=1.0, stop_token_ids=stops)
+    grammars = [compiler.json_schema(case.schema) for case in cases]
+    threads = [
+        threading.Thread(target=ask, args=(0, replace(base, constraint=grammars[0]))),
+        threading.Thread(target=ask, args=(1, replace(base, constraint=grammars[1], temperature=1.0, seed=3))),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, case in enumerate(cases):
+        ids = replies[index]
+        assert ids[-1] in stops and max(ids) < len(tokenizer)
+        jsonschema.validate(json.loads(tokenizer.decode(ids[:-1])), case.schema)
+
+    seeded = replace(base, temperature=1.0, top_k=0, top_p=1.0, seed=9, max_new_tokens=24, stop_token_ids=())
+    ask(0, seeded)
+    alone = replies[0]
+    ask(0, replace(seeded, seed=10))
+    assert replies[0] != alone
+    threads = [
+        threading.Thread(target=ask, args=(0, seeded)),
+        threading.Thread(target=ask, args=(1, replace(seeded, seed=None))),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert replies[0] == alone
+
+    for token in scheduler.generate(prompt, replace(base, logprobs=3, max_new_tokens=8), threading.Event()):
+        assert token.top_logprobs[0] == (int(token), token.logprob)
+    scheduler.close()

@@ -64,8 +64,9 @@ def test_a_token_of_context_costs_what_the_planner_charges_for_it(key: str, slot
 @pytest.mark.parametrize("slots", SLOTS)
 @pytest.mark.parametrize("key", sorted(KV_PER_TOKEN))
 def test_the_planner_counts_every_buffer_the_engine_keeps(key: str, slots: int) -> None:
-    """At no context the planner's buffers are the vocabulary-sized ones (each slot's logits and seen-token rows):
-    exactly the engine's. What it leaves to OVERHEAD_BYTES (ids, positions, settings, hidden states) stays small."""
+    """At no context the planner's buffers are the vocabulary-sized ones (each slot's logits, seen-token and grammar
+    mask rows): exactly the engine's. What it leaves to OVERHEAD_BYTES (ids, positions, settings, hidden states)
+    stays small."""
     shape = QWEN_SHAPES[key]
     measured = footprint(shape, slots)
     assert fast_buffer_bytes(shape, 0, slots) == shape.vocab_size * measured.per_entry

@@ -3,6 +3,8 @@ one-process engine's logits; the scheduler drives them as it drives one engine; 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import threading
 
 import pytest
@@ -94,6 +96,40 @@ def test_the_scheduler_batches_over_two_cards_and_reports_a_dead_one(tiny_gptq_d
     finally:
         scheduler.close()  # stops the followers too
     assert not any(p.is_alive() for p in engine.followers)
+
+
+def test_a_grammar_a_seed_and_logprobs_over_two_cards(tiny_gptq_dir, qwen_tokenizer) -> None:
+    """The first card alone samples: a request's grammar stays in its process (the follower repeats the GPU work
+    without it), its seed repeats its tokens, its log-probabilities come from the gathered logits."""
+    import json
+
+    import jsonschema
+
+    from gptq_chat.chat.constraints import constraint_compiler
+    from gptq_chat.testing.json_schemas import SCHEMAS
+    from gptq_chat.testing.qwen_tokenizer import SPECIAL_TOKEN_IDS
+
+    stops = (SPECIAL_TOKEN_IDS["<|im_end|>"], SPECIAL_TOKEN_IDS["<|endoftext|>"])
+    case = SCHEMAS[2]  # enums: bounded whatever random weights choose
+    grammar = constraint_compiler(qwen_tokenizer, stops).json_schema(case.schema)
+    settings = SamplingSettings(
+        max_new_tokens=48, temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0, stop_token_ids=stops
+    )
+    settings = dataclasses.replace(settings, seed=1, logprobs=2, constraint=grammar)
+    engine = load_tensor_parallel(tiny_gptq_dir, "torch_aten", [CPU, CPU], CONTEXT, torch.bfloat16)
+    scheduler = Scheduler(engine)
+    prompt = forced_tokens()[:PROMPT].tolist()
+    try:
+        first, again = (list(scheduler.generate(prompt, settings, threading.Event())) for _ in range(2))
+    finally:
+        scheduler.close()
+    assert first == again and first[-1] in stops
+    jsonschema.validate(json.loads(qwen_tokenizer.decode(first[:-1])), case.schema)
+    for token in first:  # the best two the grammar allows, sorted, and the chosen token's value where listed
+        ids, values = zip(*token.top_logprobs, strict=True)
+        assert len(set(ids)) == len(ids) and list(values) == sorted(values, reverse=True)
+        assert math.fsum(map(math.exp, values)) <= 1 + 1e-3
+        assert token.logprob <= values[0] and (int(token) not in ids or token.logprob == values[ids.index(token)])
 
 
 def assert_each_token_is_the_top_choice(engine, prompt: list[int], answer: list[int]) -> None:

@@ -6,6 +6,11 @@ sequences is one CUDA graph; the scheduler (`scheduler.py`) replays it and reads
 per sequence per step, one step behind the GPU so the read never stalls it. Graphs are captured
 per batch size and attention window ("bucket"), so a short chat only reads the part of the
 cache it has filled. On the CPU the same step runs eagerly.
+
+Grammars, seeds and log-probabilities change no graph: each slot's grammar mask, seed key and draw count are
+tensors the captured sampler reads (`sampling.py`); the scheduler fills a constrained slot's mask between steps
+(`constrain`); log-probabilities are computed after a step, outside the graphs, only when a request asked
+(`score`), from the logits the step keeps.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 
 from gptq_chat.engine.network import CacheRows, Transformer, load_transformer
 from gptq_chat.engine.protocols import SamplingSettings, SlotEngine
-from gptq_chat.engine.sampling import SamplingState, sample
+from gptq_chat.engine.sampling import SamplingState, TokenScores, sample, score
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +111,9 @@ class FastEngine(SlotEngine):
         self.parked_position = context_length - 1
         self.windows = window_buckets(context_length)
         self.rows = row_buckets(slots)
-        self.sampling = SamplingState.allocate(slots, model.shape.vocab_size, out)
+        self.vocab_width = model.shape.vocab_size
+        self.sampling = SamplingState.allocate(slots, self.vocab_width, out)
+        self.scores = TokenScores.allocate(slots, self.vocab_width, out)
         self.tokens = torch.zeros(slots, 1, dtype=torch.long, device=self.device)
         # Each segment's card keeps its own copy of the positions, and receives the hidden state in `carried`.
         self.positions = [
@@ -150,7 +157,7 @@ class FastEngine(SlotEngine):
         self.logits[:rows].copy_(logits)  # kept for tests and teacher forcing
         chosen = self.model.agree(sample(logits, self.sampling, greedy))
         self.next_tokens[:rows].copy_(chosen)
-        self.sampling.seen[:rows].scatter_(1, chosen.unsqueeze(-1), True)
+        self.sampling.took(chosen)
         if index == 0:
             self.tokens[:rows].copy_(chosen.unsqueeze(-1))
 
@@ -279,6 +286,18 @@ class FastEngine(SlotEngine):
                 self.graphs[(index, bucket, window, greedy)].replay()
             self.hand_over(index, bucket)
 
+    def constrain(self, slot: int, allowed: torch.Tensor | None) -> None:
+        """The grammar mask for the slot's next token (host int32 words), or None for any token."""
+        self.sampling.constrain(slot, allowed)
+
+    @torch.inference_mode()
+    def score(self, first: int, rows: int) -> None:
+        """Log-probabilities of the tokens slots first..first+rows-1 just chose, into `scores`: a few kernels
+        after the step, queued behind it, only for the steps of a request that asked."""
+        end = first + rows
+        allowed = self.sampling.allowed[first:end]
+        score(self.logits[first:end], allowed, self.next_tokens[first:end], self.scores, first)
+
     def window_for(self, length: int) -> int:
         """The smallest captured attention window that holds `length` cache entries."""
         return next(w for w in self.windows if w >= length)
@@ -318,8 +337,11 @@ class FastEngine(SlotEngine):
         return logits
 
     @torch.inference_mode()
-    def prefill(self, prompt_ids: list[int], settings: SamplingSettings, slot: int = 0) -> None:
-        """Fill the slot's cache for the part of the prompt it does not already hold; leave the first new token."""
+    def prefill(
+        self, prompt_ids: list[int], settings: SamplingSettings, slot: int = 0, allowed: torch.Tensor | None = None
+    ) -> None:
+        """Fill the slot's cache for the part of the prompt it does not already hold; leave the first new token,
+        chosen under the grammar mask `allowed` (host int32 words) if there is one."""
         if not prompt_ids or len(prompt_ids) >= self.context_length:
             raise ValueError(
                 f"The prompt has {len(prompt_ids)} tokens; the engine's context holds {self.context_length}."
@@ -327,13 +349,13 @@ class FastEngine(SlotEngine):
         reuse = min(common_prefix(self.cached[slot], prompt_ids), len(prompt_ids) - 1)
         self.cached[slot] = []  # set again by park(); stays empty if this call fails half-way
         prompt = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
-        self.sampling.configure(slot, settings, prompt.to(self.next_tokens.device))
+        self.sampling.configure(slot, settings, prompt.to(self.next_tokens.device), allowed)
         logits = self.prefill_logits(prompt, reuse, slot)
         first = self.model.agree(sample(logits, self.sampling.row(slot), greedy=settings.temperature == 0))
         self.next_tokens[slot : slot + 1].copy_(first)
         self.tokens[slot : slot + 1, 0].copy_(first)
         self.set_position(slot, len(prompt_ids))
-        self.sampling.seen[slot].scatter_(0, first, True)
+        self.sampling.row(slot).took(first)
         self.stats.reused_prompt_tokens = reuse
         self.stats.prefill_tokens = len(prompt_ids) - reuse
 

@@ -1,7 +1,8 @@
 """The plain path: transformers' `model.generate` as a `TokenSource`, on every device, kernel and split.
 
 Launch-bound on GPUs (the fast engine is ~17x faster there), but it runs whatever transformers runs: the CPU,
-the legacy auto-gptq stack, CPU offload.
+the legacy auto-gptq stack, CPU offload. A request with a grammar, a seed or a wish for log-probabilities is
+sampled by the engine's own sampler inside `generate` (`plain_sampler.py`).
 """
 
 from __future__ import annotations
@@ -15,18 +16,20 @@ from gptq_chat.engine.protocols import SamplingSettings
 
 
 class _TokenQueue:
-    """A transformers streamer that hands new token ids to another thread."""
+    """A transformers streamer that hands new token ids (scored ones, where the sampler made them) to another
+    thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, sampler: Any | None) -> None:
         self.items: queue.Queue[Any] = queue.Queue()
         self.prompt_seen = False
+        self.sampler = sampler
 
     def put(self, value: Any) -> None:
         if not self.prompt_seen:  # generate() first echoes the prompt
             self.prompt_seen = True
             return
         for token in value.reshape(-1).tolist():
-            self.items.put(int(token))
+            self.items.put(self.sampler.streamed(int(token)) if self.sampler else int(token))
 
     def end(self) -> None:
         self.items.put(StopIteration)
@@ -50,42 +53,54 @@ class PlainEngine:
         """Where input ids must go: the embedding's device, which also holds for a model split over GPUs."""
         return self.model.get_input_embeddings().weight.device
 
-    def generate_kwargs(self, prompt_ids: list[int], settings: SamplingSettings) -> dict[str, Any]:
+    def generate_kwargs(self, prompt_ids: list[int], settings: SamplingSettings, sampler: Any = None) -> dict[str, Any]:
+        """`generate`'s arguments; with `sampler` (an `EngineSampler`) it chooses every token and `generate` only
+        takes its choice."""
         import torch
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
 
         ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.input_device())
-        sampled = settings.temperature > 0
+        sampled = settings.temperature > 0 and sampler is None
         config = GenerationConfig(
             max_new_tokens=settings.max_new_tokens,
             do_sample=sampled,
             temperature=settings.temperature if sampled else None,
             top_p=settings.top_p if sampled else None,
             top_k=settings.top_k if sampled else None,
-            repetition_penalty=settings.repetition_penalty,
+            repetition_penalty=settings.repetition_penalty if sampler is None else 1.0,
             eos_token_id=list(settings.stop_token_ids) or None,
             pad_token_id=self.pad_id,
         )
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "generation_config": config}
+        processors = LogitsProcessorList([sampler] if sampler is not None else [])
+        return {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "generation_config": config,
+            "logits_processor": processors,
+        }
 
     def generate(self, prompt_ids: list[int], settings: SamplingSettings, stop: threading.Event) -> Iterator[int]:
         from transformers import StoppingCriteria, StoppingCriteriaList
+
+        from gptq_chat.engine.plain_sampler import EngineSampler, needs_own_sampler
+
+        sampler = EngineSampler(settings) if needs_own_sampler(settings) else None
 
         class StopWhenAsked(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
                 import torch
 
-                halt = stop.is_set() or abandoned.is_set()
+                halt = stop.is_set() or abandoned.is_set() or (sampler is not None and sampler.ended)
                 return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
 
-        streamer = _TokenQueue()
+        streamer = _TokenQueue(sampler)
         abandoned = threading.Event()
         failure: list[BaseException] = []
 
         def run() -> None:
             try:
                 self.model.generate(
-                    **self.generate_kwargs(prompt_ids, settings),
+                    **self.generate_kwargs(prompt_ids, settings, sampler),
                     streamer=streamer,
                     stopping_criteria=StoppingCriteriaList([StopWhenAsked()]),
                 )

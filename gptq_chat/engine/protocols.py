@@ -6,6 +6,11 @@ Every generation path (the plain transformers path, the scheduler over the fast 
 An engine that decodes several sequences at once, each in its own row of a KV cache (`FastEngine`, and
 `TensorParallelEngine` over several GPUs), is a `SlotEngine`: the scheduler admits requests into its slots and runs
 one batched step for all of them.
+
+A request may also carry a grammar (`SamplingSettings.constraint`, a `Grammar`), a seed, and a wish for
+log-probabilities. The engine room only knows the two grammar protocols below: compiling a JSON schema or a Lark
+grammar needs the tokenizer and a grammar library, which live above it (`gptq_chat/chat/constraints.py`). Tokens
+of a request that asked for log-probabilities come as `ScoredToken`s, which are ints everywhere else.
 """
 
 from __future__ import annotations
@@ -16,10 +21,55 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+MAX_TOP_LOGPROBS = 20  # as OpenAI's top_logprobs
+
+
+class GrammarMatcher(Protocol):
+    """One request's place in its grammar, advanced on the host after each token."""
+
+    def fill_allowed(self, bits: Any) -> None:
+        """Write the tokens that may come next into `bits` (a CPU int32 tensor of ceil(width / 32) words; bit
+        `t % 32` of word `t // 32` for token t), clearing every bit past the tokenizer's vocabulary."""
+        ...
+
+    def advance(self, token: int) -> None:
+        """Take the token that was chosen."""
+        ...
+
+    @property
+    def finished(self) -> bool:
+        """Whether the grammar is complete: only an end token may follow."""
+        ...
+
+
+class Grammar(Protocol):
+    """A compiled constraint, shared by every request that carries it; each starts its own matcher."""
+
+    def start(self) -> GrammarMatcher: ...
+
+
+class ScoredToken(int):
+    """A generated token id with its log-probability and the likeliest tokens at its place (id, log-probability),
+    best first: what a request that asked for log-probabilities receives. An int to everything else."""
+
+    logprob: float
+    top_logprobs: tuple[tuple[int, float], ...]
+
+    def __new__(cls, token: int, logprob: float, top_logprobs: tuple[tuple[int, float], ...]) -> ScoredToken:
+        scored = super().__new__(cls, token)
+        scored.logprob = logprob
+        scored.top_logprobs = top_logprobs
+        return scored
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How to pick tokens; temperature 0 means greedy."""
+    """How to pick tokens; temperature 0 means greedy.
+
+    `seed` makes sampled tokens reproducible on the same engine (None: random); `logprobs` asks for each token's
+    log-probability and that many alternatives (0 to `MAX_TOP_LOGPROBS`; None: none); `constraint` is the grammar
+    the reply must follow (None: free text).
+    """
 
     max_new_tokens: int = 512
     temperature: float = 0.7
@@ -27,6 +77,9 @@ class SamplingSettings:
     top_k: int = 20
     repetition_penalty: float = 1.05
     stop_token_ids: tuple[int, ...] = ()
+    seed: int | None = None
+    logprobs: int | None = None
+    constraint: Grammar | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -35,6 +88,8 @@ class SamplingSettings:
             "top_p must be in (0, 1]": 0 < self.top_p <= 1,
             "top_k must be 0 (off) or more": self.top_k >= 0,
             "repetition_penalty must be between 1 and 2": 1 <= self.repetition_penalty <= 2,
+            f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}": self.logprobs is None
+            or 0 <= self.logprobs <= MAX_TOP_LOGPROBS,
         }
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
@@ -61,7 +116,8 @@ class SlotEngine(ABC):
 
     `prefill` puts a prompt into a slot and leaves its first new token in `next_tokens[slot]`; `decode` runs one
     step for the first `rows` slots; `park` retires a slot, whose cache keeps the K/V of `cached[slot]` for a
-    prompt that starts the same way.
+    prompt that starts the same way. A grammar's mask reaches a slot with `prefill` (for the first token) and
+    `constrain` (before each step); `score` leaves log-probabilities of the latest tokens in `scores`.
     """
 
     name: str
@@ -69,10 +125,23 @@ class SlotEngine(ABC):
     context_length: int
     device: Any  # torch.device where token ids go in
     next_tokens: Any  # a device tensor [slots]: each slot's latest token
+    scores: Any  # a `sampling.TokenScores` on the device: what `score` computed
+    vocab_width: int  # the logits' width: a grammar mask has ceil(vocab_width / 32) words
     cached: list[list[int]]  # per slot: the tokens whose K/V its cache row holds
 
     @abstractmethod
-    def prefill(self, prompt_ids: list[int], settings: SamplingSettings, slot: int = 0) -> None: ...
+    def prefill(
+        self, prompt_ids: list[int], settings: SamplingSettings, slot: int = 0, allowed: Any | None = None
+    ) -> None:
+        """`allowed`: the grammar's mask for the first token (a host int32 tensor), or None for any token."""
+
+    @abstractmethod
+    def constrain(self, slot: int, allowed: Any | None) -> None:
+        """The mask the slot's next token must follow (a host int32 tensor, pinned on a GPU), or None for any."""
+
+    @abstractmethod
+    def score(self, first: int, rows: int) -> None:
+        """Log-probabilities of the tokens slots first..first+rows-1 just chose, into `scores` (no host sync)."""
 
     @abstractmethod
     def decode(self, rows: int, length: int, greedy: bool) -> None: ...

@@ -7,6 +7,12 @@ of them: continuous batching, a request joins or leaves between any two steps. T
 one step ahead of the host: it launches step k+1 before it reads step k's tokens, so the GPU
 never waits for Python. Any other engine (the plain transformers path) serves one request at a
 time in its caller's thread. A full queue is refused at once with `QueueFull`, never left to hang.
+
+A request with a grammar needs the token chosen at step k before its mask for step k+1 exists, so while one runs
+the worker reads each step's tokens before it launches the next: the host fills the masks (the grammar library's
+time, tens of microseconds a token on a CPU core, and one copy of ceil(vocab / 32) int32 words per constrained
+row) while the GPU waits. Requests without a grammar run one step ahead again as soon as none is left.
+Log-probabilities are copied with the tokens, only in steps where a request asked for them.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from gptq_chat.engine.protocols import SamplingSettings, SlotEngine, TokenSource
+from gptq_chat.engine.protocols import GrammarMatcher, SamplingSettings, SlotEngine, TokenSource
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +87,7 @@ class Request:
     launched: int = 0  # decode steps that fed one of this request's tokens
     slot: int = -1
     done: bool = False
+    matcher: GrammarMatcher | None = None  # where its grammar stands, if it has one
 
     @property
     def position(self) -> int:
@@ -97,11 +104,35 @@ class Request:
 
 
 @dataclass
+class HostBuffers:
+    """The worker's host memory (pinned on a GPU machine): two of each buffer a step's results are copied into,
+    so one step's copy lands while the previous one is read, and the grammar masks it fills for the next step."""
+
+    tokens: list[Any]  # [slots] int64 each
+    scores: list[Any]  # `sampling.TokenScores` each
+    masks: Any  # [slots, words] int32
+
+    @classmethod
+    def allocate(cls, engine: SlotEngine, cuda: bool) -> HostBuffers:
+        """Once per worker, for the engine's slots and logits width: every step reuses them instead of pinning anew."""
+        import torch
+
+        from gptq_chat.engine.sampling import TokenScores, mask_words
+
+        return cls(
+            tokens=[torch.zeros(engine.slots, dtype=torch.long, pin_memory=cuda) for _ in range(2)],
+            scores=[TokenScores.allocate(engine.slots, engine.vocab_width, "cpu", pin=cuda) for _ in range(2)],
+            masks=torch.zeros(engine.slots, mask_words(engine.vocab_width), dtype=torch.int32, pin_memory=cuda),
+        )
+
+
+@dataclass
 class Launched:
-    """A decode step on its way: which request each row belonged to, and where its tokens will land."""
+    """A decode step on its way: which request each row belonged to, and where its results will land."""
 
     rows: list[tuple[int, Request]]
     host: Any  # pinned tensor the tokens are copied into
+    scores: Any  # pinned `TokenScores` the log-probabilities are copied into, if a row asked for them
     ready: Any  # CUDA event (None on the CPU)
 
 
@@ -264,7 +295,7 @@ class Scheduler:
         cuda = engine.device.type == "cuda"
         if cuda:
             torch.cuda.set_device(engine.device)  # prompt graphs replay on this thread's current card
-        hosts = [torch.zeros(engine.slots, dtype=torch.long, pin_memory=cuda) for _ in range(2)]
+        buffers = HostBuffers.allocate(engine, cuda)
         inflight: Launched | None = None
         steps = 0
         while True:
@@ -277,9 +308,12 @@ class Scheduler:
                 admitted = self.take_pending(engine)
             try:
                 for request in admitted:
-                    self.start(engine, request)
+                    self.start(engine, request, buffers.masks)
                 self.drop_cancelled(engine)
-                launched = self.launch(engine, hosts[steps % 2], cuda)
+                if inflight is not None and any(r.matcher is not None for r in self.running.values()):
+                    self.deliver(engine, inflight)  # a grammar's next mask needs the tokens just chosen
+                    inflight = None
+                launched = self.launch(engine, buffers, steps % 2, cuda)
                 steps += 1
                 if inflight is not None:
                     self.deliver(engine, inflight)
@@ -317,11 +351,20 @@ class Scheduler:
             admitted.append(request)
         return admitted
 
-    def start(self, engine: SlotEngine, request: Request) -> None:
-        """Prefill into the request's slot and hand over its first token."""
+    def start(self, engine: SlotEngine, request: Request, masks: Any) -> None:
+        """Prefill into the request's slot (under its grammar's first mask) and hand over its first token."""
+        settings, slot = request.settings, request.slot
         try:
-            engine.prefill(request.prompt_ids, request.settings, request.slot)
-            first = int(engine.next_tokens[request.slot])
+            allowed = None
+            if settings.constraint is not None:
+                request.matcher = settings.constraint.start()
+                allowed = masks[slot]
+                request.matcher.fill_allowed(allowed)
+            engine.prefill(request.prompt_ids, settings, slot, allowed)
+            first = int(engine.next_tokens[slot])
+            if settings.logprobs is not None:
+                engine.score(slot, 1)
+                first = engine.scores.token(slot, first, settings.logprobs)
         except Exception as error:
             log.warning("Prefill of %d tokens failed: %s", len(request.prompt_ids), error)
             request.tokens.put(as_out_of_memory(error, len(request.prompt_ids)))
@@ -329,23 +372,35 @@ class Scheduler:
             return
         self.accept(engine, request, first)
 
-    def launch(self, engine: SlotEngine, host: Any, cuda: bool) -> Launched | None:
-        """Run one decode step over every slot up to the highest busy one; copy its tokens to `host`."""
+    def launch(self, engine: SlotEngine, buffers: HostBuffers, parity: int, cuda: bool) -> Launched | None:
+        """Run one decode step over every slot up to the highest busy one, each constrained row under its
+        grammar's mask; copy its tokens (and log-probabilities, if a row asked) to the `parity` buffers."""
         rows = [(slot, r) for slot, r in sorted(self.running.items()) if r.steps_left]
         if not rows:
             return None
+        for slot, request in rows:
+            if request.matcher is not None:  # its previous token was delivered: the mask is up to date
+                request.matcher.fill_allowed(buffers.masks[slot])
+                engine.constrain(slot, buffers.masks[slot])
         greedy = all(r.settings.temperature == 0 for _, r in rows)
-        engine.decode(rows[-1][0] + 1, max(r.position for _, r in rows) + 1, greedy)
+        count = rows[-1][0] + 1
+        engine.decode(count, max(r.position for _, r in rows) + 1, greedy)
         for _, request in rows:
             request.launched += 1
+        host = buffers.tokens[parity]
         host.copy_(engine.next_tokens, non_blocking=cuda)
+        scores = None
+        if any(r.settings.logprobs is not None for _, r in rows):
+            engine.score(0, count)
+            scores = buffers.scores[parity]
+            scores.copy_(engine.scores, slice(0, count), non_blocking=cuda)
         ready = None
         if cuda:
             import torch
 
             ready = torch.cuda.Event()
             ready.record(torch.cuda.current_stream(engine.next_tokens.device))  # the card that chose them
-        return Launched(rows, host, ready)
+        return Launched(rows, host, scores, ready)
 
     def deliver(self, engine: SlotEngine, step: Launched) -> None:
         """Hand each row's token to its request once the step has run."""
@@ -353,14 +408,26 @@ class Scheduler:
             step.ready.synchronize()
         tokens = step.host.tolist()
         for slot, request in step.rows:
-            if not request.done:
-                self.accept(engine, request, tokens[slot])
+            if request.done:
+                continue
+            wanted = request.settings.logprobs
+            token = tokens[slot] if wanted is None else step.scores.token(slot, tokens[slot], wanted)
+            self.accept(engine, request, token)
 
     def accept(self, engine: SlotEngine, request: Request, token: int) -> None:
-        """A new token for `request`: pass it on, and end the request on a stop token, its budget or a stop."""
-        request.generated.append(token)
+        """A new token for `request`: pass it on, and end the request on a stop token, its budget, the end of its
+        grammar or a stop. A token its grammar refuses (which the masks should make impossible) ends it with the
+        grammar library's error."""
+        request.generated.append(int(token))  # ids only: what the cache holds (and followers are sent)
         request.tokens.put(token)
         ended = token in request.settings.stop_token_ids or len(request.generated) >= request.budget
+        if request.matcher is not None and not ended:
+            ended = request.matcher.finished  # a token after the grammar is complete is its end token
+            try:
+                request.matcher.advance(token)
+            except ValueError as error:
+                request.tokens.put(error)
+                ended = True
         if ended or request.stop.is_set():
             self.finish(engine, request)
 

@@ -8,7 +8,8 @@ One process per card, as NCCL wants. This process drives the first card and the 
 (`TensorParallelEngine`, a `SlotEngine`); each other card has a follower process (`follow`) that
 loads its shard, captures the same graphs, and then repeats every call that touches the GPU, in the same order:
 the collectives inside those calls keep the cards in step. The first card alone samples; the others take its
-tokens (`Shard.agree`).
+tokens (`Shard.agree`). So grammar masks and log-probabilities concern the first card only: followers get no
+grammar (it would not cross a process boundary, and their choices are discarded anyway).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ import torch.distributed as dist
 from gptq_chat.engine.devices import CUDA_CONTEXT_BYTES, cap_card
 from gptq_chat.engine.fast_engine import FastEngine, Progress
 from gptq_chat.engine.network import Shard, load_transformer
-from gptq_chat.engine.protocols import SlotEngine
+from gptq_chat.engine.protocols import SamplingSettings, SlotEngine
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +149,8 @@ class TensorParallelEngine(SlotEngine):
         self.context_length = local.context_length
         self.device = local.device
         self.next_tokens = local.next_tokens
+        self.scores = local.scores
+        self.vocab_width = local.vocab_width
         self.closed = False
         # At exit too (Ctrl-C in the page or the API server): a process that ends with its graphs and group
         # still alive can hang in NCCL's teardown (pytorch/pytorch#115388).
@@ -170,9 +174,17 @@ class TensorParallelEngine(SlotEngine):
     def stats(self) -> Any:
         return self.local.stats
 
-    def prefill(self, prompt_ids: list[int], settings: Any, slot: int = 0) -> None:
-        self.every_card("prefill", prompt_ids, settings, slot)
-        self.local.prefill(prompt_ids, settings, slot)
+    def prefill(
+        self, prompt_ids: list[int], settings: SamplingSettings, slot: int = 0, allowed: Any | None = None
+    ) -> None:
+        self.every_card("prefill", prompt_ids, replace(settings, constraint=None), slot)
+        self.local.prefill(prompt_ids, settings, slot, allowed)
+
+    def constrain(self, slot: int, allowed: Any | None) -> None:
+        self.local.constrain(slot, allowed)
+
+    def score(self, first: int, rows: int) -> None:
+        self.local.score(first, rows)
 
     def decode(self, rows: int, length: int, greedy: bool) -> None:
         self.every_card("decode", rows, length, greedy)

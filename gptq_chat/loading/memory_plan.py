@@ -35,7 +35,8 @@ The fast engine (``path="fast"``: fast_engine.py, network.py) needs the same wei
 allocates the cache once for the whole `context` and runs its own prefill: fused q/k/v and gate/up outputs
 (prompt * (2*hidden + 4*intermediate) * 2 bytes at the MLP's peak: residual, normed input, gate|up, silu(gate),
 silu*up), SDPA without a mask, logits for the last position only; plus the buffers it holds (rope tables; per
-slot, an fp32 logits row and the sampling state's seen-token mask), what sampling a step's rows holds at once,
+slot, an fp32 logits row, the sampling state's seen-token mask and its grammar's bit mask), what sampling a step's
+rows holds at once,
 and the private memory pool of its captured CUDA graphs (FAST_GRAPH_POOL_BYTES, a named constant to calibrate on
 a GPU). tests/test_planner_truth.py counts the bytes the engine really allocates on the CPU against these terms.
 
@@ -51,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gptq_chat.engine.devices import CUDA_CONTEXT_BYTES
+from gptq_chat.engine.sampling import mask_words
 from gptq_chat.engine.shape import FP16, GPTQSettings, ModelShape
 
 GIB = 1024**3
@@ -61,9 +63,10 @@ FAST_GRAPH_POOL_BYTES = 64 * 1024**2  # the CUDA-graph pool: one decode step's t
 FAST_MLP_WIDTH = (2, 4)  # the fast prefill's peak per token: 2 x hidden + 4 x intermediate fp16 values
 # What sampling holds at once per vocabulary entry (engine/sampling.py, the top-k/top-p path every sampled step takes).
 # Per row: the fp16 logits it is given (2), the penalised and the scaled fp32 logits (4 + 4), the sort's int64 order
-# (8), then fp32 the top-k-masked values, the mass ranked above, the top-p-masked probabilities, the exponential noise
-# and probabilities / noise (5 x 4). Once for all rows: the int64 ranks 0..vocab-1 (8).
-SAMPLING_BYTES = (2 + 4 + 4 + 8 + 5 * 4, 8)  # (per row, once)
+# (8), then fp32 the top-k-masked values, the mass ranked above, the top-p-masked probabilities and their cumulative
+# sum (4 x 4), and which of them are kept (bool, 1). Once for all rows: the int64 ranks 0..vocab-1 (8). The grammar
+# mask's expansion (int32 bits, 4 + 1) comes and goes before the sort, when less is held.
+SAMPLING_BYTES = (2 + 4 + 4 + 8 + 4 * 4 + 1, 8)  # (per row, once)
 
 
 class PlannedModel(Protocol):
@@ -143,10 +146,11 @@ def fast_prefill_activation_bytes(shape: ModelShape, prompt_tokens: int) -> int:
 
 def fast_buffer_bytes(shape: ModelShape, context: int, slots: int = 1) -> int:
     """What the fast engine holds besides the weights and the KV cache: rope cos/sin for every position and, per slot
-    (each samples its own row), an fp32 logits row and a bool seen-token mask over the vocabulary. Its ids, positions,
-    settings and hidden state per slot (a few KiB) are left to OVERHEAD_BYTES."""
+    (each samples its own row), an fp32 logits row, a bool seen-token mask and a grammar mask of one bit per entry
+    (int32 words) over the vocabulary. Its ids, positions, settings, seeds, log-probability rows and hidden state per
+    slot (a few KiB) are left to OVERHEAD_BYTES."""
     rope = 2 * context * shape.head_dim * FP16
-    return rope + slots * shape.vocab_size * (4 + 1)
+    return rope + slots * (shape.vocab_size * (4 + 1) + mask_words(shape.vocab_size) * 4)
 
 
 def sampling_bytes(vocab_size: int, rows: int) -> int:

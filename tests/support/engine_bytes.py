@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import weakref
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -133,23 +134,24 @@ class Footprint:
     """What a fast engine of one shape keeps besides its weights, by what it grows with, in bytes (measured)."""
 
     per_token: int  # each token of context
-    per_entry: int  # each vocabulary entry
+    per_entry: Fraction  # each vocabulary entry: whole bytes, and one bit a slot for the grammar mask
     rest: int  # neither (SMALL_BUFFERS)
 
 
 @cache
 def footprint(shape: ModelShape, slots: int = 1) -> Footprint:
     """The engine built on the meta device at two contexts and two vocabularies, its held bytes split by the
-    differences: exact integers, or the engine's buffers do not grow linearly with them."""
+    differences: whole bytes per token and whole bits per vocabulary entry, or the engine's buffers do not grow
+    linearly with them (the vocabularies are multiples of 32, a grammar mask's word)."""
     first, second = CONTEXTS
     model = network_on_meta(shape)
     base = held_bytes(model, first, slots)
     per_token, left = divmod(held_bytes(model, second, slots) - base, second - first)
     assert left == 0, f"{left} bytes of the engine's buffers do not grow by the token"
     wider = network_on_meta(replace(shape, vocab_size=2 * shape.vocab_size))
-    per_entry, left = divmod(held_bytes(wider, first, slots) - base, shape.vocab_size)
-    assert left == 0, f"{left} bytes of the engine's buffers do not grow by the vocabulary entry"
-    return Footprint(per_token, per_entry, base - first * per_token - shape.vocab_size * per_entry)
+    per_entry = Fraction(held_bytes(wider, first, slots) - base, shape.vocab_size)
+    assert (per_entry * 8).denominator == 1, f"the engine's buffers grow by {per_entry} bytes a vocabulary entry"
+    return Footprint(per_token, per_entry, int(base - first * per_token - shape.vocab_size * per_entry))
 
 
 @dataclass(frozen=True)
