@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.support.fixtures_qwen",
     "tests.support.fixtures_demo",
     "tests.support.fixtures_random",
+    "tests.support.fixtures_api",
     "tests.support.engine_bytes",
 ]

@@ -9,16 +9,19 @@ The client's messages are the history as sent: a prompt that does not fit is ref
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gptq_chat.chat.prompt import Message, encode_chat
-from gptq_chat.chat.tools import ToolUse, tool_use
-from gptq_chat.engine.protocols import SamplingSettings
+from gptq_chat.api.logprobs import Spelling
+from gptq_chat.chat.constraints import UnsupportedConstraint, constraint_compiler
+from gptq_chat.chat.tools import ForcedCalls, ToolUse, tool_use
+from gptq_chat.engine.protocols import MAX_TOP_LOGPROBS, Grammar, SamplingSettings
 from gptq_chat.engine.scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -79,6 +82,20 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    description: str | None = None
+    strict: bool | None = None  # the schema is always enforced; `strict: false` asks for no less
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 # OpenAI's request fields that only describe the caller or ask OpenAI to keep the request: nothing to act on here.
 HINTS = frozenset({"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key"})
 # OpenAI's fields this server does not act on, and the values that ask for nothing (what a client that does not use
@@ -87,10 +104,6 @@ NOT_ACTED_ON: dict[str, tuple[Any, ...]] = {
     "frequency_penalty": (0, 0.0),
     "presence_penalty": (0, 0.0),
     "logit_bias": ({},),
-    "logprobs": (False,),
-    "top_logprobs": (0,),
-    "seed": (),
-    "response_format": ({"type": "text"},),
     "functions": ([],),
     "function_call": ("none", "auto"),
     "modalities": (["text"],),
@@ -119,6 +132,8 @@ class SamplingRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    seed: int | None = None
+    response_format: ResponseFormat | None = None  # beyond OpenAI's completions endpoint, as vLLM
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -129,6 +144,8 @@ class ChatCompletionRequest(SamplingRequest):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
 
 class CompletionRequest(SamplingRequest):
@@ -138,6 +155,7 @@ class CompletionRequest(SamplingRequest):
     echo: bool | None = False
     suffix: str | None = None
     best_of: int | None = None
+    logprobs: int | None = None  # how many alternatives to show for each token
 
 
 def param_path(location: tuple[Any, ...]) -> str:
@@ -210,6 +228,11 @@ class ServedModel:
             context_length=loaded.facts.default_context,
         )
 
+    @functools.cached_property
+    def spelling(self) -> Spelling:
+        """Each token's text and bytes, for log-probabilities (learned token by token, then kept)."""
+        return Spelling(self.tokenizer)
+
 
 # -- validation: request → job --------------------------------------------------------------------------------
 
@@ -265,14 +288,21 @@ def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
     return tuple(stops)
 
 
-def sampling_settings(request: SamplingRequest, defaults: SamplingSettings, max_tokens: int) -> SamplingSettings:
+def sampling_settings(
+    request: SamplingRequest,
+    defaults: SamplingSettings,
+    max_tokens: int,
+    logprobs: int | None = None,
+    constraint: Grammar | None = None,
+) -> SamplingSettings:
     """The checkpoint's defaults, overridden by what the request sets; out-of-range values are a 400."""
-    chosen: dict[str, Any] = {"max_new_tokens": max_tokens}
+    chosen: dict[str, Any] = {"max_new_tokens": max_tokens, "logprobs": logprobs, "constraint": constraint}
     for name, value in (
         ("temperature", request.temperature),
         ("top_p", request.top_p),
         ("top_k", None if request.top_k is None else max(request.top_k, 0)),
         ("repetition_penalty", request.repetition_penalty),
+        ("seed", request.seed),
     ):
         if value is not None:
             chosen[name] = value
@@ -318,8 +348,11 @@ def job(
     prompt_ids: list[int],
     requested: int | None,
     tools: ToolUse | None = None,
+    logprobs: int | None = None,
 ) -> Job:
-    """The job for `prompt_ids`: `requested` new tokens at most (None: the rest of the context)."""
+    """The job for `prompt_ids`: `requested` new tokens at most (None: the rest of the context), and `logprobs`
+    alternatives to each token's log-probability (None: no log-probabilities)."""
+    constraint = reply_constraint(request, model, tools.forced if tools is not None else None)
     stops = stop_strings(request.stop) + (tools.stop_strings if tools is not None else ())
     room = model.context_length - len(prompt_ids)
     if room < 1:
@@ -330,7 +363,7 @@ def job(
         raise context_error(model, len(prompt_ids), requested)
     return Job(
         prompt_ids=prompt_ids,
-        sampling=sampling_settings(request, model.defaults, requested or room),
+        sampling=sampling_settings(request, model.defaults, requested or room, logprobs, constraint),
         stops=stops,
         stream=bool(request.stream),
         include_usage=bool(request.stream_options and request.stream_options.include_usage),
@@ -342,14 +375,59 @@ def validate(request: ChatCompletionRequest, model: ServedModel) -> Job:
     """Everything a chat request can get wrong, checked before it takes a place in the queue."""
     admit(request, model)
     requested = request.max_completion_tokens if request.max_tokens is None else request.max_tokens
+    logprobs = chat_logprobs_asked(request)
     if not request.tools and not any(m.role == "tool" or m.tool_calls for m in request.messages):
-        return job(request, model, encode_chat(model.tokenizer, chat_messages(request.messages)), requested)
+        prompt_ids = encode_chat(model.tokenizer, chat_messages(request.messages))
+        return job(request, model, prompt_ids, requested, logprobs=logprobs)
     tools = tools_of(request, model.tokenizer)
     try:
         prompt_ids = tools.encode(model.tokenizer, tool_messages(request.messages))
     except ValueError as error:  # a call without its result, a result without its call
         raise ApiError(400, str(error), param="messages") from None
-    return job(request, model, prompt_ids, requested, tools)
+    return job(request, model, prompt_ids, requested, tools, logprobs)
+
+
+def chat_logprobs_asked(request: ChatCompletionRequest) -> int | None:
+    """How many alternatives a chat request wants with each token's log-probability (None: no log-probabilities)."""
+    if not request.logprobs:
+        if request.top_logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs set to true.", param="top_logprobs")
+        return None
+    top = request.top_logprobs or 0
+    if not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise ApiError(400, f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, not {top}.", param="top_logprobs")
+    return top
+
+
+def reply_constraint(request: SamplingRequest, model: ServedModel, forced: ForcedCalls | None) -> Grammar | None:
+    """The grammar the reply must follow: the tool calls it must make, or the JSON its `response_format` asks for
+    (None: free text). A schema that cannot be enforced is a 400 that names the part, never ignored."""
+    shape = request.response_format
+    if shape is not None and shape.type != "text" and forced is not None:
+        raise ApiError(
+            400,
+            f"response_format {shape.type!r} and a required tool call cannot both decide the reply: send one.",
+            param="response_format",
+        )
+    if forced is None and (shape is None or shape.type == "text"):
+        return None
+    compiler = constraint_compiler(model.tokenizer, model.defaults.stop_token_ids)
+    param = "tools" if forced is not None else "response_format"
+    try:
+        if forced is not None:
+            return compiler.lark(forced.lark())
+        if shape.type == "json_object":
+            return compiler.json_object()
+        if shape.json_schema is None or shape.json_schema.schema_ is None:
+            raise ApiError(
+                400,
+                "response_format 'json_schema' needs json_schema.schema: the JSON schema the reply must follow.",
+                param="response_format.json_schema.schema",
+            )
+        param = "response_format.json_schema.schema"
+        return compiler.json_schema(shape.json_schema.schema_)
+    except UnsupportedConstraint as error:
+        raise ApiError(400, str(error), param=param) from None
 
 
 def tools_of(request: ChatCompletionRequest, tokenizer: Any) -> ToolUse:
@@ -358,14 +436,6 @@ def tools_of(request: ChatCompletionRequest, tokenizer: Any) -> ToolUse:
         tools = tool_use(tokenizer, request.tools, request.tool_choice, request.parallel_tool_calls is not False)
     except ValueError as error:
         raise ApiError(400, str(error), param="tool_choice" if "tool_choice" in str(error) else "tools") from None
-    if tools.forced is not None:
-        raise ApiError(
-            400,
-            "tool_choice 'required' or a named function needs constrained decoding, which this server does not do "
-            "yet; use 'auto'.",
-            param="tool_choice",
-            code="unsupported_parameter",
-        )
     return tools
 
 
@@ -418,4 +488,8 @@ def validate_completion(request: CompletionRequest, model: ServedModel) -> Job:
     if request.best_of not in (None, 1):
         raise ApiError(400, f"Only best_of=1 is supported, not best_of={request.best_of}.", param="best_of")
     requested = DEFAULT_COMPLETION_TOKENS if request.max_tokens is None else request.max_tokens
-    return job(request, model, prompt_ids_of(request.prompt, model.tokenizer), requested)
+    if request.logprobs is not None and not 0 <= request.logprobs <= MAX_TOP_LOGPROBS:
+        raise ApiError(
+            400, f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}, not {request.logprobs}.", param="logprobs"
+        )
+    return job(request, model, prompt_ids_of(request.prompt, model.tokenizer), requested, logprobs=request.logprobs)

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gptq_chat.api.logprobs import LogprobsWriter, Spelling, scored_text
 from gptq_chat.api.protocol import Job, ServedModel
 from gptq_chat.chat.streamer import TextTally, stream_text
 from gptq_chat.chat.tool_calls import ToolCall, ToolCallDelta
@@ -29,8 +30,14 @@ class Completion(TextTally):
 
 
 def completion_text(tokens: Iterator[int], tokenizer: Any, job: Job, result: Completion) -> Iterator[str]:
-    """Text pieces of the reply, cut at the stop strings; closing early (or a stop) closes `tokens`."""
-    return stream_text(tokens, tokenizer, result, stop_ids=job.sampling.stop_token_ids, stops=job.stops)
+    """Text pieces of the reply, cut at the stop strings; closing early (or a stop) closes `tokens`. When the job
+    asked for log-probabilities, each piece is a `ScoredPiece` carrying its tokens'."""
+    ends = job.sampling.stop_token_ids
+
+    def text(tokens: Iterator[int]) -> Iterator[str]:
+        return stream_text(tokens, tokenizer, result, stop_ids=ends, stops=job.stops)
+
+    return text(tokens) if job.sampling.logprobs is None else scored_text(tokens, ends, text)
 
 
 def finish_reason(result: Completion, called: bool) -> str | None:
@@ -66,7 +73,13 @@ class Answer:
         return body | {"choices": choices}
 
     def response(
-        self, answer_id: str, model: str, text: str, result: Completion, calls: Sequence[ToolCall] = ()
+        self,
+        answer_id: str,
+        model: str,
+        text: str,
+        result: Completion,
+        calls: Sequence[ToolCall] = (),
+        logprobs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The whole answer in one object (a chat's tool calls in its message; `content` null when there is none)."""
         if self.chat:
@@ -76,7 +89,7 @@ class Answer:
             carried: dict[str, Any] = {"message": message}
         else:
             carried = {"text": text}
-        choice = {"index": 0, **carried, "logprobs": None, "finish_reason": finish_reason(result, bool(calls))}
+        choice = {"index": 0, **carried, "logprobs": logprobs, "finish_reason": finish_reason(result, bool(calls))}
         return self._body(answer_id, model, False, [choice]) | {"usage": usage(result)}
 
     def chunk(
@@ -86,9 +99,10 @@ class Answer:
         piece: str | ToolCallDelta | None,
         finish_reason: str | None = None,
         with_usage: bool = False,
+        logprobs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """One chunk of a stream: a piece of text, a piece of a tool call, or (None) the finish; `usage: null` when
-        the client asked for a usage chunk at the end."""
+        """One chunk of a stream: a piece of text, a piece of a tool call, or (None) the finish, with the
+        log-probabilities of its tokens if asked; `usage: null` when the client asked for a usage chunk at the end."""
         if self.chat:
             if isinstance(piece, ToolCallDelta):
                 delta: dict[str, Any] = {"tool_calls": [piece.openai()]}
@@ -97,9 +111,13 @@ class Answer:
             carried: dict[str, Any] = {"delta": delta}
         else:
             carried = {"text": piece or ""}
-        choice = {"index": 0, **carried, "logprobs": None, "finish_reason": finish_reason}
+        choice = {"index": 0, **carried, "logprobs": logprobs, "finish_reason": finish_reason}
         body = self._body(answer_id, model, True, [choice])
         return body | {"usage": None} if with_usage else body
+
+    def logprobs(self, spelling: Spelling) -> LogprobsWriter:
+        """A writer of one reply's log-probabilities in this endpoint's shape."""
+        return LogprobsWriter(spelling, self.chat)
 
     def opening(self, answer_id: str, model: str, with_usage: bool) -> dict[str, Any] | None:
         """The chunk a stream starts with before any text: the assistant's role, for a chat."""

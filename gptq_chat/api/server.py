@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gptq_chat.api.access import API_KEY, API_KEY_ENV, add_server_flags, exposure_problem, secret_matches
+from gptq_chat.api.logprobs import scores_of
 from gptq_chat.api.metrics import ServerMetrics
 from gptq_chat.api.protocol import (
     ApiError,
@@ -47,6 +48,8 @@ from gptq_chat.api.protocol import (
     validate_completion,
 )
 from gptq_chat.api.responses import CHAT, TEXT, Answer, Completion, completion_text, finish_reason, model_list
+from gptq_chat.chat.tool_calls import ToolCallDelta
+from gptq_chat.engine.protocols import ScoredToken
 from gptq_chat.engine.scheduler import OutOfMemory, QueueFull
 from gptq_chat.loading.options import add_model_flags, load_options
 
@@ -258,20 +261,30 @@ def event(data: dict[str, Any]) -> str:
 
 
 async def sse_events(
-    text: ThreadedText, answer: Answer, answer_id: str, model: str, job: Job, result: Completion
+    text: ThreadedText, answer: Answer, served: ServedModel, answer_id: str, job: Job, result: Completion
 ) -> AsyncIterator[str]:
-    """The opening chunk at once, a chunk per text piece, the finish chunk, the usage chunk if asked, [DONE]."""
-    with_usage = job.include_usage
+    """The opening chunk at once, a chunk per text piece, the finish chunk, the usage chunk if asked, [DONE]. A chunk
+    carries the log-probabilities of the tokens read since the previous chunk, when they were asked for."""
+    model, with_usage = served.name, job.include_usage
     opening = answer.opening(answer_id, model, with_usage)
     if opening is not None:
         yield event(opening)
     calls = job.tools.stream() if job.tools is not None else None  # reads tool calls out of the text
+    write = answer.logprobs(served.spelling) if job.sampling.logprobs is not None else None
+    scored: list[ScoredToken] = []
+
+    def chunk(item: str | ToolCallDelta) -> str:
+        logprobs = write(scored) if write is not None else None
+        scored.clear()
+        return event(answer.chunk(answer_id, model, item, with_usage=with_usage, logprobs=logprobs))
+
     try:
         async for piece in text:
+            scored.extend(scores_of([piece]))
             for item in [piece] if calls is None else calls.push(piece):
-                yield event(answer.chunk(answer_id, model, item, with_usage=with_usage))
+                yield chunk(item)
         for item in calls.finish() if calls is not None else []:
-            yield event(answer.chunk(answer_id, model, item, with_usage=with_usage))
+            yield chunk(item)
     except Exception as error:  # the 200 is sent already: the failure goes in the stream, as vLLM does
         log.exception("Generation failed mid-stream")
         yield event(generation_error(error).body())
@@ -283,6 +296,7 @@ async def sse_events(
     yield "data: [DONE]\n\n"
 
 
+<<<<<<< HEAD
 def generation_error(error: Exception) -> ApiError:
     """A failure while generating, as the client is told it: the card out of memory is a 503 to retry (the server
     goes on serving), anything else a 500."""
@@ -293,6 +307,10 @@ def generation_error(error: Exception) -> ApiError:
 
 async def collect(text: ThreadedText, request: Request) -> str:
     """The whole text, stopping early if the client disconnects while it waits."""
+=======
+async def collect(text: ThreadedText, request: Request) -> list[str]:
+    """The text's pieces, stopping early if the client disconnects while it waits."""
+>>>>>>> api-structured
     pieces = []
     try:
         async for piece in text:
@@ -301,7 +319,7 @@ async def collect(text: ThreadedText, request: Request) -> str:
                 break
     finally:
         text.close()
-    return "".join(pieces)
+    return pieces
 
 
 # -- the app ---------------------------------------------------------------------------------------------
@@ -380,12 +398,15 @@ def create_app(
         text = ThreadedText(completion_text(tokens, served.tokenizer, job, result), stop)
         answer_id = answer.id_prefix + request.state.request_id
         if job.stream:
-            return EventStream(sse_events(text, answer, answer_id, served.name, job, result), on_close=text.close)
-        whole = await collect(text, request)
+            return EventStream(sse_events(text, answer, served, answer_id, job, result), on_close=text.close)
+        pieces = await collect(text, request)
+        whole = "".join(pieces)
+        logprobs = answer.logprobs(served.spelling)(scores_of(pieces)) if job.sampling.logprobs is not None else None
         if job.tools is None:
-            return JSONResponse(answer.response(answer_id, served.name, whole, result))
+            return JSONResponse(answer.response(answer_id, served.name, whole, result, logprobs=logprobs))
         parsed = job.tools.parse(whole)
-        return JSONResponse(answer.response(answer_id, served.name, parsed.text, result, parsed.tool_calls))
+        body = answer.response(answer_id, served.name, parsed.text, result, parsed.tool_calls, logprobs)
+        return JSONResponse(body)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
