@@ -7,7 +7,7 @@ from dataclasses import replace
 import torch
 
 from gptq_chat.engine.protocols import SamplingSettings
-from gptq_chat.engine.sampling import SamplingState, TokenScores, mix32, sample, score, uniform
+from gptq_chat.engine.sampling import SamplingState, TokenScores, exponentials, mix32, sample, score
 
 CPU = torch.device("cpu")
 SAMPLED = SamplingSettings(temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0)
@@ -96,8 +96,8 @@ def test_a_seed_gives_the_same_draws_in_any_row_of_any_batch() -> None:
 
 def test_unseeded_rows_draw_their_own_numbers() -> None:
     state = state_for(64, 2)
-    draws = uniform(state.key, state.drawn)
-    assert len(set(draws.tolist())) == 64
+    draws = exponentials(state.key, state.drawn, torch.zeros(64, 1, dtype=torch.long))
+    assert len(set(draws.squeeze(-1).tolist())) == 64
 
 
 def test_logprobs_are_the_models_distribution_under_the_grammar() -> None:

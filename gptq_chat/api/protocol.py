@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gptq_chat.chat.prompt import Message, encode_chat
 from gptq_chat.api.logprobs import Spelling
 from gptq_chat.chat.constraints import UnsupportedConstraint, constraint_compiler
+from gptq_chat.chat.prompt import Message, encode_chat
 from gptq_chat.chat.tools import ForcedCalls, ToolUse, tool_use
 from gptq_chat.engine.protocols import MAX_TOP_LOGPROBS, Grammar, SamplingSettings
 from gptq_chat.engine.scheduler import Scheduler
@@ -415,7 +415,7 @@ def reply_constraint(request: SamplingRequest, model: ServedModel, forced: Force
     param = "tools" if forced is not None else "response_format"
     try:
         if forced is not None:
-            return compiler.lark(forced.lark())
+            return compiler.tool_calls(forced)
         if shape.type == "json_object":
             return compiler.json_object()
         if shape.json_schema is None or shape.json_schema.schema_ is None:

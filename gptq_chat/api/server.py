@@ -296,7 +296,6 @@ async def sse_events(
     yield "data: [DONE]\n\n"
 
 
-<<<<<<< HEAD
 def generation_error(error: Exception) -> ApiError:
     """A failure while generating, as the client is told it: the card out of memory is a 503 to retry (the server
     goes on serving), anything else a 500."""
@@ -305,12 +304,8 @@ def generation_error(error: Exception) -> ApiError:
     return ApiError(500, f"Generation failed: {error}", "server_error")
 
 
-async def collect(text: ThreadedText, request: Request) -> str:
-    """The whole text, stopping early if the client disconnects while it waits."""
-=======
 async def collect(text: ThreadedText, request: Request) -> list[str]:
     """The text's pieces, stopping early if the client disconnects while it waits."""
->>>>>>> api-structured
     pieces = []
     try:
         async for piece in text:

@@ -19,6 +19,7 @@ could otherwise fill until its token budget runs out.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ import llguidance.hf
 import llguidance.torch
 import torch
 
+from gptq_chat.chat.tools import ForcedCalls
 from gptq_chat.engine.sampling import mask_words
 
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -93,6 +95,11 @@ class ConstraintCompiler:
             raise UnsupportedConstraint(f"The JSON schema is not a JSON object: {error}") from None
         return self.compile(grammar, "JSON schema")
 
+    def tool_calls(self, forced: ForcedCalls) -> CompiledGrammar:
+        """A reply that is exactly the calls `forced` asks for (`tool_choice` "required" or a named function), its
+        arguments following each function's parameter schema, written as compactly as `json_schema`'s JSON."""
+        return self.lark(calls_grammar(forced))
+
     def lark(self, grammar: str) -> CompiledGrammar:
         """Text that a Lark grammar accepts (llguidance's dialect: `%json {...}` embeds a JSON schema, so a tool
         call's grammar can hold each function's parameter schema)."""
@@ -104,6 +111,19 @@ class ConstraintCompiler:
         if matcher.is_error():
             raise UnsupportedConstraint(f"This {what} cannot be enforced: {matcher.get_error()}")
         return CompiledGrammar(matcher, self.words)
+
+
+def calls_grammar(forced: ForcedCalls) -> str:
+    """Forced calls in llguidance's Lark: each call's text around a `%json` of its parameters (carrying the compact
+    JSON options, which `%json` otherwise leaves flexible), one or more calls as `forced.separator` allows."""
+    more = f" ({json.dumps(forced.separator)} call)*" if forced.separator is not None else ""
+    rules = [f"start: call{more}", "call: " + " | ".join(f"call_{i}" for i in range(len(forced.shapes)))]
+    for index, shape in enumerate(forced.shapes):
+        schema = {**shape.arguments_schema, "x-guidance": JSON_OPTIONS}
+        parts = [json.dumps(shape.prefix), "%json " + json.dumps(schema)]
+        parts += [json.dumps(shape.suffix)] if shape.suffix else []
+        rules.append(f"call_{index}: " + " ".join(parts))
+    return "\n".join(rules) + "\n"
 
 
 @functools.lru_cache(maxsize=4)

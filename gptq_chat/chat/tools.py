@@ -13,7 +13,6 @@ passed through as text.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -75,17 +74,6 @@ class ForcedCalls:
 
     shapes: tuple[CallShape, ...]
     separator: str | None
-
-    def lark(self) -> str:
-        """These calls as a grammar in llguidance's Lark dialect (`%json` holds each function's parameter schema),
-        for `chat.constraints.ConstraintCompiler.lark`."""
-        more = f" ({json.dumps(self.separator)} call)*" if self.separator is not None else ""
-        rules = [f"start: call{more}", "call: " + " | ".join(f"call_{i}" for i in range(len(self.shapes)))]
-        for index, shape in enumerate(self.shapes):
-            parts = [json.dumps(shape.prefix), "%json " + json.dumps(shape.arguments_schema)]
-            parts += [json.dumps(shape.suffix)] if shape.suffix else []
-            rules.append(f"call_{index}: " + " ".join(parts))
-        return "\n".join(rules) + "\n"
 
 
 @dataclass(frozen=True)

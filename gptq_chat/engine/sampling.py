@@ -7,10 +7,10 @@ repetition penalty, temperature, top-k, top-p; the grammar's mask comes first, a
 - **Grammar mask**: `allowed` holds one bit per token id (bit `t % 32` of word `t // 32`, the layout of llguidance
   and xgrammar), filled on the host between steps; a row without a grammar is all ones, so its logits pass
   unchanged and its greedy choice is the one it had before masks existed.
-- **Random draws**: each row draws its one uniform number from a hash of its seed and how many tokens it has
-  drawn (`uniform`), with plain integer tensor ops: no generator state, so a seeded request draws the same numbers
+- **Random draws**: each row's noise is a hash of its seed, how many tokens it has drawn and each token id
+  (`exponentials`), with plain integer tensor ops: no generator state, so a seeded request draws the same numbers
   whatever shares its batch, and the graphs capture no random-number generator. A request without a seed gets a
-  random one when it starts. The token is then the inverse of the kept distribution's CDF at that number.
+  random one when it starts. The token is the winner of an exponential race over the kept distribution.
 - **Log-probabilities** (`score`) are those of the model's distribution after the grammar mask, before the
   repetition penalty, temperature, top-k and top-p: vLLM's default (`logprobs_mode="raw_logprobs"`, its grammar
   bitmask being applied to the logits before its sampler), and what OpenAI describes (the model's likelihood of
@@ -52,10 +52,12 @@ def seed_key(seed: int) -> int:
     return mix32((seed & MASK32) ^ mix32((seed >> 32) & MASK32))
 
 
-def uniform(keys: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
-    """One number in [0, 1) per row, a function of the row's key and its count of draws only."""
-    bits = mix32(keys ^ mix32(drawn & MASK32))
-    return (bits >> 8).float() * 2.0**-24
+def exponentials(keys: torch.Tensor, drawn: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """An Exp(1) number for each token id in `ids` [B, n] of each row, a function of the row's key, its count of
+    draws and the id only (not of where the id sits, nor of what else is in the batch)."""
+    step = mix32(keys ^ mix32(drawn & MASK32))[:, None]
+    bits = mix32(step ^ ids)
+    return -torch.log(((bits >> 8).float() + 0.5) * 2.0**-24)
 
 
 @dataclass
@@ -154,13 +156,12 @@ def sample(logits: torch.Tensor, state: SamplingState, greedy: bool) -> torch.Te
     probs = ordered.softmax(dim=-1)
     before = probs.cumsum(dim=-1) - probs  # probability mass ranked above each token
     probs = probs.masked_fill((before >= state.top_p[:rows, None]) & (ranks > 0), 0.0)
-    # Inverse CDF: the first token whose cumulative mass passes u × the kept mass. The kept tokens are a prefix
-    # of the order; the clamp keeps a rounding at the very top of the CDF from landing on a dropped one.
-    cumulative = probs.cumsum(dim=-1)
-    target = uniform(state.key[:rows], state.drawn[:rows])[:, None] * cumulative[:, -1:]
-    kept = ((probs > 0).sum(dim=-1, keepdim=True) - 1).clamp_min(0)
-    choice = torch.minimum(torch.searchsorted(cumulative, target, right=True), kept)
-    sampled = order.gather(-1, choice).squeeze(-1)
+    # The exponential race (vLLM's sampler): the kept token with the largest p / E. It draws from the kept
+    # distribution exactly, and a tiny change of the logits (another batch, a reused prompt prefix) changes the
+    # choice only where two tokens tie within that change; an inverse CDF would move with every rounding of the
+    # mass ranked above the draw.
+    race = probs / exponentials(state.key[:rows], state.drawn[:rows], order)
+    sampled = order.gather(-1, race.argmax(dim=-1, keepdim=True)).squeeze(-1)
     return torch.where(temperature.squeeze(-1) > 0, sampled, logits.argmax(dim=-1))
 
 

@@ -61,12 +61,13 @@ ATTENTION_SCORE_BYTES = {"sdpa": 0, "sdpa-masked": FP16, "eager": FP16 + 4}  # p
 PATHS = ("plain", "fast")  # generation paths: transformers `generate`, or the fast engine (CUDA graphs)
 FAST_GRAPH_POOL_BYTES = 64 * 1024**2  # the CUDA-graph pool: one decode step's temporaries (one row sampled); a guess
 FAST_MLP_WIDTH = (2, 4)  # the fast prefill's peak per token: 2 x hidden + 4 x intermediate fp16 values
-# What sampling holds at once per vocabulary entry (engine/sampling.py, the top-k/top-p path every sampled step takes).
-# Per row: the fp16 logits it is given (2), the penalised and the scaled fp32 logits (4 + 4), the sort's int64 order
-# (8), then fp32 the top-k-masked values, the mass ranked above, the top-p-masked probabilities and their cumulative
-# sum (4 x 4), and which of them are kept (bool, 1). Once for all rows: the int64 ranks 0..vocab-1 (8). The grammar
-# mask's expansion (int32 bits, 4 + 1) comes and goes before the sort, when less is held.
-SAMPLING_BYTES = (2 + 4 + 4 + 8 + 4 * 4 + 1, 8)  # (per row, once)
+# What sampling holds at once per vocabulary entry (engine/sampling.py, the top-k/top-p path every sampled step takes),
+# as tests/test_planner_truth.py measures it. Per row, 62 bytes: the fp16 logits it is given (2), the penalised and the
+# scaled fp32 logits (4 + 4), the sort's int64 order (8), then fp32 the top-k-masked values, the mass ranked above and
+# the kept probabilities (4 x 3), which are kept (bool, 1), and the exponential race: int64 hashes of every token id
+# with the hash's temporaries, its fp32 noise and the ratios (31). Once for all rows: the int64 ranks 0..vocab-1 (8).
+# The grammar mask's expansion (int32 bits, 4 + 1) comes and goes before the sort, when less is held.
+SAMPLING_BYTES = (2 + 4 + 4 + 8 + 4 * 3 + 1 + 31, 8)  # (per row, once)
 
 
 class PlannedModel(Protocol):
