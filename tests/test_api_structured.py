@@ -18,6 +18,8 @@ import pytest
 from pydantic import BaseModel, Field
 
 from gptq_chat.api.protocol import ServedModel
+from gptq_chat.chat.tools import tool_use
+from gptq_chat.testing.json_schemas import SCHEMAS
 from tests.support.fixtures_api import KEY, post
 
 pytestmark = pytest.mark.slow
@@ -84,6 +86,20 @@ def test_a_reply_follows_its_json_schema_on_both_paths(api: tuple[ServedModel, s
     choice = completion.choices[0]
     jsonschema.validate(json.loads(choice.message.content), CITY)
     assert choice.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("case", SCHEMAS, ids=[case.name for case in SCHEMAS])
+def test_every_reply_validates_against_its_schema(client: openai.OpenAI, served: ServedModel, case) -> None:
+    """Sampled, so each schema is met by a reply the model did not pick greedily."""
+    completion = client.chat.completions.create(
+        model=served.name,
+        messages=ASK,
+        max_tokens=200,
+        temperature=1.0,
+        seed=7,
+        response_format=json_schema_format(case.schema, case.name),
+    )
+    jsonschema.validate(json.loads(completion.choices[0].message.content), case.schema)
 
 
 def test_json_object_gives_an_object_and_a_text_completion_takes_a_schema_too(
@@ -196,6 +212,35 @@ def test_a_named_function_is_the_one_called_and_streams_as_deltas(client: openai
         final = stream.get_final_completion()
     assert_valid_calls(final.choices[0].message.tool_calls, {"weather"})
     assert final.choices[0].finish_reason == "tool_calls"
+
+
+def test_a_streamed_call_is_the_call_answered_whole_and_its_result_goes_back(
+    client: openai.OpenAI, served: ServedModel
+) -> None:
+    """Greedy, so the stream and the whole answer are the same call; then the call and its result go back through
+    the model's format, and the model answers in text."""
+    asked = {
+        "model": served.name,
+        "messages": [{"role": "user", "content": "What time is it in Tokyo?"}],
+        "tools": [WEATHER, CLOCK],
+        "tool_choice": {"type": "function", "function": {"name": "clock"}},
+        "max_tokens": 60,
+        "temperature": 0,
+    }
+    whole = client.chat.completions.create(**asked).choices[0].message.tool_calls[0]
+    with client.chat.completions.stream(**asked) as stream:
+        streamed = stream.get_final_completion().choices[0].message.tool_calls[0]
+    assert (streamed.function.name, json.loads(streamed.function.arguments)) == (
+        whole.function.name,
+        json.loads(whole.function.arguments),
+    )
+    result = {"role": "tool", "tool_call_id": whole.id, "content": '{"time": "14:05"}'}
+    call = {"role": "assistant", "content": None, "tool_calls": [whole.model_dump(exclude_none=True)]}
+    messages = [*asked["messages"], call, result]
+    answer = client.chat.completions.create(**(asked | {"messages": messages, "tool_choice": "none", "max_tokens": 24}))
+    assert answer.choices[0].message.content and not answer.choices[0].message.tool_calls
+    prompt = tool_use(served.tokenizer, [WEATHER, CLOCK], "none").encode(served.tokenizer, messages)
+    assert answer.usage.prompt_tokens == len(prompt) and '{"time": "14:05"}' in served.tokenizer.decode(prompt)
 
 
 def test_a_required_call_and_a_response_format_together_are_refused(base_url: str, served: ServedModel) -> None:
