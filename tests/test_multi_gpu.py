@@ -19,7 +19,7 @@ import torch
 
 from gptq_chat.engine.tensor_parallel import free_port
 from gptq_chat.loading.loader import load_uncached
-from tests.support.live_server import wait_until_serving
+from gptq_chat.testing.soak import wait_until_serving
 from tests.support.teacher_forcing import FORCED, PROMPT, assert_logits_agree, forced_tokens, teacher_forced
 
 pytestmark = pytest.mark.gpu

@@ -35,8 +35,9 @@ from gptq_chat.chat.tools import tool_use
 from gptq_chat.engine.scheduler import Scheduler
 from gptq_chat.engine.tensor_parallel import free_port
 from gptq_chat.loading.loader import load
+from gptq_chat.testing.soak import wait_until_serving
 from tests.support.fixtures_api import KEY, post
-from tests.support.live_server import serving, wait_until_serving
+from tests.support.live_server import serving
 from tests.support.near_tie import assert_near_tie
 from tests.test_demo_model import QUESTIONS  # the demo model answers each right, each differently
 

@@ -403,29 +403,31 @@ def reply_constraint(request: SamplingRequest, model: ServedModel, forced: Force
     """The grammar the reply must follow: the tool calls it must make, or the JSON its `response_format` asks for
     (None: free text). A schema that cannot be enforced is a 400 that names the part, never ignored."""
     shape = request.response_format
-    if shape is not None and shape.type != "text" and forced is not None:
+    wants_json = shape is not None and shape.type != "text"
+    if wants_json and forced is not None:
         raise ApiError(
             400,
             f"response_format {shape.type!r} and a required tool call cannot both decide the reply: send one.",
             param="response_format",
         )
-    if forced is None and (shape is None or shape.type == "text"):
+    if forced is None and not wants_json:
         return None
-    compiler = constraint_compiler(model.tokenizer, model.defaults.stop_token_ids)
-    param = "tools" if forced is not None else "response_format"
-    try:
-        if forced is not None:
-            return compiler.tool_calls(forced)
-        if shape.type == "json_object":
-            return compiler.json_object()
-        if shape.json_schema is None or shape.json_schema.schema_ is None:
-            raise ApiError(
-                400,
-                "response_format 'json_schema' needs json_schema.schema: the JSON schema the reply must follow.",
-                param="response_format.json_schema.schema",
-            )
+    compiler = constraint_compiler(model.tokenizer, model.defaults.stop_token_ids)  # built on first use
+    if forced is not None:
+        param, compile_ = "tools", functools.partial(compiler.tool_calls, forced)
+    elif shape.type == "json_object":
+        param, compile_ = "response_format", compiler.json_object
+    elif shape.json_schema is None or shape.json_schema.schema_ is None:
+        raise ApiError(
+            400,
+            "response_format 'json_schema' needs json_schema.schema: the JSON schema the reply must follow.",
+            param="response_format.json_schema.schema",
+        )
+    else:
         param = "response_format.json_schema.schema"
-        return compiler.json_schema(shape.json_schema.schema_)
+        compile_ = functools.partial(compiler.json_schema, shape.json_schema.schema_)
+    try:
+        return compile_()
     except UnsupportedConstraint as error:
         raise ApiError(400, str(error), param=param) from None
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,8 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from gptq_chat.engine.tensor_parallel import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "soak-key"
@@ -297,6 +298,22 @@ def soak(url: str, planned: list[Shot], clients: int, sample_every: float) -> So
     return report
 
 
+def wait_until_serving(base: str, server: subprocess.Popen, log_path: Path, timeout_s: float = 300) -> None:
+    """Until `server` (a serve.py process, its output in `log_path`) says its model is loaded; a RuntimeError with
+    the log's end if it exits first or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"serve.py exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/health", timeout=5).json()["status"] == "ok":
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"serve.py was not serving after {timeout_s:.0f} s:\n{log_path.read_text()[-3000:]}")
+
+
 @contextmanager
 def serve_process(model: Path, port: int, log_path: Path, *flags: str) -> Iterator[str]:
     """`serve.py` on 127.0.0.1:`port` with the soak's key, its output in `log_path`; the base URL once the model has
@@ -306,16 +323,7 @@ def serve_process(model: Path, port: int, log_path: Path, *flags: str) -> Iterat
         server = subprocess.Popen([*command, *flags], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 900
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"serve.py did not come up; its log: {log_path}\n{log_path.read_text()[-2000:]}")
-            time.sleep(0.5)
+        wait_until_serving(url, server, log_path, timeout_s=900)
         yield url
     finally:
         server.terminate()
@@ -324,12 +332,6 @@ def serve_process(model: Path, port: int, log_path: Path, *flags: str) -> Iterat
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-
-
-def loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run(
@@ -348,7 +350,7 @@ def run(
     longest = max((s for s in planned if s.kind == "chat"), key=lambda s: len(json.dumps(s.body)))
     warm_up = Shot("chat", longest.path, longest.body | {"max_tokens": max_tokens}, 200)
     served = ("--served-model-name", "soak", "--queue-limit", str(requests), *flags)
-    with serve_process(model, loopback_port(), log, *served) as url, httpx.Client(base_url=url, timeout=600) as client:
+    with serve_process(model, free_port(), log, *served) as url, httpx.Client(base_url=url, timeout=600) as client:
         problem = send(client, warm_up)[2]
         if problem:
             raise RuntimeError(f"the warm-up request failed: {problem}")

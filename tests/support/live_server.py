@@ -1,17 +1,13 @@
-"""An ASGI app under a real uvicorn server on a free loopback port, in a background thread (the API tests), and
-waiting for a `serve.py` process to answer."""
+"""An ASGI app under a real uvicorn server on a free loopback port, in a background thread (the API tests). A
+`serve.py` process is waited for with `gptq_chat.testing.soak.wait_until_serving`."""
 
 from __future__ import annotations
 
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-
-import httpx
 
 START_TIMEOUT_S = 30
 
@@ -38,17 +34,3 @@ def serving(app: object) -> Iterator[str]:
         server.should_exit = True
         thread.join(START_TIMEOUT_S)
         sock.close()
-
-
-def wait_until_serving(base: str, server: subprocess.Popen, log_file: Path, timeout_s: float = 300) -> None:
-    """Until `server` (a serve.py process, its output in `log_file`) says its model is loaded; fails if it exits."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert server.poll() is None, log_file.read_text()[-3000:]
-        try:
-            if httpx.get(f"{base}/health", timeout=5).json()["status"] == "ok":
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"not serving after {timeout_s:.0f} s: {log_file.read_text()[-3000:]}")
