@@ -27,6 +27,7 @@ from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_r
 from streamlit.testing.v1 import AppTest
 
 from gptq_chat.api.access import exposure_problem, is_loopback, secret_matches, without_password
+from gptq_chat.chat.branches import linked, path_to, version_of
 from gptq_chat.chat.conversations import DATA_ENV, ConversationStore, SaveFailed, Summary
 from gptq_chat.chat.prompt import encode_chat, with_system
 from gptq_chat.chat.reply import Reply, ReplyStats
@@ -39,13 +40,13 @@ from gptq_chat.ui.chat_list import chat_labels, chat_time, user_zone
 from gptq_chat.ui.history import (
     can_regenerate,
     context_use,
+    for_regeneration,
     left_out,
     mark_interrupted,
     needs_reply,
     sent_history,
     speeds,
-    with_edited_last_user,
-    without_last_reply,
+    with_edit,
 )
 from gptq_chat.ui.i18n import LANGUAGES, TEXT, context_line, pick_language, stats_line
 from gptq_chat.ui.presets import CUSTOM, PRESETS, preset_of
@@ -199,22 +200,28 @@ def test_sent_history_leaves_out_failures_and_old_reasoning() -> None:
     assert answer_only("<think>x</think>y") == "y"
 
 
-def test_regenerate_and_edit_change_only_the_end_of_the_history() -> None:
-    messages = [
-        {"role": "user", "content": "Q1"},
-        {"role": "assistant", "content": "A1"},
-        {"role": "user", "content": "Q2", "error": "too long"},
-        {"role": "assistant", "content": "A2", "stopped": True},
-    ]
-    assert can_regenerate(messages) and not can_regenerate(messages[:3])
-    again = without_last_reply(messages)
-    assert again == [messages[0], messages[1], {"role": "user", "content": "Q2"}]
-    assert needs_reply(again)
-    edited = with_edited_last_user(messages, "Q2, shorter")
-    assert edited == [messages[0], messages[1], {"role": "user", "content": "Q2, shorter"}]
+def test_regenerate_and_edit_start_a_new_version_and_keep_the_old_branch() -> None:
+    nodes = linked(
+        [
+            {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": "A1"},
+            {"role": "user", "content": "Q2", "error": "too long"},
+            {"role": "assistant", "content": "A2", "stopped": True},
+        ]
+    )
+    path = path_to(nodes, 3)
+    assert can_regenerate(path, 3) and can_regenerate(path, 1) and not can_regenerate(path, 2)
+    again = for_regeneration(path, 3)
+    assert [m["content"] for m in again] == ["Q1", "A1", "Q2"] and "error" not in again[-1]  # Q2 gets another go
+    assert needs_reply(again) and len(nodes) == 4  # A2 stays in the tree, beside the reply to come
+    edited = with_edit(nodes, path, 0, "Q1, shorter")
+    assert [m["content"] for m in edited] == ["Q1, shorter"] and edited[0]["parent"] is None
+    assert [n["content"] for n in nodes] == ["Q1", "A1", "Q2", "A2", "Q1, shorter"]  # the first branch is whole
+    assert version_of(nodes, edited[0]) == (2, 2) and version_of(nodes, path[0]) == (1, 2)
     with pytest.raises(ValueError):
-        with_edited_last_user(messages, "  ")
-    assert messages[2]["error"] == "too long"  # the page's list itself is untouched
+        with_edit(nodes, path, 0, "  ")
+    with pytest.raises(ValueError):
+        for_regeneration(path, 2)
 
 
 def test_a_reply_cut_off_by_a_lost_run_is_marked_stopped() -> None:
@@ -669,7 +676,7 @@ def test_stop_keeps_the_partial_reply_marked_and_regenerate_replaces_it(page: Ap
 
     vars(engine).pop("generate")
     page.sidebar.slider(key="max_new").set_value(12).run()
-    page.button(key="regenerate").click().run()
+    page.button(key="regenerate_1").click().run()
     messages = page.session_state["messages"]
     assert len(messages) == 2 and not messages[-1].get("stopped")
     assert messages[-1]["stats"]["new_tokens"] == 12 or messages[-1]["stats"]["finish"] == "stop"
@@ -695,7 +702,7 @@ def test_closing_the_tab_mid_reply_saves_the_partial_reply_and_frees_the_model(
 def test_edit_and_resend_replaces_the_last_question_and_its_answer(page: AppTest, demo_model_dir: Path) -> None:
     page.sidebar.slider(key="max_new").set_value(8).run()
     send(page, "What is the capital of Germany?")
-    page.button(key="edit").click().run()
+    page.button(key="edit_0").click().run()
     assert page.text_area(key="edit_text").value == "What is the capital of Germany?"
     page.text_area(key="edit_text").input(QUESTION)
     page.button(key="resend").click().run()
@@ -751,6 +758,80 @@ def new_tab(settle: AppTest) -> AppTest:
     tab.sidebar.slider(key="temperature").set_value(0.0)
     tab.sidebar.slider(key="max_new").set_value(settle.sidebar.slider(key="max_new").value).run()
     return tab
+
+
+def version_caption(at: AppTest, index: int) -> str | None:
+    """The ‹ n / m › caption under message `index` (the greeting is message -1), if it has versions."""
+    captions = [c.value for c in at.chat_message[index + 1].caption if re.fullmatch(r"\d+ / \d+", c.value)]
+    return captions[0] if captions else None
+
+
+@pytest.mark.slow
+def test_editing_an_earlier_question_and_regenerating_keep_every_branch_to_switch_between(
+    page: AppTest, data: Path
+) -> None:
+    send(page, QUESTION)
+    send(page, "And of Italy?")
+    first_reply = page.session_state["messages"][1]["content"]
+    page.sidebar.slider(key="max_new").set_value(4).run()
+    page.button(key="regenerate_1").click().run()  # an earlier reply, not only the last
+    assert [m["role"] for m in page.session_state["messages"]] == ["user", "assistant"]
+    assert version_caption(page, 1) == "2 / 2" and page.session_state["messages"][1]["stats"]["new_tokens"] <= 4
+    page.button(key="older_1").click().run()  # back to the first reply, and the question that followed it
+    assert [m["content"] for m in page.session_state["messages"]][1:3] == [first_reply, "And of Italy?"]
+    assert version_caption(page, 1) == "1 / 2"
+
+    page.button(key="edit_0").click().run()  # the first question, with two replies and a follow-up under it
+    page.text_area(key="edit_text").input("What is the capital of Spain?")
+    page.button(key="resend").click().run()
+    assert page.session_state["messages"][0]["content"] == "What is the capital of Spain?"
+    assert version_caption(page, 0) == "2 / 2" and len(page.session_state["messages"]) == 2
+    saved = store_of(data).get(page.session_state["chat"].id)
+    assert len(saved.nodes) == 7 and saved.messages == [  # 2 questions, 2 replies, 1 again, 1 edit, its reply
+        {k: v for k, v in m.items() if k not in ("id", "parent")} for m in page.session_state["messages"]
+    ]
+
+    other = new_tab(page)  # what a reload sees: every branch, the one last shown first
+    other.sidebar.button(key=f"chat_{saved.id}").click().run()
+    assert other.session_state["messages"][0]["content"] == "What is the capital of Spain?"
+    other.button(key="older_0").click().run()  # a branch opens at its newest reply: the regenerated one
+    assert len(other.session_state["messages"]) == 2 and version_caption(other, 1) == "2 / 2"
+    other.button(key="older_1").click().run()
+    assert [m["content"] for m in other.session_state["messages"]] == [
+        QUESTION,
+        first_reply,
+        "And of Italy?",
+        saved.nodes[3]["content"],
+    ]
+
+
+@pytest.mark.slow
+def test_search_opens_the_chat_at_the_message_found_on_its_branch(page: AppTest, data: Path) -> None:
+    store = store_of(data)
+    older = store.create(
+        "旅行",
+        [
+            {"id": 0, "parent": None, "role": "user", "content": "北京有哪些博物馆？"},
+            {"id": 1, "parent": 0, "role": "assistant", "content": "故宫博物院。"},
+            {"id": 2, "parent": None, "role": "user", "content": "上海有哪些公园？"},
+        ],
+        leaf=2,
+    )
+    send(page, QUESTION)
+    mine = page.session_state["chat"].id
+    page.sidebar.text_input(key="search_text").input("博物").run()
+    hits = [b for b in page.sidebar.button if b.key and b.key.startswith("hit_")]
+    assert [b.key for b in hits] == [f"hit_{older.id}_0", f"hit_{older.id}_1"]
+    assert hits[1].label == "旅行 · 故宫博物院。"
+    hits[1].click().run()
+    assert page.session_state["chat"].id == older.id
+    assert [m["content"] for m in page.session_state["messages"]] == ["北京有哪些博物馆？", "故宫博物院。"]
+    assert [c.value for c in page.chat_message[2].caption] == [":material/search: Found here"]
+    page.sidebar.text_input(key="search_text").input("capital of france").run()
+    found = [b.key for b in page.sidebar.button if b.key and b.key.startswith("hit_")]
+    assert found[0] == f"hit_{mine}_0" and all(key.startswith(f"hit_{mine}_") for key in found)  # case ignored
+    page.sidebar.text_input(key="search_text").input("nowhere to be found").run()
+    assert "Nothing found" in [c.value for c in page.sidebar.caption]
 
 
 @pytest.mark.slow

@@ -162,7 +162,7 @@ def test_a_reply_streams_then_stop_keeps_it_and_regenerate_replaces_it(new_page,
     expect(page.locator(".st-key-stop")).to_have_count(0)
     shot(page, "04-stopped")
 
-    page.locator(".st-key-regenerate button").click()
+    page.locator(".st-key-regenerate_1 button").click()
     page.locator(".st-key-stop button").wait_for()
     page.wait_for_function(  # a few words in, then Esc, the Stop button's shortcut
         "() => document.querySelector('.st-key-live_answer')?.innerText.length >= 20", polling=50
@@ -257,12 +257,77 @@ def test_an_imported_chat_renders_math_code_and_reasoning(new_page, server: str,
     shot(page, "11-copy-and-reasoning-open")
     page.keyboard.press("Escape")
 
-    page.locator(".st-key-edit button").click()
+    page.locator(".st-key-edit_0 button").click()
     editor = page.locator(".st-key-edit_text textarea")
     expect(editor).to_have_value(RICH_CHAT["messages"][0]["content"])
     shot(page, "12-editing")
     page.locator(".st-key-cancel_edit button").click()
     expect(editor).to_have_count(0)
+
+
+TRAVEL_CHAT = {
+    "title": "Travel notes",
+    "messages": [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "北京有哪些博物馆值得去？"},
+        {"role": "assistant", "content": "故宫博物院和中国国家博物馆。"},
+    ],
+}
+
+
+def test_an_earlier_question_edited_makes_a_branch_both_survive_a_reload_and_search_finds_old_chats(
+    new_page, server: str, tmp_path: Path
+) -> None:
+    page = new_page()
+    log_in(page, server)
+    imported = tmp_path / "travel.json"
+    imported.write_text(json.dumps(TRAVEL_CHAT, ensure_ascii=False))
+    page.locator("summary", has_text="Import a JSON chat").click()
+    page.locator("input[type=file]").set_input_files(str(imported))
+    page.get_by_text("故宫博物院和中国国家博物馆。").wait_for()
+
+    page.locator(".st-key-edit_0 button").click()  # the first question, not the last
+    page.locator(".st-key-edit_text textarea").fill("What is the capital of Spain?")
+    page.locator(".st-key-resend button").click()
+    stop_after(page, 10)
+    first = page.locator(MESSAGE).nth(1)
+    expect(page.locator(MESSAGE)).to_have_count(3)  # greeting, the edit, its reply
+    first.get_by_text("2 / 2").wait_for()
+    shot(page, "13-branch-2-of-2")
+    page.locator(".st-key-older_0 button").first.click()
+    page.get_by_text("故宫博物院和中国国家博物馆。").wait_for()
+    expect(page.locator(MESSAGE)).to_have_count(5)  # the first branch, whole
+    first.get_by_text("1 / 2").wait_for()
+    shot(page, "14-branch-1-of-2")
+
+    page.wait_for_url(re.compile(r"\?chat=\d+"))
+    page.reload()
+    log_in(page, page.url)
+    page.get_by_text("故宫博物院和中国国家博物馆。").wait_for()  # the branch shown last
+    page.locator(".st-key-newer_0 button").first.click()
+    page.get_by_text("What is the capital of Spain?").wait_for()
+    expect(page.locator(MESSAGE)).to_have_count(3)
+    page.locator(MESSAGE).nth(1).get_by_text("2 / 2").wait_for()
+
+    page.locator(".st-key-new_chat button").click()
+    expect(page.locator(MESSAGE)).to_have_count(1)
+    search = page.locator(".st-key-search_text input")
+    search.fill("博物馆")
+    search.press("Enter")
+    hit = page.locator(".st-key-search_hits button", has_text="北京有哪些博物馆值得去？")
+    hit.wait_for()
+    shot(page, "15-search-chinese")
+    hit.click()
+    page.locator(".st-key-found_message").wait_for()
+    expect(page.locator(MESSAGE)).to_have_count(5)  # opened on the branch that holds the message found
+    shot(page, "16-search-opened")
+    search.fill("CAPITAL OF SPAIN")
+    search.press("Enter")
+    page.locator(".st-key-search_hits button", has_text="What is the capital of Spain?").wait_for()
+    search.fill("nowhere to be found")
+    search.press("Enter")
+    page.locator('[data-testid="stSidebar"]').get_by_text("Nothing found").wait_for()
 
 
 def server_process(url: str):

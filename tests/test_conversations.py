@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -167,8 +169,13 @@ def test_json_export_imports_back_unchanged(store: ConversationStore) -> None:
     conversation = store.create("往返 round trip", exchange("你好", "你好！"), {"temperature": 0.0})
     document = to_json(conversation)
     assert "你好" in document  # readable, not \\u-escaped
-    title, messages, settings = from_json(document)
-    assert (title, messages, settings) == ("往返 round trip", conversation.messages, {"temperature": 0.0})
+    imported = from_json(document)
+    assert (imported.title, imported.messages, imported.settings) == (
+        "往返 round trip",
+        conversation.messages,
+        {"temperature": 0.0},
+    )
+    assert "tree" not in json.loads(document) and imported.leaf is None  # one branch: the list says it all
 
 
 def test_import_takes_a_plain_message_list_from_other_apps() -> None:
@@ -179,10 +186,10 @@ def test_import_takes_a_plain_message_list_from_other_apps() -> None:
             {"role": "assistant", "content": "Blue."},
         ]
     )
-    title, messages, settings = from_json(other_app)
-    assert title == "Name a color"
-    assert [m["role"] for m in messages] == ["user", "assistant"]
-    assert settings == {"system_prompt": "Be terse."}
+    imported = from_json(other_app)
+    assert imported.title == "Name a color"
+    assert [m["role"] for m in imported.messages] == ["user", "assistant"]
+    assert imported.settings == {"system_prompt": "Be terse."}
 
 
 @pytest.mark.parametrize(
@@ -278,3 +285,142 @@ def test_a_process_killed_mid_save_loses_at_most_that_save_and_the_file_opens_cl
         )
     store = ConversationStore(path)
     assert {run: saved_run(store, run) for run in kept} == kept  # later kills and recoveries changed no earlier chat
+
+
+# -- branches and search ------------------------------------------------------------------------------
+
+SCHEMA_1_STORE = REPO / "tests" / "support" / "conversations-schema1.sqlite3"  # written by the app before branches
+
+
+def branched() -> list[dict]:
+    """Q1 answered twice (the second after a regeneration), then Q1 edited into Q1b and answered."""
+    return [
+        {"id": 0, "parent": None, "role": "user", "content": "What is the capital of France?"},
+        {"id": 1, "parent": 0, "role": "assistant", "content": "Paris.", "stopped": True},
+        {"id": 2, "parent": 0, "role": "assistant", "content": "It is Paris.", "stats": STATS},
+        {"id": 3, "parent": None, "role": "user", "content": "法国的首都是哪里？"},
+        {"id": 4, "parent": 3, "role": "assistant", "content": "巴黎。"},
+    ]
+
+
+def test_a_chat_saved_before_branches_opens_whole_as_one_branch_and_is_searchable(tmp_path: Path) -> None:
+    path = tmp_path / DB_NAME
+    shutil.copy(SCHEMA_1_STORE, path)
+    store = ConversationStore(path)
+    assert store.version() == 2
+    capitals, trip = sorted((store.get(s.id) for s in store.summaries()), key=lambda c: c.id)
+    assert [m["content"] for m in capitals.messages] == [
+        "What is the capital of France?",
+        "<think>easy</think>Paris.",
+        "And of Italy?",
+        "Rome",
+    ]
+    assert capitals.messages[1]["stats"]["tokens_per_s"] == 31.5 and capitals.messages[3]["stopped"]
+    assert capitals.messages[1]["model"] == "Qwen1.5-7B-Chat-GPTQ-Int4"
+    assert capitals.settings == {"temperature": 0.7, "system_prompt": "You are a geography teacher."}
+    assert [(n["id"], n["parent"]) for n in capitals.nodes] == [(0, None), (1, 0), (2, 1), (3, 2)]
+    assert capitals.leaf == 3 and capitals.revision == 1
+    assert (trip.title, [m["content"] for m in trip.messages]) == (
+        "北京旅行",
+        ["北京有哪些值得一去的博物馆？", "故宫博物院和中国国家博物馆都值得一去。"],
+    )
+    assert [(h.conversation_id, h.message_id) for h in store.search("博物馆")] == [(trip.id, 0), (trip.id, 1)]
+    assert [h.message_id for h in store.search("italy")] == [2]
+    store.save_messages(capitals.id, [*capitals.nodes[:2]], capitals.revision)  # and it saves as any other
+    assert len(ConversationStore(path).get(capitals.id).messages) == 2
+
+
+def test_a_store_from_a_newer_app_is_refused_not_changed(tmp_path: Path) -> None:
+    path = tmp_path / DB_NAME
+    ConversationStore(path)
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version=3")
+    with pytest.raises(RuntimeError, match="newer version"):
+        ConversationStore(path)
+
+
+def test_every_branch_and_the_one_shown_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / DB_NAME
+    created = ConversationStore(path).create("Capitals", branched(), leaf=2)
+    reopened = ConversationStore(path).get(created.id)
+    assert reopened.nodes == created.nodes and len(reopened.nodes) == 5 and reopened.leaf == 2
+    assert [m["content"] for m in reopened.messages] == ["What is the capital of France?", "It is Paris."]
+    revision = ConversationStore(path).save_messages(created.id, reopened.nodes, reopened.revision, leaf=4)
+    assert [m["content"] for m in ConversationStore(path).get(created.id).messages] == ["法国的首都是哪里？", "巴黎。"]
+    assert revision == reopened.revision + 1
+
+
+def node(id: int, parent: int | None) -> dict:
+    return {"id": id, "parent": parent, "role": "user", "content": f"message {id}"}
+
+
+@pytest.mark.parametrize(
+    ("tree", "problem"),
+    [
+        ([{"id": 0, "parent": 5, "role": "user", "content": "x"}], "parent must be a message"),
+        ([{"id": 0, "parent": None, "role": "user", "content": "x"}] * 2, "distinct"),
+        (
+            [
+                {"id": 0, "parent": 1, "role": "user", "content": "x"},
+                {"id": 1, "parent": 0, "role": "user", "content": "y"},
+            ],
+            "cycle",
+        ),
+        (
+            [{"id": 0, "parent": None, "role": "user", "content": "x"}, {"role": "user", "content": "y"}],
+            "every message",
+        ),
+    ],
+)
+def test_a_damaged_tree_is_refused_before_anything_is_written(
+    store: ConversationStore, tree: list[dict], problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        store.create("t", tree)
+    assert store.summaries() == []
+
+
+def test_json_export_carries_the_shown_branch_for_other_apps_and_the_tree_for_this_one(
+    store: ConversationStore,
+) -> None:
+    conversation = store.create("Capitals", branched(), {"temperature": 0.2}, leaf=2)
+    document = json.loads(to_json(conversation))
+    assert [m["content"] for m in document["messages"]] == ["What is the capital of France?", "It is Paris."]
+    assert len(document["tree"]) == 5 and document["leaf"] == 2
+    imported = from_json(to_json(conversation))
+    again = store.create(imported.title, imported.messages, imported.settings, imported.leaf)
+    assert (again.nodes, again.leaf, again.messages) == (conversation.nodes, 2, conversation.messages)
+    assert "## Assistant\n\nIt is Paris." in to_markdown(again) and "巴黎" not in to_markdown(again)
+    document["tree"][1]["parent"] = 9
+    with pytest.raises(ValueError, match="tree of branches is damaged"):
+        from_json(json.dumps(document))
+
+
+def test_search_finds_words_in_any_chat_and_branch_in_english_and_chinese(store: ConversationStore) -> None:
+    older = store.create("Capitals", branched(), leaf=2)
+    newer = store.create("Percentages", exchange("What is 50% of 80?", "40, the_answer."))
+    assert [(h.conversation_id, h.message_id) for h in store.search("PARIS")] == [(older.id, 1), (older.id, 2)]
+    assert [h.message_id for h in store.search("首都")] == [3]  # two characters: shorter than a trigram
+    assert [h.message_id for h in store.search("法国的首都")] == [3]
+    assert [h.conversation_id for h in store.search("what is")] == [newer.id, older.id]  # newest chat first
+    assert [h.message_id for h in store.search("50%")] == [0] and store.search("5%") == []  # % is a character
+    assert [h.message_id for h in store.search("the_answer")] == [1] and store.search("the answer") == []
+    assert store.search("   ") == [] and store.search("Berlin") == []
+    hit = store.search("capital")[0]
+    assert (hit.title, hit.role, hit.snippet) == ("Capitals", "user", "What is the capital of France?")
+
+
+def test_search_forgets_what_was_replaced_or_deleted(store: ConversationStore) -> None:
+    chat = store.create("Capitals", exchange())
+    store.save_messages(chat.id, exchange("What is the capital of Spain?", "Madrid."), chat.revision)
+    assert store.search("France") == [] and [h.message_id for h in store.search("Madrid")] == [1]
+    store.delete(chat.id)
+    assert store.search("Madrid") == [] and store.search("Spain") == []
+
+
+def test_a_long_message_is_shown_around_the_words_found(store: ConversationStore) -> None:
+    text = "lorem ipsum " * 40 + "the needle is here " + "dolor sit " * 40
+    store.create("Long", [{"role": "user", "content": text}])
+    (hit,) = store.search("needle")
+    assert hit.snippet.startswith("…") and hit.snippet.endswith("…") and "the needle is here" in hit.snippet
+    assert len(hit.snippet) <= 82

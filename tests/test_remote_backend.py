@@ -141,7 +141,7 @@ def test_a_server_that_goes_away_is_an_error_and_the_chat_survives(
     page.chat_input[0].set_value("Hi").run()  # the model list is still cached; the reply cannot come
     assert not page.exception, page.exception
     messages = page.session_state["messages"]
-    assert messages[0] == {"role": "user", "content": "Hi"}
+    assert messages[0] == {"id": 0, "parent": None, "role": "user", "content": "Hi"}
     assert "Cannot reach" in messages[-1]["error"] and "Cannot reach" in page.chat_message[-1].error[0].value
     connect(page, RemoteServer(server.base_url, "wrong"))
     assert "refused the API key" in page.sidebar.error[0].value

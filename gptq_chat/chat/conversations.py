@@ -5,6 +5,10 @@ with several browser tabs writing at once (WAL, one short connection per call), 
 up. Each conversation carries a revision: a tab that saves over a newer version (the same chat open
 in two tabs) gets `Conflict` instead of silently erasing the other tab's messages.
 
+A chat is a tree of messages (`branches.py`): each row keeps its parent, and the chat the leaf it shows. Every
+message's text is also in an FTS5 index with the trigram tokenizer, so that search finds any substring, Chinese
+included, without a word segmenter. A store written before either existed (schema 1) is migrated when it is opened.
+
 Faults: a process killed mid-save loses that save only (each is one WAL transaction, fsynced at commit:
 synchronous=FULL). A full disk makes a save raise `SaveFailed` and changes nothing; reads go on working,
 and the same save succeeds once there is room.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -23,16 +28,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gptq_chat.chat.branches import Node, linked, path_to
 from gptq_chat.models.home import models_home
 
 DATA_ENV = "GPTQ_CHAT_DATA"
 DB_NAME = "conversations.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EXPORT_FORMAT = "gptq-chat-conversation"
 ROLES = ("user", "assistant")
 TITLE_CHARS = 48
 # What a message keeps besides role and content: shown again after a reload, never sent to the model.
 META_KEYS = ("stats", "stopped", "error", "model")
+SNIPPET_CHARS = 80  # of context around a search hit
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -41,7 +48,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     created REAL NOT NULL,
     updated REAL NOT NULL,
     revision INTEGER NOT NULL DEFAULT 0,
-    settings TEXT NOT NULL DEFAULT '{}'
+    settings TEXT NOT NULL DEFAULT '{}',
+    leaf INTEGER
 );
 CREATE TABLE IF NOT EXISTS messages (
     conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
@@ -49,9 +57,31 @@ CREATE TABLE IF NOT EXISTS messages (
     role TEXT NOT NULL,
     content TEXT NOT NULL,
     meta TEXT NOT NULL DEFAULT '{}',
+    parent INTEGER,
     PRIMARY KEY (conversation_id, position)
 );
 """
+# Schema 1 kept one list per chat (position 0, 1, 2, ...): each message's parent is the one before it.
+TO_BRANCHES = """
+ALTER TABLE conversations ADD COLUMN leaf INTEGER;
+ALTER TABLE messages ADD COLUMN parent INTEGER;
+UPDATE messages SET parent = position - 1 WHERE position > 0;
+UPDATE conversations SET leaf = (SELECT MAX(position) FROM messages WHERE conversation_id = conversations.id);
+"""
+# The index holds each message's text under the message's rowid; triggers keep it in step within each transaction.
+SEARCH_INDEX = """
+CREATE VIRTUAL TABLE message_search USING fts5(content, tokenize = 'trigram');
+INSERT INTO message_search (rowid, content) SELECT rowid, content FROM messages;
+CREATE TRIGGER message_indexed AFTER INSERT ON messages BEGIN
+    INSERT INTO message_search (rowid, content) VALUES (new.rowid, new.content);
+END;
+CREATE TRIGGER message_unindexed AFTER DELETE ON messages BEGIN
+    DELETE FROM message_search WHERE rowid = old.rowid;
+END;
+"""
+TRIGRAM = 3  # the index finds substrings of at least this many characters; shorter ones are looked for row by row
+
+log = logging.getLogger(__name__)
 
 
 # SQLite's primary result codes that mean "the file cannot be written now" (Python 3.11 names them in sqlite3).
@@ -78,6 +108,17 @@ def cannot_write(error: sqlite3.OperationalError) -> bool:
     return code is None or code & 0xFF in CANNOT_WRITE
 
 
+def split_sql(script: str) -> list[str]:
+    """A script's statements one by one, for one transaction (`executescript` would commit before it runs)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
+
+
 def data_dir() -> Path:
     """`GPTQ_CHAT_DATA`, else `chat-data/` beside the models folder (the repo root by default)."""
     configured = os.environ.get(DATA_ENV)
@@ -102,7 +143,25 @@ class Conversation:
     updated: float
     revision: int
     settings: dict[str, Any] = field(default_factory=dict)
-    messages: list[dict[str, Any]] = field(default_factory=list)
+    nodes: list[Node] = field(default_factory=list)  # every message of every branch, with its id and parent
+    leaf: int | None = None  # the last message of the branch shown
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """The branch shown, as plain messages: what the model reads and what an export writes."""
+        return [clean_message(node) for node in path_to(self.nodes, self.leaf)]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A message that contains the text searched for."""
+
+    conversation_id: int
+    title: str
+    message_id: int
+    role: str
+    snippet: str
+    updated: float
 
 
 def title_from(text: str) -> str:
@@ -121,6 +180,29 @@ def clean_message(message: dict[str, Any]) -> dict[str, Any]:
     return {"role": message["role"], "content": message["content"], **kept}
 
 
+def clean_tree(messages: Sequence[dict[str, Any]], leaf: int | None) -> tuple[list[Node], int | None]:
+    """Checked nodes (each a `clean_message` with its id and parent) and the leaf shown (None: the newest message)."""
+    nodes = [{**clean_message(m), "id": m["id"], "parent": m["parent"]} for m in linked(messages)]
+    ids = {node["id"] for node in nodes}
+    if len(ids) != len(nodes) or not all(isinstance(i, int) for i in ids):
+        raise ValueError("message ids must be distinct integers")
+    if any(node["parent"] is not None and node["parent"] not in ids for node in nodes):
+        raise ValueError("a message's parent must be a message of the same chat")
+    if leaf is None and nodes:
+        leaf = max(ids)
+    path_to(nodes, leaf)  # the leaf is in the tree, and its path has no cycle
+    return nodes, leaf
+
+
+def snippet(text: str, found: str) -> str:
+    """One line of `text` around the first place `found` occurs (ignoring case), for a search result."""
+    line = " ".join(text.split())
+    at = max(line.lower().find(found.lower()), 0)
+    start = max(at - SNIPPET_CHARS // 2, 0)
+    piece = line[start : start + SNIPPET_CHARS]
+    return ("…" if start else "") + piece + ("…" if start + SNIPPET_CHARS < len(line) else "")
+
+
 class ConversationStore:
     """All saved conversations; every method opens its own short connection (thread- and tab-safe), and one idle
     connection keeps the write-ahead log open (`_keep_wal_open`)."""
@@ -130,10 +212,32 @@ class ConversationStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
-            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:  # no write when it is set up
-                db.executescript(SCHEMA)
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if self.version() != SCHEMA_VERSION:  # no write when it is set up
+            self._set_up()
         self._keep_wal_open()
+
+    def version(self) -> int:
+        with self.connect() as db:
+            return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _set_up(self) -> None:
+        """Create the tables, or migrate a schema 1 store, in one transaction: all of it or nothing."""
+        with self.writing() as db:
+            db.execute("BEGIN IMMEDIATE")  # another process may be setting up the same file
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version == SCHEMA_VERSION:
+                return
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path} was written by a newer version of this app (schema {version})")
+            if version == 1:
+                chats = db.execute("SELECT COUNT(*) FROM conversations").fetchone()[0]
+                log.info("Migrating %d saved chats in %s to branches and search (schema 1 -> 2)", chats, self.path)
+                statements = TO_BRANCHES
+            else:
+                statements = SCHEMA
+            for statement in split_sql(statements + SEARCH_INDEX):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _keep_wal_open(self) -> None:
         """Hold one idle connection for the store's life, so the WAL and its index (`-shm`) stay open.
@@ -173,18 +277,25 @@ class ConversationStore:
             raise SaveFailed(str(error)) from error
 
     def create(
-        self, title: str, messages: Sequence[dict[str, Any]] = (), settings: dict[str, Any] | None = None
+        self,
+        title: str,
+        messages: Sequence[dict[str, Any]] = (),
+        settings: dict[str, Any] | None = None,
+        leaf: int | None = None,
     ) -> Conversation:
+        """A new chat; `messages` is a list (each the next one's parent) or a tree of nodes with ids and parents,
+        `leaf` the branch shown (None: the newest message's)."""
         now = time.time()
-        rows = [clean_message(m) for m in messages]
+        nodes, leaf = clean_tree(messages, leaf)
         with self.writing() as db:
             cursor = db.execute(
-                "INSERT INTO conversations (title, created, updated, revision, settings) VALUES (?, ?, ?, 1, ?)",
-                (title.strip() or "…", now, now, json.dumps(settings or {}, ensure_ascii=False)),
+                "INSERT INTO conversations (title, created, updated, revision, settings, leaf) "
+                "VALUES (?, ?, ?, 1, ?, ?)",
+                (title.strip() or "…", now, now, json.dumps(settings or {}, ensure_ascii=False), leaf),
             )
             conversation_id = int(cursor.lastrowid or 0)
-            self._write_messages(db, conversation_id, rows)
-        return Conversation(conversation_id, title.strip() or "…", now, now, 1, dict(settings or {}), rows)
+            self._write_messages(db, conversation_id, nodes)
+        return Conversation(conversation_id, title.strip() or "…", now, now, 1, dict(settings or {}), nodes, leaf)
 
     def summaries(self) -> list[Summary]:
         """Most recently changed first."""
@@ -198,13 +309,14 @@ class ConversationStore:
     def get(self, conversation_id: int) -> Conversation | None:
         with self.connect() as db:
             row = db.execute(
-                "SELECT id, title, created, updated, revision, settings FROM conversations WHERE id = ?",
+                "SELECT id, title, created, updated, revision, settings, leaf FROM conversations WHERE id = ?",
                 (conversation_id,),
             ).fetchone()
             if row is None:
                 return None
             messages = db.execute(
-                "SELECT role, content, meta FROM messages WHERE conversation_id = ? ORDER BY position",
+                "SELECT position, parent, role, content, meta FROM messages WHERE conversation_id = ? "
+                "ORDER BY position",
                 (conversation_id,),
             ).fetchall()
         return Conversation(
@@ -214,12 +326,19 @@ class ConversationStore:
             updated=float(row[3]),
             revision=int(row[4]),
             settings=json.loads(row[5]),
-            messages=[{"role": r, "content": c, **json.loads(meta)} for r, c, meta in messages],
+            nodes=[
+                {"id": i, "parent": parent, "role": r, "content": c, **json.loads(meta)}
+                for i, parent, r, c, meta in messages
+            ],
+            leaf=row[6],
         )
 
-    def save_messages(self, conversation_id: int, messages: Sequence[dict[str, Any]], revision: int) -> int:
-        """Replace the messages if nobody saved since `revision`; returns the new revision."""
-        rows = [clean_message(m) for m in messages]
+    def save_messages(
+        self, conversation_id: int, messages: Sequence[dict[str, Any]], revision: int, leaf: int | None = None
+    ) -> int:
+        """Replace the messages (a list or a tree, as for `create`) if nobody saved since `revision`; returns the
+        new revision."""
+        nodes, leaf = clean_tree(messages, leaf)
         with self.writing() as db:
             db.execute("BEGIN IMMEDIATE")  # hold the write lock from the check to the write
             row = db.execute("SELECT revision FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
@@ -228,12 +347,35 @@ class ConversationStore:
             if int(row[0]) != revision:
                 raise Conflict(f"conversation {conversation_id} is at revision {row[0]}, not {revision}")
             db.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
-            self._write_messages(db, conversation_id, rows)
+            self._write_messages(db, conversation_id, nodes)
             db.execute(
-                "UPDATE conversations SET revision = ?, updated = ? WHERE id = ?",
-                (revision + 1, time.time(), conversation_id),
+                "UPDATE conversations SET revision = ?, updated = ?, leaf = ? WHERE id = ?",
+                (revision + 1, time.time(), leaf, conversation_id),
             )
         return revision + 1
+
+    def search(self, text: str, limit: int = 50) -> list[Hit]:
+        """Messages that contain `text` (ignoring case for Latin letters), in the most recently changed chats first."""
+        text = text.strip()
+        if not text:
+            return []
+        if len(text) >= TRIGRAM:
+            phrase = '"' + text.replace('"', '""') + '"'  # the whole text as one phrase: a substring match
+            where = "m.rowid IN (SELECT rowid FROM message_search WHERE message_search MATCH ?)"
+            argument = phrase
+        else:
+            where, argument = "instr(lower(m.content), lower(?)) > 0", text
+        with self.connect() as db:
+            rows = db.execute(
+                "SELECT c.id, c.title, m.position, m.role, m.content, c.updated FROM messages m "
+                f"JOIN conversations c ON c.id = m.conversation_id WHERE {where} "
+                "ORDER BY c.updated DESC, c.id DESC, m.position LIMIT ?",
+                (argument, limit),
+            ).fetchall()
+        return [
+            Hit(int(chat), str(title), int(position), str(role), snippet(content, text), float(updated))
+            for chat, title, position, role, content, updated in rows
+        ]
 
     def save_settings(self, conversation_id: int, settings: dict[str, Any]) -> None:
         """Settings are last-writer-wins: they do not bump the revision or reorder the list."""
@@ -254,18 +396,19 @@ class ConversationStore:
             db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
 
     @staticmethod
-    def _write_messages(db: sqlite3.Connection, conversation_id: int, rows: list[dict[str, Any]]) -> None:
+    def _write_messages(db: sqlite3.Connection, conversation_id: int, nodes: list[Node]) -> None:
         db.executemany(
-            "INSERT INTO messages (conversation_id, position, role, content, meta) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO messages (conversation_id, position, parent, role, content, meta) VALUES (?, ?, ?, ?, ?, ?)",
             [
                 (
                     conversation_id,
-                    i,
-                    m["role"],
-                    m["content"],
-                    json.dumps({k: v for k, v in m.items() if k in META_KEYS}, ensure_ascii=False),
+                    node["id"],
+                    node["parent"],
+                    node["role"],
+                    node["content"],
+                    json.dumps({k: v for k, v in node.items() if k in META_KEYS}, ensure_ascii=False),
                 )
-                for i, m in enumerate(rows)
+                for node in nodes
             ],
         )
 
@@ -285,33 +428,42 @@ class ChatRef:
 
 
 def save_chat(
-    store: ConversationStore, chat: ChatRef, messages: Sequence[dict[str, Any]], settings: dict[str, Any]
+    store: ConversationStore,
+    chat: ChatRef,
+    messages: Sequence[dict[str, Any]],
+    settings: dict[str, Any],
+    leaf: int | None = None,
 ) -> bool:
-    """Save a tab's chat into `chat`: created on its first message, and saved as a new chat (never over
-    the other tab's messages) when another tab changed or deleted it meanwhile; True in that case.
+    """Save a tab's chat (a list, or a tree and the `leaf` it shows) into `chat`: created on its first message, and
+    saved as a new chat (never over the other tab's messages) when another tab changed or deleted it meanwhile; True
+    in that case.
 
     On `SaveFailed`, `chat` keeps its id and revision and is marked `unsaved`: the same call later saves it all.
     """
     if not messages:
         return False
     chat.unsaved = True  # until a write below succeeds
-    forked = _write_chat(store, chat, messages, settings)
+    forked = _write_chat(store, chat, messages, settings, leaf)
     chat.unsaved = False
     return forked
 
 
 def _write_chat(
-    store: ConversationStore, chat: ChatRef, messages: Sequence[dict[str, Any]], settings: dict[str, Any]
+    store: ConversationStore,
+    chat: ChatRef,
+    messages: Sequence[dict[str, Any]],
+    settings: dict[str, Any],
+    leaf: int | None,
 ) -> bool:
     """`save_chat`'s writes: over the tab's revision, else as a new chat; True when it became a new chat."""
     if chat.id is not None:
         try:
-            chat.revision = store.save_messages(chat.id, messages, chat.revision)
+            chat.revision = store.save_messages(chat.id, messages, chat.revision, leaf)
             return False
         except Conflict:
             pass
     first = next((m["content"] for m in messages if m["role"] == "user"), "")
-    created = store.create(title_from(first), messages, settings)
+    created = store.create(title_from(first), messages, settings, leaf)
     forked = chat.id is not None
     chat.id, chat.revision = created.id, created.revision
     return forked
@@ -321,15 +473,19 @@ def _write_chat(
 
 
 def to_json(conversation: Conversation) -> str:
-    """Everything needed to import the chat elsewhere: title, settings, messages with their stats."""
-    document = {
+    """Everything needed to import the chat elsewhere: title, settings, the branch shown (`messages`, what other apps
+    read) and, where the chat has other branches, the whole tree with the leaf shown."""
+    document: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "version": 1,
         "title": conversation.title,
         "created": conversation.created,
         "settings": conversation.settings,
-        "messages": [clean_message(m) for m in conversation.messages],
+        "messages": conversation.messages,
     }
+    if len(conversation.nodes) > len(conversation.messages):
+        document["tree"] = [{**clean_message(n), "id": n["id"], "parent": n["parent"]} for n in conversation.nodes]
+        document["leaf"] = conversation.leaf
     return json.dumps(document, ensure_ascii=False, indent=2)
 
 
@@ -345,8 +501,18 @@ def to_markdown(conversation: Conversation, labels: dict[str, str] | None = None
     return "\n\n".join(parts) + "\n"
 
 
-def from_json(text: str | bytes) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
-    """(title, messages, settings) from `to_json` output, or a plain list of {role, content}.
+@dataclass(frozen=True)
+class Imported:
+    """A chat read from a file: `messages` is a list, or a tree of nodes with `leaf` the branch to show."""
+
+    title: str
+    messages: list[dict[str, Any]]
+    settings: dict[str, Any]
+    leaf: int | None = None
+
+
+def from_json(text: str | bytes) -> Imported:
+    """A chat from `to_json` output (with its tree, where it has one), or a plain list of {role, content}.
 
     Raises ValueError with a sentence a user can act on; nothing is imported from a bad file.
     """
@@ -372,4 +538,10 @@ def from_json(text: str | bytes) -> tuple[str, list[dict[str, Any]], dict[str, A
     settings = document.get("settings") if isinstance(document.get("settings"), dict) else {}
     first_user = next((m["content"] for m in messages if m["role"] == "user"), "")
     title = str(document.get("title") or title_from(first_user) or "Imported")
-    return title, messages, settings
+    if "tree" not in document:
+        return Imported(title, messages, settings)
+    try:
+        nodes, leaf = clean_tree(document["tree"], document.get("leaf"))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"the chat's tree of branches is damaged ({error})") from error
+    return Imported(title, nodes, settings, leaf)

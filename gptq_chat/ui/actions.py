@@ -8,8 +8,9 @@ from typing import Any
 
 import streamlit as st
 
+from gptq_chat.chat.branches import append, leaf_of, newest_leaf, path_to, switched
 from gptq_chat.chat.conversations import ChatRef, Conversation, ConversationStore, SaveFailed, from_json
-from gptq_chat.ui.history import last_index, with_edited_last_user, without_last_reply
+from gptq_chat.ui.history import for_regeneration, with_edit
 from gptq_chat.ui.presets import CUSTOM, PRESETS, preset_of
 from gptq_chat.ui.saving import failure_notice, save_notice, tell
 
@@ -57,10 +58,12 @@ def chat_settings() -> dict[str, Any]:
 def show_conversation(conversation: Conversation | None) -> None:
     """Make `conversation` (None: a new, empty chat) the one this tab shows, with its settings."""
     state = st.session_state
-    state.messages = [dict(m) for m in conversation.messages] if conversation else []
+    state.nodes = [dict(n) for n in conversation.nodes] if conversation else []  # every branch
+    state.messages = path_to(state.nodes, conversation.leaf) if conversation else []  # the one shown: same dicts
     state.chat = ChatRef(conversation.id, conversation.revision) if conversation else ChatRef()
-    state.editing = False
+    state.editing = None
     state.pending = False
+    state.found = None
     if conversation:
         for key in SETTING_KEYS:
             if key in conversation.settings:
@@ -74,6 +77,19 @@ def open_chat(store: ConversationStore, conversation_id: int) -> None:
     if conversation is None:
         st.session_state.notices.append(("warning", "missing_chat"))
     show_conversation(conversation)
+
+
+@after_reply
+def open_hit(store: ConversationStore, conversation_id: int, message_id: int) -> None:
+    """A search result: its chat, on the branch that holds the message found, which the page points out."""
+    open_chat(store, conversation_id)
+    state = st.session_state
+    found = next((node for node in state.nodes if node["id"] == message_id), None)
+    if found is None:
+        return
+    if not any(message is found for message in state.messages):  # on another branch than the one last shown
+        state.messages = path_to(state.nodes, newest_leaf(state.nodes, found)["id"])
+    state.found = message_id
 
 
 @after_reply
@@ -98,19 +114,19 @@ def import_chat(store: ConversationStore, key: str) -> None:
     if upload is None:
         return
     try:
-        title, messages, settings = from_json(upload.getvalue())
+        imported = from_json(upload.getvalue())
     except ValueError as error:
         state.notices.append(("error", f"{upload.name}: {error}"))
         return
-    show_conversation(store.create(title, messages, settings))
+    show_conversation(store.create(imported.title, imported.messages, imported.settings, imported.leaf))
     state.import_round += 1  # a fresh uploader, so the same file can be imported again
-    state.notices.append(("success", f"imported:{title}"))
+    state.notices.append(("success", f"imported:{imported.title}"))
 
 
 def persist(store: ConversationStore) -> None:
     """Save this tab's chat (from callbacks and the page, where session state is safe to use)."""
     state = st.session_state
-    tell(state.notices, save_notice(store, state.chat, state.messages, chat_settings()))
+    tell(state.notices, save_notice(store, state.chat, state.nodes, chat_settings(), leaf_of(state.messages)))
 
 
 def persist_settings(store: ConversationStore) -> None:
@@ -132,42 +148,50 @@ def send(store: ConversationStore) -> None:
     text = state.get("chat_text") or ""
     if not text.strip():
         return
-    state.messages.append({"role": "user", "content": text})
-    state.editing = False
+    append(state.nodes, state.messages, {"role": "user", "content": text})
+    state.editing = None
     state.pending = True
     persist(store)
 
 
 @after_reply
-def regenerate() -> None:
+def regenerate(index: int) -> None:
     state = st.session_state
-    state.messages = without_last_reply(state.messages)
+    state.messages = for_regeneration(state.messages, index)
+    state.editing = None
     state.pending = True
 
 
 @after_reply
-def start_edit() -> None:
+def start_edit(index: int) -> None:
     state = st.session_state
-    index = last_index(state.messages, "user")
-    if index is not None:
-        state.edit_text = state.messages[index]["content"]
-        state.editing = True
+    state.edit_text = state.messages[index]["content"]
+    state.editing = index  # the position of the message being edited (None: none)
 
 
 @after_reply
 def resend(store: ConversationStore) -> None:
     state = st.session_state
     try:
-        state.messages = with_edited_last_user(state.messages, state.get("edit_text", ""))
+        state.messages = with_edit(state.nodes, state.messages, state.editing, state.get("edit_text", ""))
     except ValueError:
         return
-    state.editing = False
+    state.editing = None
     state.pending = True
     persist(store)
 
 
 def cancel_edit() -> None:
-    st.session_state.editing = False
+    st.session_state.editing = None
+
+
+@after_reply
+def switch_version(store: ConversationStore, index: int, step: int) -> None:
+    """‹ or › under a message: show its previous or next version, and remember it as the branch shown."""
+    state = st.session_state
+    state.messages = switched(state.nodes, state.messages, index, step)
+    state.editing = None
+    persist(store)
 
 
 def request_switch() -> None:

@@ -5,13 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 import streamlit as st
+import streamlit.components.v1 as components
 
+from gptq_chat.chat.branches import append, version_of
 from gptq_chat.chat.conversations import ConversationStore
 from gptq_chat.chat.prompt import PromptTooLong
 from gptq_chat.chat.reply import ChatSettings
 from gptq_chat.chat.think import split_think
-from gptq_chat.ui.actions import cancel_edit, chat_settings, persist, regenerate, resend, start_edit
-from gptq_chat.ui.history import can_regenerate, context_use, last_index, left_out, sent_history
+from gptq_chat.ui.actions import (
+    cancel_edit,
+    chat_settings,
+    persist,
+    regenerate,
+    resend,
+    start_edit,
+    switch_version,
+)
+from gptq_chat.ui.history import can_regenerate, context_use, left_out, sent_history
 from gptq_chat.ui.i18n import context_line, stats_line, t
 from gptq_chat.ui.rendering import to_markdown as markdown_of
 from gptq_chat.ui.replies import stream_into, wait_turn
@@ -61,33 +71,81 @@ def edit_box(store: ConversationStore, lang: str) -> None:
     row.button(t("cancel", lang), key="cancel_edit", on_click=cancel_edit)
 
 
+def version_switch(store: ConversationStore, index: int, lang: str) -> None:
+    """‹ n / m › under a message that has other versions (an edit of it, or a regenerated reply)."""
+    state = st.session_state
+    number, versions = version_of(state.nodes, state.messages[index])
+    if versions < 2:
+        return
+    st.button(
+        "",
+        key=f"older_{index}",
+        icon=":material/chevron_left:",
+        help=t("older_version", lang),
+        type="tertiary",
+        disabled=number == 1,
+        on_click=switch_version,
+        args=(store, index, -1),
+    )
+    st.caption(f"{number} / {versions}", width="content")
+    st.button(
+        "",
+        key=f"newer_{index}",
+        icon=":material/chevron_right:",
+        help=t("newer_version", lang),
+        type="tertiary",
+        disabled=number == versions,
+        on_click=switch_version,
+        args=(store, index, 1),
+    )
+
+
+def point_out(lang: str) -> None:
+    """Mark the message a search opened, and scroll the page to it."""
+    st.container(key="found_message").caption(f":material/search: {t('found_here', lang)}")
+    components.html(
+        "<script>parent.document.querySelector('.st-key-found_message')?.scrollIntoView({block: 'center'})</script>",
+        height=0,
+    )
+
+
 def conversation_view(store: ConversationStore, lang: str, busy: bool) -> None:
-    """The history, with Edit under the last question and Copy/Regenerate under the answers."""
+    """The history, with Edit under each question, Copy/Regenerate under each answer, and ‹ n / m › under those
+    with other versions."""
     state = st.session_state
     messages = state.messages
     hidden = left_out(messages)
-    last_user = last_index(messages, "user")
+    found = state.pop("found", None)  # a search result just opened: pointed out once
     with st.chat_message("assistant"):
         st.markdown(t("greeting", lang))  # shown, never sent to the model
     for index, message in enumerate(messages):
         with st.chat_message(message["role"]):
             if index in hidden:
                 st.caption(t("left_out", lang))
-            if index == last_user and state.editing:
+            if message["id"] == found:
+                point_out(lang)
+            if index == state.editing:
                 edit_box(store, lang)
                 continue
             render_message(message, index, lang)
             if busy:
                 continue
-            row = st.container(horizontal=True, gap="small")
-            with row:
+            with st.container(horizontal=True, gap="small", vertical_alignment="center"):
                 if message["role"] == "assistant":
                     copy_box(message, index, lang)
-                    if index == len(messages) - 1 and can_regenerate(messages):
-                        icon = ":material/refresh:"
-                        st.button(t("regenerate", lang), key="regenerate", icon=icon, on_click=regenerate)
-                elif index == last_user:
-                    st.button(t("edit", lang), key="edit", icon=":material/edit:", on_click=start_edit)
+                    if can_regenerate(messages, index):
+                        st.button(
+                            t("regenerate", lang),
+                            key=f"regenerate_{index}",
+                            icon=":material/refresh:",
+                            on_click=regenerate,
+                            args=(index,),
+                        )
+                else:
+                    st.button(
+                        t("edit", lang), key=f"edit_{index}", icon=":material/edit:", on_click=start_edit, args=(index,)
+                    )
+                version_switch(store, index, lang)
 
 
 class LiveReply:
@@ -126,7 +184,8 @@ def answer(source: ReplySource, settings: ChatSettings, store: ConversationStore
         st.error(messages[-1]["error"])
         return
     entry: dict[str, Any] = {"role": "assistant", "content": ""}
-    messages.append(entry)
+    nodes = state.nodes
+    append(nodes, messages, entry)
     # What the reply's end needs, taken now: with fastReruns a click stops this run (every later
     # session-state access raises StopException) while the next run already starts.
     chat, notices, speeds, settings_now = state.chat, state.notices, state.session_speeds, chat_settings()
@@ -143,7 +202,9 @@ def answer(source: ReplySource, settings: ChatSettings, store: ConversationStore
             waiting.empty()
 
         def finish() -> None:
-            tell(notices, save_notice(store, chat, messages, settings_now))  # refused: kept, tried again next run
+            tell(
+                notices, save_notice(store, chat, nodes, settings_now, entry["id"])
+            )  # refused: kept, tried again next run
             if entry["stats"]["tokens_per_s"]:
                 speeds.append(entry["stats"]["tokens_per_s"])
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gptq_chat.chat.branches import Node, append
 from gptq_chat.chat.prompt import Message
 from gptq_chat.chat.think import answer_only
 
@@ -47,29 +48,31 @@ def last_index(messages: Sequence[dict[str, Any]], role: str) -> int | None:
     return next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == role), None)
 
 
-def can_regenerate(messages: Sequence[dict[str, Any]]) -> bool:
-    """The last message is a reply (whole, stopped or failed) to a user message."""
-    return len(messages) >= 2 and messages[-1]["role"] == "assistant" and last_index(messages, "user") is not None
+def can_regenerate(path: Sequence[Node], index: int) -> bool:
+    """The message at `index` is a reply (whole, stopped or failed) to the user message before it."""
+    return 0 < index < len(path) and path[index]["role"] == "assistant" and path[index - 1]["role"] == "user"
 
 
-def without_last_reply(messages: Sequence[dict[str, Any]]) -> History:
-    """The history to answer again: everything up to and including the last user message."""
-    user = last_index(messages, "user")
-    if user is None:
-        return list(messages)
-    kept = [dict(m) for m in messages[: user + 1]]
+def for_regeneration(path: Sequence[Node], index: int) -> list[Node]:
+    """The path to answer again in place of the reply at `index`: up to its question, whose reply becomes a new
+    version beside the old one (which stays in the tree)."""
+    if not can_regenerate(path, index):
+        raise ValueError(f"message {index + 1} is not a reply to a question")
+    kept = list(path[:index])
     kept[-1].pop("error", None)  # a message that failed to send gets another chance
     return kept
 
 
-def with_edited_last_user(messages: Sequence[dict[str, Any]], text: str) -> History:
-    """Replace the last user message with `text` and drop what came after it (the old reply)."""
+def with_edit(nodes: list[Node], path: Sequence[Node], index: int, text: str) -> list[Node]:
+    """The path after editing the user message at `index`: the edit is a new version beside it (added to `nodes`),
+    and what came after the old version stays on the old branch."""
     if not text.strip():
         raise ValueError("an edited message cannot be empty")
-    user = last_index(messages, "user")
-    if user is None:
-        raise ValueError("there is no user message to edit")
-    return [*(dict(m) for m in messages[:user]), {"role": "user", "content": text}]
+    if path[index]["role"] != "user":
+        raise ValueError(f"message {index + 1} is not a user message")
+    kept = list(path[:index])
+    append(nodes, kept, {"role": "user", "content": text})
+    return kept
 
 
 def needs_reply(messages: Sequence[dict[str, Any]]) -> bool:

@@ -68,6 +68,9 @@ TEXT: dict[str, dict[str, str]] = {
     # conversations
     "conversations": {"zh": "对话", "en": "Chats"},
     "new_chat": {"zh": "新对话", "en": "New chat"},
+    "search": {"zh": "搜索对话", "en": "Search chats"},
+    "no_hits": {"zh": "没有找到", "en": "Nothing found"},
+    "found_here": {"zh": "搜索结果在这里", "en": "Found here"},
     "date_this_year": {"zh": "{month}月{day}日 {time}", "en": "{month_name} {day} {time}"},  # a chat's time
     "rename": {"zh": "重命名", "en": "Rename"},
     "title_label": {"zh": "标题", "en": "Title"},
@@ -102,6 +105,8 @@ TEXT: dict[str, dict[str, str]] = {
     "stopped": {"zh": "（已停止）", "en": "(stopped)"},
     "regenerate": {"zh": "重新生成", "en": "Regenerate"},
     "edit": {"zh": "编辑", "en": "Edit"},
+    "older_version": {"zh": "上一个版本", "en": "Previous version"},
+    "newer_version": {"zh": "下一个版本", "en": "Next version"},
     "edit_label": {"zh": "编辑消息", "en": "Edit your message"},
     "resend": {"zh": "重新发送", "en": "Send"},
     "cancel": {"zh": "取消", "en": "Cancel"},

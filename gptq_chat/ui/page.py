@@ -41,7 +41,8 @@ from gptq_chat.ui.sidebar import (
 LOAD_ERRORS = (CheckpointError, KernelError, RuntimeError, OSError, ValueError)
 # A list reads down its left edge: chat titles start there, as in every chat app.
 PAGE_CSS = (
-    "<style>.st-key-chat_list button, .st-key-chat_list button > div {justify-content: flex-start; text-align: left;}"
+    "<style>.st-key-chat_list button, .st-key-chat_list button > div, .st-key-search_hits button,"
+    " .st-key-search_hits button > div {justify-content: flex-start; text-align: left;}"
     "</style>"
 )
 
@@ -89,7 +90,7 @@ def access_granted(password: str | None, lang: str) -> bool:
 def start_session(store: ConversationStore) -> None:
     """Every run: this tab's defaults; on its first run, the chat in the address (a reload) or a new one."""
     state = st.session_state
-    for key, value in {"notices": [], "session_speeds": [], "import_round": 0, "editing": False}.items():
+    for key, value in {"notices": [], "session_speeds": [], "import_round": 0, "editing": None}.items():
         state.setdefault(key, value)
     state.setdefault("pending", False)
     if "messages" not in state:

@@ -20,11 +20,15 @@ def failure_notice(error: SaveFailed) -> Notice:
 
 
 def save_notice(
-    store: ConversationStore, chat: ChatRef, messages: Sequence[dict[str, Any]], settings: dict[str, Any]
+    store: ConversationStore,
+    chat: ChatRef,
+    nodes: Sequence[dict[str, Any]],
+    settings: dict[str, Any],
+    leaf: int | None,
 ) -> Notice | None:
-    """Save the tab's chat; the notice the page shows about it, if any."""
+    """Save the tab's chat (its tree, and the branch shown); the notice the page shows about it, if any."""
     try:
-        forked = save_chat(store, chat, messages, settings)
+        forked = save_chat(store, chat, nodes, settings, leaf)
     except SaveFailed as error:
         return failure_notice(error)
     return ("warning", "conflict") if forked else None

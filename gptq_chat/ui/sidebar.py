@@ -8,6 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from gptq_chat.api.remote import RemoteError, RemoteModel, RemoteServer, list_models
+from gptq_chat.chat.branches import leaf_of
 from gptq_chat.chat.conversations import Conversation, ConversationStore, to_json, to_markdown
 from gptq_chat.chat.reply import ChatSettings
 from gptq_chat.engine.protocols import SamplingSettings
@@ -19,6 +20,7 @@ from gptq_chat.ui.actions import (
     delete_chat,
     import_chat,
     open_chat,
+    open_hit,
     preset_chosen,
     prompt_edited,
     rename_chat,
@@ -31,6 +33,7 @@ from gptq_chat.ui.presets import CUSTOM, DEFAULT, PRESETS, preset_of
 from gptq_chat.ui.reply_source import ReplySource, remote_source
 
 LISTED_CHATS = 100
+SEARCH_HITS = 30
 
 
 def conversations_panel(store: ConversationStore, lang: str) -> None:
@@ -38,6 +41,15 @@ def conversations_panel(store: ConversationStore, lang: str) -> None:
     bar = st.sidebar
     bar.subheader(t("conversations", lang))
     bar.button(t("new_chat", lang), key="new_chat", icon=":material/add:", on_click=show_conversation, args=(None,))
+    query = bar.text_input(
+        t("search", lang),
+        key="search_text",
+        placeholder=t("search", lang),
+        label_visibility="collapsed",
+        icon=":material/search:",
+    )
+    if query.strip():
+        search_results(store, query, lang)
     summaries = store.summaries()[:LISTED_CHATS]
     listed = (
         bar.container(height=min(320, 40 * len(summaries) + 16), border=False, key="chat_list") if summaries else bar
@@ -57,7 +69,7 @@ def conversations_panel(store: ConversationStore, lang: str) -> None:
     if conversation_id is not None:
         conversation = store.get(conversation_id)
         if conversation is not None:
-            conversation.messages = state.messages
+            conversation.nodes, conversation.leaf = state.nodes, leaf_of(state.messages)
             conversation.settings = chat_settings()
             chat_actions(store, conversation, lang)
     with bar.expander(t("import", lang), icon=":material/upload:"):
@@ -69,6 +81,24 @@ def conversations_panel(store: ConversationStore, lang: str) -> None:
             on_change=import_chat,
             args=(store, key),
             label_visibility="collapsed",
+        )
+
+
+def search_results(store: ConversationStore, query: str, lang: str) -> None:
+    """Every message that holds the text, as buttons that open its chat there (title · the words around it)."""
+    hits = store.search(query, limit=SEARCH_HITS)
+    if not hits:
+        st.sidebar.caption(t("no_hits", lang))
+        return
+    listed = st.sidebar.container(height="content" if len(hits) <= 5 else 320, border=False, key="search_hits")
+    for hit in hits:
+        listed.button(
+            f"{list_title(hit.title)} · {hit.snippet}",
+            key=f"hit_{hit.conversation_id}_{hit.message_id}",
+            type="tertiary",
+            width="stretch",
+            on_click=open_hit,
+            args=(store, hit.conversation_id, hit.message_id),
         )
 
 
