@@ -8,6 +8,7 @@ import io
 import random
 import zipfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import docx
 import pytest
@@ -18,6 +19,7 @@ from pypdf import PdfReader, PdfWriter
 from gptq_chat.chat import documents
 from gptq_chat.chat.documents import DEFAULT_MAX_BYTES, SUPPORTED_EXTENSIONS, UnreadableFile, extract
 
+NOTO_CJK = Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc")
 PAGES = (
     "Quarterly report of the Harbour Street bakery.",
     "Sales of rye bread rose by a fifth over the winter.",
@@ -69,6 +71,17 @@ def test_pdf_text_comes_page_by_page() -> None:
     assert "Jensen" not in document.pages[1] + document.pages[3]
     assert document.text.index("rye bread") < document.text.index("Jensen") < document.text.index("Mill Lane")
     assert document.chars == len(document.text)
+
+
+def test_chinese_pdf_text_comes_without_the_nuls_pypdf_reads_between_characters() -> None:
+    if not NOTO_CJK.is_file():
+        pytest.skip(f"needs {NOTO_CJK} (Debian's fonts-noto-cjk, which env/test.sh installs)")
+    pdf = FPDF()
+    pdf.add_font("noto", fname=str(NOTO_CJK), collection_font_number=2)  # Simplified Chinese
+    pdf.set_font("noto", size=11)
+    pdf.add_page()
+    pdf.multi_cell(0, 6, "员工每年享有十五天带薪年假。")
+    assert extract("年假.pdf", bytes(pdf.output())).pages == ("员工每年享有十五天带薪年假。",)
 
 
 def test_a_pdf_with_only_an_owner_password_opens_as_viewers_open_it() -> None:

@@ -45,9 +45,6 @@ TEXT_ENCODINGS = ("utf-8-sig", "gb18030")  # UTF-8 (a BOM or not), then what Chi
 Reason = Literal["too_large", "unsupported", "encrypted", "corrupt", "no_text_layer", "empty", "binary", "zip_bomb"]
 Kind = Literal["pdf", "docx", "text"]
 
-_CJK = "\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef"  # CJK radicals to ideographs, compatibility ideographs, full-width
-_SPACE_BETWEEN_CJK = re.compile(f"(?<=[{_CJK}])[ \t]+(?=[{_CJK}])")
-
 
 class UnreadableFile(ValueError):
     """A file that gives no text: `reason` is a stable code, the message says what to do, in English."""
@@ -113,7 +110,8 @@ def _pdf_pages(name: str, data: bytes) -> tuple[str, ...]:
                 "encrypted",
                 f"{name} is protected by a password. Save a copy without the password and attach that.",
             )
-        pages = tuple(_SPACE_BETWEEN_CJK.sub("", page.extract_text()) for page in reader.pages)
+        # pypdf reads the two-byte codes of some CID fonts (fpdf2's, for one) as a NUL and a character.
+        pages = tuple(page.extract_text().replace("\0", "") for page in reader.pages)
     except UnreadableFile:
         raise
     except Exception as error:  # pypdf meets damaged files with errors of many types, its own and Python's
