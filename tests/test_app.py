@@ -1010,7 +1010,7 @@ def test_load_error_is_shown_as_text_and_history_survives(
     (broken / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
     monkeypatch.setenv(MODEL_ENV, str(broken))
     at = AppTest.from_file(APP, default_timeout=60)
-    at.session_state["messages"] = [{"role": "user", "content": "kept message"}]
+    at.session_state["nodes"] = at.session_state["messages"] = linked([{"role": "user", "content": "kept message"}])
     at.run()
     assert not at.exception
     assert "not a quantized checkpoint" in at.error[0].value

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import openai
 
+from gptq_chat.chat.attachments import documents_estimated
 from gptq_chat.chat.prompt import Message, with_system
 from gptq_chat.chat.reply import ChatSettings, Reply, ReplyStats
 
@@ -93,9 +94,12 @@ def stream_remote_reply(
     The whole history goes to the server, which knows its own context window (a prompt too long is
     its error to report). Token counts come from the server's usage report.
     """
-    messages = with_system(settings.system_prompt, history)
     sampling = settings.sampling
-    stats = ReplyStats()
+    history, sources = documents_estimated(
+        history, settings.system_prompt, settings.context_length, sampling.max_new_tokens
+    )
+    messages = with_system(settings.system_prompt, history)
+    stats = ReplyStats(sources=sources)
     stop = stop or threading.Event()
 
     def pieces() -> Iterator[str]:

@@ -38,7 +38,7 @@ EXPORT_FORMAT = "gptq-chat-conversation"
 ROLES = ("user", "assistant")
 TITLE_CHARS = 48
 # What a message keeps besides role and content: shown again after a reload, never sent to the model.
-META_KEYS = ("stats", "stopped", "error", "model")
+META_KEYS = ("stats", "stopped", "error", "model", "attachments")  # attachments: files' text (attachments.py)
 SNIPPET_CHARS = 80  # of context around a search hit
 
 SCHEMA = """

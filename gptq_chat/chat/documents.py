@@ -17,10 +17,6 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Literal
 
-import docx
-from docx.table import Table
-from pypdf import PasswordType, PdfReader
-
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
@@ -102,6 +98,8 @@ def _corrupt(name: str, what: str) -> UnreadableFile:
 
 def _pdf_pages(name: str, data: bytes) -> tuple[str, ...]:
     """Each page's text. An encrypted PDF is opened with the empty password first, as PDF viewers do."""
+    from pypdf import PasswordType, PdfReader  # on first use: `python app.py` reads only the limits here
+
     started = time.perf_counter()
     try:
         reader = PdfReader(io.BytesIO(data))
@@ -128,6 +126,9 @@ def _pdf_pages(name: str, data: bytes) -> tuple[str, ...]:
 
 def _docx_pages(name: str, data: bytes) -> tuple[str, ...]:
     """Paragraphs and tables in order, split into pages where Word last laid the document out (if it did)."""
+    import docx  # on first use, as pypdf
+    from docx.table import Table
+
     _refuse_zip_bomb(name, data)
     try:
         document = docx.Document(io.BytesIO(data))

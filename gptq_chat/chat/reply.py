@@ -12,7 +12,9 @@ from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gptq_chat.chat.attachments import documents_in_prompt
 from gptq_chat.chat.prompt import Message, build_prompt
+from gptq_chat.chat.retrieval import Excerpt
 from gptq_chat.chat.streamer import TextTally, stream_text
 from gptq_chat.engine.protocols import SamplingSettings, TokenSource
 
@@ -34,6 +36,7 @@ class ReplyStats(TextTally):
     prompt_tokens: int = 0
     dropped_messages: int = 0
     total_seconds: float = 0.0
+    sources: tuple[Excerpt, ...] = ()  # what of the attached documents the prompt held
 
     @property
     def tokens_per_second(self) -> float:
@@ -69,11 +72,12 @@ def stream_reply(
     settings: ChatSettings,
     stop: threading.Event | None = None,
 ) -> Reply:
-    """Start a reply to the last user message in `history`; raises `PromptTooLong` before any work."""
-    prompt = build_prompt(
-        tokenizer, history, settings.system_prompt, settings.context_length, settings.sampling.max_new_tokens
-    )
-    stats = ReplyStats(prompt_tokens=len(prompt.ids), dropped_messages=prompt.dropped_messages)
+    """Start a reply to the last user message in `history` (whose user messages may carry `documents`); raises
+    `PromptTooLong` before any work."""
+    shape = (settings.system_prompt, settings.context_length, settings.sampling.max_new_tokens)
+    messages, sources = documents_in_prompt(tokenizer, history, *shape)
+    prompt = build_prompt(tokenizer, messages, *shape)
+    stats = ReplyStats(prompt_tokens=len(prompt.ids), dropped_messages=prompt.dropped_messages, sources=sources)
     stop = stop or threading.Event()
 
     def pieces() -> Iterator[str]:

@@ -71,6 +71,7 @@ class Excerpt:
     chunks: tuple[int, ...]  # the chunks used, by position in the document (empty when it went in whole unchunked)
     chunk_count: int  # the chunks the document was cut into (0 when it went in whole unchunked)
     passages: tuple[str, ...]
+    document: int = 0  # the document's position in the list given to `fit_documents`
 
     @property
     def whole(self) -> bool:
@@ -100,7 +101,7 @@ def fit_documents(
     they are cut into chunks of about `chunk_tokens`, and the chunks BM25 ranks highest for the question go in, in
     document order, up to the first in rank order that would not fit.
     """
-    whole = tuple(_whole_excerpt(document) for document in documents)
+    whole = tuple(_whole_excerpt(document, position) for position, document in enumerate(documents))
     message = render_message(question, whole)
     if approx_tokens(message) <= WHOLE_COUNT_LIMIT * room and (tokens := count(message)) <= room:
         return Fitted(message, tokens, whole)
@@ -149,9 +150,9 @@ def _estimate_taken(
     return len(ranked)
 
 
-def _whole_excerpt(document: Document) -> Excerpt:
+def _whole_excerpt(document: Document, position: int) -> Excerpt:
     pages = tuple(range(1, document.page_count + 1))
-    return Excerpt(document.name, document.page_count, pages, (), 0, (document.text.strip(),))
+    return Excerpt(document.name, document.page_count, pages, (), 0, (document.text.strip(),), position)
 
 
 def _excerpts(documents: Sequence[Document], chosen: Sequence[Chunk], chunks: Sequence[Chunk]) -> tuple[Excerpt, ...]:
@@ -175,6 +176,7 @@ def _excerpts(documents: Sequence[Document], chosen: Sequence[Chunk], chunks: Se
                 chunks=tuple(piece.index for piece in mine),
                 chunk_count=sum(1 for piece in chunks if piece.document == position),
                 passages=tuple(document.text[start:end].strip() for start, end in spans),
+                document=position,
             )
         )
     return tuple(excerpts)

@@ -8,6 +8,7 @@ from typing import Any
 
 import streamlit as st
 
+from gptq_chat.chat.attachments import ATTACHMENTS, read_files, saved
 from gptq_chat.chat.branches import append, leaf_of, newest_leaf, path_to, switched
 from gptq_chat.chat.conversations import ChatRef, Conversation, ConversationStore, SaveFailed, from_json
 from gptq_chat.ui.history import for_regeneration, with_edit
@@ -143,12 +144,23 @@ def persist_settings(store: ConversationStore) -> None:
 
 
 @after_reply
-def send(store: ConversationStore) -> None:
+def send(store: ConversationStore, max_file_bytes: int) -> None:
+    """The chat input's text and files as a new message; a file that gives no text stops the message, says why,
+    and puts the text back in the box."""
     state = st.session_state
-    text = state.get("chat_text") or ""
-    if not text.strip():
+    value = state.get("chat_text")  # a ChatInputValue: text and files
+    text, files = (value.text or "", value.files) if value is not None else ("", [])
+    if not text.strip() and not files:
         return
-    append(state.nodes, state.messages, {"role": "user", "content": text})
+    documents, refused = read_files([(file.name, file.getvalue()) for file in files], max_file_bytes)
+    if refused:
+        state.notices += [("error", f"file_{r.reason}:{r.name}") for r in refused] + [("warning", "not_sent_file")]
+        state.chat_text = text
+        return
+    message: dict[str, Any] = {"role": "user", "content": text}
+    if documents:
+        message[ATTACHMENTS] = [saved(document) for document in documents]
+    append(state.nodes, state.messages, message)
     state.editing = None
     state.pending = True
     persist(store)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import streamlit as st
 import streamlit.components.v1 as components
 
+from gptq_chat.chat.attachments import ATTACHMENTS, chip, loaded
 from gptq_chat.chat.branches import append, version_of
 from gptq_chat.chat.conversations import ConversationStore
 from gptq_chat.chat.prompt import PromptTooLong
@@ -22,11 +24,13 @@ from gptq_chat.ui.actions import (
     switch_version,
 )
 from gptq_chat.ui.history import can_regenerate, context_use, left_out, sent_history
-from gptq_chat.ui.i18n import context_line, stats_line, t
+from gptq_chat.ui.i18n import chip_line, context_line, sources_line, stats_line, t
 from gptq_chat.ui.rendering import to_markdown as markdown_of
 from gptq_chat.ui.replies import stream_into, wait_turn
 from gptq_chat.ui.reply_source import ReplySource
 from gptq_chat.ui.saving import save_notice, tell
+
+PREVIEW_CHARS = 2000  # of an attached file's text, in its chip's preview
 
 
 def context_meter(window: int, lang: str) -> None:
@@ -49,13 +53,30 @@ def render_message(message: dict, index: int, lang: str) -> None:
             show_thinking(split.thinking, lang)
         st.container(key=f"answer_{index}").markdown(markdown_of(split.answer))
     else:
+        attachment_chips(message.get(ATTACHMENTS) or (), index, lang)
         st.markdown(message["content"])
     if message.get("error"):
         st.error(message["error"])
     if message.get("stopped"):
         st.caption(t("stopped", lang))
     if message.get("stats"):
+        if message["stats"].get("sources"):
+            st.caption(f":material/description: {sources_line(message['stats']['sources'], lang)}")
         st.caption(stats_line(message["stats"], lang))
+
+
+def attachment_chips(records: Sequence[dict[str, Any]], index: int, lang: str) -> None:
+    """Each file attached to a message: name, pages, about how many tokens; its text in a preview."""
+    if not records:
+        return
+    with st.container(horizontal=True, gap="small", key=f"attachments_{index}"):
+        for number, record in enumerate(records):
+            name, pages, tokens = chip(record)
+            with st.popover(
+                chip_line(name, pages, tokens, lang), icon=":material/description:", key=f"chip_{index}_{number}"
+            ):
+                st.caption(t("preview", lang))
+                st.text(loaded(record).text[:PREVIEW_CHARS])
 
 
 def copy_box(message: dict, index: int, lang: str) -> None:

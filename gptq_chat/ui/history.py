@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gptq_chat.chat.attachments import ATTACHMENTS, DOCUMENTS, loaded
 from gptq_chat.chat.branches import Node, append
-from gptq_chat.chat.prompt import Message
 from gptq_chat.chat.think import answer_only
 
 History = list[dict[str, Any]]
@@ -24,17 +24,19 @@ def sent_indices(messages: Sequence[dict[str, Any]]) -> list[int]:
     return [i for i, m in enumerate(messages) if not m.get("error")]
 
 
-def sent_history(messages: Sequence[dict[str, Any]]) -> list[Message]:
-    """What the model sees: real exchanges, earlier replies without their `<think>` reasoning."""
-    return [
-        {
-            "role": messages[i]["role"],
-            "content": answer_only(messages[i]["content"])
-            if messages[i]["role"] == "assistant"
-            else messages[i]["content"],
-        }
-        for i in sent_indices(messages)
-    ]
+def sent_history(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the model sees: real exchanges, earlier replies without their `<think>` reasoning, the files attached
+    to each question as its `documents`."""
+    history: list[dict[str, Any]] = []
+    for i in sent_indices(messages):
+        message = messages[i]
+        if message["role"] == "assistant":
+            history.append({"role": "assistant", "content": answer_only(message["content"])})
+            continue
+        history.append({"role": "user", "content": message["content"]})
+        if message.get(ATTACHMENTS):
+            history[-1][DOCUMENTS] = [loaded(record) for record in message[ATTACHMENTS]]
+    return history
 
 
 def mark_interrupted(messages: History) -> None:

@@ -119,6 +119,39 @@ TEXT: dict[str, dict[str, str]] = {
         "en": "Another chat is generating; yours starts as soon as it finishes.",
     },
     "too_long": {"zh": "消息过长，未发送", "en": "Message too long, not sent"},
+    # attached files
+    "pages": {"zh": "页", "en": "pages"},
+    "preview": {"zh": "预览", "en": "Preview"},
+    "read_from": {"zh": "参考了", "en": "Read"},
+    "whole": {"zh": "全文", "en": "whole"},
+    "page_short": {"zh": "第", "en": "p."},
+    "not_sent_file": {
+        "zh": "消息未发送（文字已放回输入框）",
+        "en": "Message not sent (your text is back in the box)",
+    },
+    "file_too_large": {"zh": "文件超过大小限制", "en": "File over the size limit"},
+    "file_unsupported": {
+        "zh": "不支持的文件类型（可附加 PDF、DOCX 和文本文件）",
+        "en": "Not a file type that can be attached (PDF, DOCX and text files can)",
+    },
+    "file_encrypted": {
+        "zh": "PDF 已加密，需要密码：请另存一份无密码的副本再附加",
+        "en": "Encrypted PDF, it needs a password: save a copy without one and attach that",
+    },
+    "file_corrupt": {
+        "zh": "文件已损坏或格式不符，无法读取",
+        "en": "Damaged file, or not what its name says: cannot be read",
+    },
+    "file_no_text_layer": {
+        "zh": "PDF 没有文字层（扫描件？）：请先用 OCR 工具（如 ocrmypdf）识别后再附加",
+        "en": "PDF without a text layer (a scan?): run OCR on it first (e.g. ocrmypdf) and attach the result",
+    },
+    "file_empty": {"zh": "文件中没有文字", "en": "No text in the file"},
+    "file_binary": {"zh": "不是文本文件（二进制内容）", "en": "Not a text file (binary content)"},
+    "file_zip_bomb": {
+        "zh": "DOCX 解压后过大（疑似压缩炸弹），已拒绝",
+        "en": "DOCX that unpacks to far too much (a zip bomb?): refused",
+    },
     "failed": {"zh": "生成出错", "en": "Generation failed"},
     "left_out": {
         "zh": "超出上下文窗口：上一条回复时模型未看到此消息",
@@ -166,6 +199,20 @@ def stats_line(stats: dict[str, Any], language: str) -> str:
     if stats.get("dropped_messages"):
         parts.append(f"{stats['dropped_messages']} {t('dropped', language)}")
     return " · ".join(parts)
+
+
+def sources_line(sources: list[dict[str, Any]], language: str) -> str:
+    """Under a reply: what of the attached documents it read (`attachments.sources_record`)."""
+    read = [
+        f"{s['name']} ({t('whole', language) if s['whole'] else t('page_short', language) + ' ' + s['pages']})"
+        for s in sources
+    ]
+    return f"{t('read_from', language)}: {', '.join(read)}"
+
+
+def chip_line(name: str, pages: int, tokens: int, language: str) -> str:
+    """An attached file on its message: name, pages, about how many tokens."""
+    return f"{name} · {pages} {t('pages', language)} · ≈{tokens:,} {t('tokens', language)}"
 
 
 def context_line(used: int, window: int, dropped: int, language: str) -> str:

@@ -10,9 +10,11 @@ import os
 import sys
 
 from gptq_chat.api.access import PAGE_PASSWORD, PASSWORD_ENV, add_server_flags, exposure_problem, without_password
+from gptq_chat.chat.documents import DEFAULT_MAX_BYTES
 from gptq_chat.loading.options import add_model_flags
 from gptq_chat.models.home import REPO_ROOT
 
+MAX_FILE_ENV = "GPTQ_CHAT_MAX_FILE_MB"
 APP_SCRIPT = REPO_ROOT / "app.py"  # the script Streamlit runs: it draws the page (`gptq_chat.ui.page.main`)
 STREAMLIT_FLAGS = {
     "server.headless": "true",
@@ -27,6 +29,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Chat with a GPTQ-Int4 model in the browser.")
     add_model_flags(parser)
     add_server_flags(parser, 6006, PAGE_PASSWORD)
+    parser.add_argument(
+        "--max-file-mb",
+        type=int,
+        default=int(os.environ.get(MAX_FILE_ENV, DEFAULT_MAX_BYTES // 2**20)),
+        help=f"the largest file that can be attached to a message, in MB (default 50, or ${MAX_FILE_ENV})",
+    )
     return parser.parse_known_args(argv)[0]
 
 

@@ -16,6 +16,7 @@ import streamlit as st
 
 from gptq_chat.api.access import PASSWORD_ENV, WRONG_PASSWORD_DELAY_S, exposure_problem, secret_matches
 from gptq_chat.chat.conversations import DB_NAME, ChatRef, ConversationStore, data_dir
+from gptq_chat.chat.documents import SUPPORTED_EXTENSIONS
 from gptq_chat.loading.checkpoint import CheckpointError
 from gptq_chat.loading.holder import ModelHolder, SwitchRefused, display_name
 from gptq_chat.loading.kernels import KernelError
@@ -188,7 +189,15 @@ def main() -> None:
     speed_panel(lang)
     context_meter(settings.context_length, lang)
 
-    st.chat_input(t("input_placeholder", lang), key="chat_text", on_submit=send, args=(store,))
+    st.chat_input(
+        t("input_placeholder", lang),
+        key="chat_text",
+        accept_file="multiple",
+        file_type=list(SUPPORTED_EXTENSIONS),
+        max_upload_size=args.max_file_mb,
+        on_submit=send,
+        args=(store, args.max_file_mb * 2**20),
+    )
     pending = reply_due()
     conversation_view(store, lang, busy=pending)
     if pending:

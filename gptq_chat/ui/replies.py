@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gptq_chat.chat.attachments import sources_record
 from gptq_chat.chat.reply import Reply, ReplyStats
 from gptq_chat.engine.protocols import TokenSource
 
@@ -32,6 +33,7 @@ def stats_record(stats: ReplyStats, context_length: int, model: str) -> dict[str
         "finish": stats.finish_reason,
         "context_length": context_length,
         "model": model,
+        **({"sources": sources_record(stats.sources)} if stats.sources else {}),
     }
 
 
