@@ -20,6 +20,8 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.support.browser_app import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, streamlit_server
+from tests.support.files import bad_files, docx_bytes, pdf_bytes
+from tests.support.handbook import HANDBOOK_EN, QUESTIONS_EN
 
 pytestmark = [
     pytest.mark.browser,
@@ -328,6 +330,80 @@ def test_an_earlier_question_edited_makes_a_branch_both_survive_a_reload_and_sea
     search.fill("nowhere to be found")
     search.press("Enter")
     page.locator('[data-testid="stSidebar"]').get_by_text("Nothing found").wait_for()
+
+
+def attach_and_send(page, files: list[Path], text: str) -> None:
+    page.locator('[data-testid="stChatInput"] input[type=file]').set_input_files([str(f) for f in files])
+    for file in files:
+        page.locator(f'[data-testid="stChatInput"] button[aria-label="Remove {file.name}"]').wait_for()  # uploaded
+    send(page, text)
+
+
+def test_attached_files_are_read_for_the_answer_and_survive_a_reload(new_page, server: str, tmp_path: Path) -> None:
+    page = new_page()
+    log_in(page, server)
+    handbook = tmp_path / "handbook.pdf"
+    handbook.write_bytes(pdf_bytes(HANDBOOK_EN))
+    minutes = tmp_path / "minutes.docx"
+    minutes.write_bytes(docx_bytes(lambda d: d.add_paragraph("The board met on Tuesday and approved the budget.")))
+    question, page_number, _ = QUESTIONS_EN[7]
+    assert page_number == 3
+    page.locator("summary", has_text="Settings").click()  # a window of 1,024 tokens: the handbook needs 3,700
+    context = page.locator(".st-key-context_length input[type=range]")
+    for key, window in (("Home", 256), ("ArrowRight", 512), ("ArrowRight", 768), ("ArrowRight", 1024)):
+        context.press(key)  # each step reruns the page, which then allows up to window - 64 new tokens
+        page.locator(f'.st-key-max_new input[type=range][max="{max(window - 64, 1)}"]').wait_for()
+    attach_and_send(page, [handbook, minutes], question)
+    stop_after(page, 20)
+    asked = page.locator(MESSAGE).nth(1)
+    expect(asked.locator(".st-key-attachments_0")).to_contain_text("handbook.pdf · 40 pages · ≈")
+    expect(asked.locator(".st-key-attachments_0")).to_contain_text("minutes.docx · 1 page ·")
+    read = last_message(page).get_by_text(re.compile(r"^.?description.?\s*Read: "))
+    sources = read.inner_text()
+    pages = re.search(r"handbook\.pdf \(p\. ([\d, -]+)\)", sources)[1]
+    assert 3 in {n for part in pages.split(", ") for n in range(int(part.split("-")[0]), int(part.split("-")[-1]) + 1)}
+    meter = page.get_by_text(re.compile(r"^Context: [\d,]+ / [\d,]+ tokens"))
+    used = int(meter.inner_text().split()[1].replace(",", ""))
+    assert 600 < used <= 1024, meter.inner_text()  # the chosen pages count in the window, and fit it
+    shot(page, "17-files-answered")
+
+    page.wait_for_url(re.compile(r"\?chat=\d+"))
+    page.reload()
+    log_in(page, page.url)
+    expect(page.locator(".st-key-attachments_0")).to_contain_text("handbook.pdf · 40 pages")
+    page.locator(".st-key-chip_0_1 button").first.click()  # the DOCX chip's preview
+    page.locator('[data-testid="stPopoverBody"]').get_by_text("approved the budget").wait_for()
+    shot(page, "18-files-after-reload")
+
+
+def test_each_bad_file_says_why_and_leaves_the_chat_and_the_text_as_they_were(
+    new_page, server: str, tmp_path: Path
+) -> None:
+    page = new_page()
+    log_in(page, server)
+    reasons = {
+        "encrypted": "Encrypted PDF",
+        "corrupt": "Damaged file",
+        "no_text_layer": "PDF without a text layer",
+        "binary": "Not a text file",
+        "zip_bomb": "DOCX that unpacks to far too much",
+    }
+    seen = set()
+    for name, data, reason in bad_files():
+        if reason not in reasons or reason in seen:
+            continue
+        seen.add(reason)
+        bad = tmp_path / name
+        bad.write_bytes(data)
+        attach_and_send(page, [bad], f"What does {name} say?")
+        notice = re.compile(f"^{re.escape(reasons[reason])}.*: {re.escape(name)}$")
+        page.locator(MAIN).get_by_text(notice).wait_for()
+        page.locator(MAIN).get_by_text("Message not sent (your text is back in the box)").wait_for()
+        expect(page.locator(MESSAGE)).to_have_count(1)  # the greeting alone: nothing was sent or saved
+        expect(page.locator(CHAT_INPUT)).to_have_value(f"What does {name} say?")
+        page.locator(CHAT_INPUT).fill("")
+    assert seen == set(reasons)
+    shot(page, "19-bad-file")
 
 
 def server_process(url: str):

@@ -120,6 +120,7 @@ TEXT: dict[str, dict[str, str]] = {
     },
     "too_long": {"zh": "消息过长，未发送", "en": "Message too long, not sent"},
     # attached files
+    "page": {"zh": "页", "en": "page"},
     "pages": {"zh": "页", "en": "pages"},
     "preview": {"zh": "预览", "en": "Preview"},
     "read_from": {"zh": "参考了", "en": "Read"},
@@ -212,7 +213,7 @@ def sources_line(sources: list[dict[str, Any]], language: str) -> str:
 
 def chip_line(name: str, pages: int, tokens: int, language: str) -> str:
     """An attached file on its message: name, pages, about how many tokens."""
-    return f"{name} · {pages} {t('pages', language)} · ≈{tokens:,} {t('tokens', language)}"
+    return f"{name} · {pages} {t('page' if pages == 1 else 'pages', language)} · ≈{tokens:,} {t('tokens', language)}"
 
 
 def context_line(used: int, window: int, dropped: int, language: str) -> str:
