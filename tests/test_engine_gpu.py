@@ -87,8 +87,12 @@ def test_sampling_respects_top_k_on_the_gpu(qwen_shaped, tokens) -> None:
     scheduler = Scheduler(engine)
     seen = {next(iter(scheduler.generate(prompt, settings, threading.Event()))) for _ in range(40)}
     engine.prefill(prompt, GREEDY)
-    allowed = set(engine.logits[0].topk(3).indices.tolist())
-    assert seen <= allowed and len(seen) >= 2
+    logits = engine.logits[0]
+    # Draws after the first reuse the cached prompt, whose logits differ from a fresh prefill's by up to 2 % of the
+    # largest (test_generate_streams_and_reuses_the_prompt_prefix): a token that close to the third may stand in for it.
+    slack = 0.02 * logits.abs().max()
+    allowed = set((logits >= logits.topk(3).values[-1] - slack).nonzero().flatten().tolist())
+    assert seen <= allowed and len(seen) >= 2 and len(allowed) <= 6, (seen, allowed)
 
 
 def test_sequences_decoded_together_match_each_decoded_alone(qwen_shaped) -> None:

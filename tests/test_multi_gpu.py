@@ -143,7 +143,7 @@ except PlacementRefused as refused:
     assert 0 < refused.available[0] <= cap and 0 < refused.largest_context < asked, refused
     fitting = refused.largest_context // 256 * 256
 loaded = load_uncached(path, **options, context_length=fitting, gpu_memory_limit=cap)
-assert loaded.facts.max_context == fitting
+assert loaded.facts.default_context == fitting  # max_context, on the plain path, is the model's own
 try:
     torch.empty(5 << 30, dtype=torch.uint8, device="cuda:0")
 except torch.OutOfMemoryError:
