@@ -244,6 +244,32 @@ def test_cpu_build_of_torch_on_a_gpu_machine(tmp_path: Path, models: Path) -> No
     assert "pip uninstall -y torch" in torch_line.fix and "env/setup.sh" in torch_line.fix
 
 
+def test_torch_that_does_not_import_is_blocking_with_setup_and_its_offline_route() -> None:
+    machine = Machine(python=(3, 11, 7), torch_version=None, torch_error="ModuleNotFoundError: No module named 'torch'")
+    line = doctor.check_torch(machine)
+    assert line.status == FAIL and line.message == "does not import: ModuleNotFoundError: No module named 'torch'"
+    assert line.fix.startswith("bash env/setup.sh; without internet access: bash env/setup.sh --wheels DIR")
+
+
+def test_torch_line_names_the_folder_torch_is_imported_from() -> None:
+    line = doctor.check_torch(doctor.probe())
+    assert f"; from {Path(torch.__file__).parent}" in line.message
+
+
+@pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="tells a venv's own torch from a shared one")
+def test_torch_line_tells_the_venvs_own_torch_from_a_shared_one(tmp_path: Path, models: Path) -> None:
+    own = str(Path(sys.prefix) / "lib" / "python3.12" / "site-packages" / "torch")
+    shared = "/usr/lib/python3/dist-packages/torch"
+    line = by_name(run_checks(rtx_4090(tmp_path, tmp_path, torch_path=own), root=models), "torch")
+    assert line.status == OK and line.message.endswith(f"sees 1 CUDA GPU; from {own} (this venv's own)")
+    line = by_name(run_checks(rtx_4090(tmp_path, tmp_path, torch_path=shared), root=models), "torch")
+    assert line.message.endswith(f"; from {shared} (a preinstalled one this venv shares)")
+    # A shared CPU build on a GPU machine is not this venv's to uninstall: a .venv with a torch of its own instead.
+    cpu = {"torch_version": "2.13.0+cpu", "torch_cuda": None, "cuda_available": False, "gpus": ()}
+    line = by_name(run_checks(rtx_4090(tmp_path, tmp_path, torch_path=shared, **cpu), root=models), "torch")
+    assert line.status == FAIL and line.fix.startswith("rm -rf .venv && bash env/setup.sh --own-torch")
+
+
 def test_gpu_line_names_the_card_its_capability_and_vram(tmp_path: Path, models: Path) -> None:
     gpu = by_name(run_checks(rtx_4090(tmp_path, tmp_path), root=models), "GPU 0")
     assert gpu.status == OK
@@ -289,7 +315,8 @@ def test_the_gpu_machines_set_is_a_tested_set(tmp_path: Path) -> None:
 def test_a_missing_gptq_library_is_blocking(tmp_path: Path) -> None:
     site = fake_site(tmp_path / "site", torch="2.13.0", transformers="5.24.0", optimum="2.3.0")
     check = doctor.check_packages([str(site)])
-    assert check.status == FAIL and "gptqmodel not installed" in check.message and check.fix == "bash env/setup.sh"
+    assert check.status == FAIL and "gptqmodel not installed" in check.message
+    assert check.fix.startswith("bash env/setup.sh; without internet access: bash env/setup.sh --wheels DIR")
 
 
 # ------------------------------------------------------------------------------------------------

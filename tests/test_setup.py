@@ -6,8 +6,8 @@ the re-run, checked against the real script.
 
 from __future__ import annotations
 
+import itertools
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,8 +17,7 @@ import pytest
 
 from gptq_chat.doctor import checks as doctor
 from gptq_chat.models.home import REPO_ROOT
-
-SETUP = REPO_ROOT / "env" / "setup.sh"
+from tests.support.setup_script import SETUP, fake_nvidia_smi, setup_copy
 
 
 def cuda_flavour(driver_cuda: str) -> str:
@@ -45,31 +44,6 @@ def test_torch_build_is_the_newest_the_driver_runs(driver_cuda: str, build: str)
 
 def test_no_torch_build_for_a_cuda_11_driver() -> None:
     assert cuda_flavour("11.8") == ""
-
-
-def setup_copy(tmp_path: Path) -> Path:
-    """A project folder with only what setup.sh reads before it installs anything."""
-    project = tmp_path / "project"
-    (project / "env").mkdir(parents=True)
-    shutil.copy2(SETUP, project / "env" / "setup.sh")
-    for name in ("requirements.txt", "requirements-dev.txt"):
-        shutil.copy2(REPO_ROOT / name, project / name)
-    return project
-
-
-def fake_nvidia_smi(folder: Path, driver: str, cuda: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    script = folder / "nvidia-smi"
-    script.write_text(
-        "#!/bin/sh\n"
-        'case "$1" in\n'
-        '  -L) echo "GPU 0: NVIDIA GeForce GTX 1080 Ti (UUID: GPU-0)";;\n'
-        f'  --query-gpu=*) echo "NVIDIA GeForce GTX 1080 Ti, {driver}";;\n'
-        f'  *) echo "| NVIDIA-SMI {driver}   Driver Version: {driver}   CUDA Version: {cuda} |";;\n'
-        "esac\n"
-    )
-    script.chmod(0o755)
-    return folder
 
 
 @pytest.mark.slow
@@ -99,6 +73,13 @@ def test_unknown_options_are_refused_before_anything_happens(tmp_path: Path, arg
     )
     assert result.returncode != 0 and not (project / ".venv").exists()
     assert "Unknown option" in result.stderr or "unknown mirror" in result.stderr
+
+
+def test_help_prints_the_whole_header_comment() -> None:
+    lines = SETUP.read_text().splitlines()
+    header = list(itertools.takewhile(lambda line: line.startswith("#"), lines[1:]))
+    result = subprocess.run(["bash", str(SETUP), "--help"], capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines() == header
 
 
 def test_build_kernels_on_a_cpu_machine_has_nothing_to_compile() -> None:

@@ -57,6 +57,7 @@ STACK_PACKAGES = {
     gptq_stack.LEGACY: ("torch", "transformers", "optimum", "auto-gptq"),
 }
 SETUP = "bash env/setup.sh"
+OFFLINE = "without internet access: bash env/setup.sh --wheels DIR, a folder filled elsewhere (docs/environment.md)"
 LEGACY_SETUP = "bash env/legacy-cu118/setup.sh"
 # A kernel gptqmodel compiles on first use (torch cpp_extension + ninja + nvcc), and where it caches the result
 # (gptqmodel/utils/cpp.py: default_torch_ops_build_root; the folder below it is a fingerprint of torch, CUDA,
@@ -120,6 +121,7 @@ class Machine:
     torch_version: str | None  # None: torch does not import
     torch_error: str = ""
     torch_cuda: str | None = None  # the CUDA version torch was built for (None: the CPU build)
+    torch_path: str | None = None  # the folder torch imports from (that of torch/__init__.py)
     cuda_available: bool = False
     gpus: tuple[Gpu, ...] = ()
     driver_version: str | None = None  # from nvidia-smi
@@ -190,6 +192,7 @@ def probe() -> Machine:
         facts,
         torch_version=torch.__version__,
         torch_cuda=torch.version.cuda,
+        torch_path=str(Path(torch.__file__).parent),
         cuda_available=available,
         gpus=tuple(gpus),
     )
@@ -319,32 +322,54 @@ def check_python(machine: Machine) -> Check:
     return Check("Python", OK, f"{version} ({sys.executable})")
 
 
+def shared_torch(machine: Machine) -> bool:
+    """Whether this venv imports torch from outside itself: a preinstalled one it shares (--system-site-packages)."""
+    if machine.torch_path is None or sys.prefix == sys.base_prefix:
+        return False
+    return not Path(machine.torch_path).is_relative_to(sys.prefix)
+
+
+def torch_origin(machine: Machine) -> str:
+    """Where torch lives, and whose it is: the venv's own, or a preinstalled one it shares."""
+    if machine.torch_path is None:
+        return ""
+    if sys.prefix == sys.base_prefix:
+        return f"; from {machine.torch_path}"
+    whose = "a preinstalled one this venv shares" if shared_torch(machine) else "this venv's own"
+    return f"; from {machine.torch_path} ({whose})"
+
+
 def check_torch(machine: Machine) -> Check:
     if machine.torch_version is None:
-        return Check("torch", FAIL, f"does not import: {machine.torch_error}", SETUP)
+        return Check("torch", FAIL, f"does not import: {machine.torch_error}", f"{SETUP}; {OFFLINE}")
     build = f"CUDA {machine.torch_cuda}" if machine.torch_cuda else "CPU build"
+    origin = torch_origin(machine)
     if machine.on_gpu:
         count = len(machine.gpus)
-        return Check("torch", OK, f"{machine.torch_version} ({build}) sees {count} CUDA GPU{'s' * (count > 1)}")
+        return Check("torch", OK, f"{machine.torch_version} ({build}) sees {count} CUDA GPU{'s' * (count > 1)}{origin}")
     if machine.smi_gpus:
         if machine.torch_cuda is None:
+            fix = f"{python_command()} -m pip uninstall -y torch && {SETUP} (installs the CUDA build for your driver)"
+            if shared_torch(machine):  # not ours to uninstall: a .venv of its own instead
+                fix = f"rm -rf .venv && {SETUP} --own-torch (installs the CUDA build for your driver)"
             return Check(
                 "torch",
                 FAIL,
-                f"{machine.torch_version} is the CPU build, but this machine has {', '.join(machine.smi_gpus)}",
-                f"{python_command()} -m pip uninstall -y torch && {SETUP} (installs the CUDA build for your driver)",
+                f"{machine.torch_version} is the CPU build, but this machine has {', '.join(machine.smi_gpus)}{origin}",
+                fix,
             )
         return Check(
             "torch",
             FAIL,
-            f"{machine.torch_version} ({build}) does not see the GPU that nvidia-smi lists ({machine.smi_gpus[0]})",
+            f"{machine.torch_version} ({build}) does not see the GPU that nvidia-smi lists ({machine.smi_gpus[0]})"
+            f"{origin}",
             "see the driver line below; `CUDA_VISIBLE_DEVICES` may hide the GPU",
         )
     return Check(
         "torch",
         WARN,
         f"{machine.torch_version} ({build}): CPU-only mode, no NVIDIA GPU found. The demo model runs here; "
-        "Qwen 7B and larger need an NVIDIA GPU",
+        f"Qwen 7B and larger need an NVIDIA GPU{origin}",
         "nothing to do for the demo; for real models use a machine with an NVIDIA GPU and driver >= 525",
     )
 
@@ -486,7 +511,7 @@ def check_packages(search_path: Sequence[str] | None = None) -> Check:
     have = ", ".join(f"{name} {version or '(missing)'}" for name, version in versions.items())
     missing = [name for name, version in versions.items() if version is None]
     if missing:
-        fix = LEGACY_SETUP if stack == gptq_stack.LEGACY else SETUP
+        fix = LEGACY_SETUP if stack == gptq_stack.LEGACY else f"{SETUP}; {OFFLINE}"
         return Check("packages", FAIL, f"{', '.join(missing)} not installed ({have})", fix)
     if stack == gptq_stack.LEGACY:  # the recipe's pins, build tags aside (+cu118)
         pins = read_pins(REPO_ROOT / TESTED_SETS[2])
