@@ -90,10 +90,9 @@ def system_python(root: Path, with_pip: bool = True) -> tuple[Path, Path]:
     assert where[0] == str(root), f"{python} takes itself for {where[0]}, not an installation in {root}"
     site = Path(where[1])
     site.mkdir(parents=True, exist_ok=True)
-    if with_pip:
-        import pip
-
-        (site / "pip").symlink_to(Path(pip.__file__).parent)
+    if with_pip:  # found on sys.path, not imported: importing pip turns off setuptools' distutils in this process
+        pip = next(Path(entry) / "pip" for entry in sys.path if (Path(entry) / "pip" / "__init__.py").is_file())
+        (site / "pip").symlink_to(pip)
     return python, site
 
 
