@@ -424,3 +424,27 @@ def test_a_long_message_is_shown_around_the_words_found(store: ConversationStore
     (hit,) = store.search("needle")
     assert hit.snippet.startswith("…") and hit.snippet.endswith("…") and "the needle is here" in hit.snippet
     assert len(hit.snippet) <= 82
+
+
+ATTACHED = {"name": "報告.pdf", "kind": "pdf", "pages": ["第一页", "The key sentence is on page 2."]}
+
+
+def test_attachments_survive_the_store_a_restart_and_a_json_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / DB_NAME
+    asked = [{"role": "user", "content": "What is on page 2?", "attachments": [ATTACHED]}, *exchange()[1:]]
+    created = ConversationStore(path).create("Report", asked)
+    reopened = ConversationStore(path).get(created.id)
+    assert reopened.messages[0]["attachments"] == [ATTACHED]
+    again = from_json(to_json(reopened))
+    assert again.messages[0]["attachments"] == [ATTACHED]
+    assert ConversationStore(path).search("key sentence") == []  # the files are not the chat's own words
+
+
+@pytest.mark.parametrize(
+    "attachments",
+    [{"name": "x"}, [{"name": "x", "kind": "exe", "pages": []}], [{"name": "x", "kind": "pdf", "pages": [3]}], ["x"]],
+)
+def test_an_import_with_damaged_attachments_is_refused(attachments: object) -> None:
+    document = {"messages": [{"role": "user", "content": "Hi", "attachments": attachments}]}
+    with pytest.raises(ValueError, match=r"message 1: .*attachment"):
+        from_json(json.dumps(document))

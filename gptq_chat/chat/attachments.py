@@ -56,6 +56,22 @@ def saved(document: Document) -> dict[str, Any]:
     return {"name": document.name, "kind": document.kind, "pages": list(document.pages)}
 
 
+def checked(records: Any) -> list[dict[str, Any]]:
+    """Saved documents as `saved` writes them, or ValueError (an imported file's may be anything)."""
+    if not isinstance(records, list):
+        raise ValueError("attachments must be a list")
+    for record in records:
+        if not (
+            isinstance(record, dict)
+            and isinstance(record.get("name"), str)
+            and record.get("kind") in ("pdf", "docx", "text")
+            and isinstance(record.get("pages"), list)
+            and all(isinstance(page, str) for page in record["pages"])
+        ):
+            raise ValueError('each attachment needs a "name", a "kind" (pdf, docx or text) and "pages" of text')
+    return records
+
+
 def loaded(record: Mapping[str, Any]) -> Document:
     return Document(str(record["name"]), record["kind"], tuple(str(page) for page in record["pages"]))
 

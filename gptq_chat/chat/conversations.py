@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gptq_chat.chat.attachments import checked
 from gptq_chat.chat.branches import Node, linked, path_to
 from gptq_chat.models.home import models_home
 
@@ -176,7 +177,9 @@ def clean_message(message: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"a message role must be one of {', '.join(ROLES)}, not {message.get('role')!r}")
     if not isinstance(message.get("content"), str):
         raise ValueError("a message content must be text")
-    kept = {key: message[key] for key in META_KEYS if message.get(key) not in (None, False, "", {})}
+    kept = {key: message[key] for key in META_KEYS if message.get(key) not in (None, False, "", {}, [])}
+    if "attachments" in kept:
+        checked(kept["attachments"])
     return {"role": message["role"], "content": message["content"], **kept}
 
 
