@@ -241,7 +241,7 @@ def test_an_imported_chat_renders_math_code_and_reasoning(new_page, server: str,
     exported = tmp_path / "circle.json"
     exported.write_text(json.dumps(RICH_CHAT))
     page.locator("summary", has_text="Import a JSON chat").click()
-    page.locator("input[type=file]").set_input_files(str(exported))
+    page.locator('[data-testid="stSidebar"] input[type=file]').set_input_files(str(exported))
     reply = last_message(page)
     reply.locator("pre code").first.wait_for()
     assert "def area(r: float)" in reply.locator("pre code").first.inner_text()
@@ -286,7 +286,7 @@ def test_an_earlier_question_edited_makes_a_branch_both_survive_a_reload_and_sea
     imported = tmp_path / "travel.json"
     imported.write_text(json.dumps(TRAVEL_CHAT, ensure_ascii=False))
     page.locator("summary", has_text="Import a JSON chat").click()
-    page.locator("input[type=file]").set_input_files(str(imported))
+    page.locator('[data-testid="stSidebar"] input[type=file]').set_input_files(str(imported))
     page.get_by_text("故宫博物院和中国国家博物馆。").wait_for()
 
     page.locator(".st-key-edit_0 button").click()  # the first question, not the last
