@@ -7,15 +7,18 @@ import pytest
 
 from gptq_chat.chat.attachments import (
     DOCUMENTS,
+    chip,
     documents_estimated,
     documents_in_prompt,
     loaded,
+    preview,
     read_files,
     saved,
     sources_record,
 )
 from gptq_chat.chat.documents import Document
 from gptq_chat.chat.prompt import build_prompt
+from gptq_chat.chat.retrieval import approx_tokens
 from gptq_chat.engine.fast_engine import common_prefix
 from tests.support.handbook import HANDBOOK_EN, QUESTIONS_EN
 
@@ -107,3 +110,11 @@ def test_the_prompt_with_files_always_fits(qwen_tokenizer, context: int) -> None
     ]
     ids, sources, _ = prompt_of(qwen_tokenizer, history, context, 128)
     assert len(ids) <= context - 128 and sources
+
+
+def test_a_saved_file_keeps_its_token_estimate_and_previews_from_its_first_pages() -> None:
+    record = saved(HANDBOOK)
+    assert chip(record) == ("handbook.pdf", 40, approx_tokens(HANDBOOK.text))
+    assert preview(record, 100) == HANDBOOK.text[:100]
+    assert preview(record, len(HANDBOOK_EN[0]) + 5) == HANDBOOK.text[: len(HANDBOOK_EN[0]) + 5]
+    assert preview(saved(NOTE), 10_000) == NOTE.text

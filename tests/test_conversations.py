@@ -426,7 +426,7 @@ def test_a_long_message_is_shown_around_the_words_found(store: ConversationStore
     assert len(hit.snippet) <= 82
 
 
-ATTACHED = {"name": "報告.pdf", "kind": "pdf", "pages": ["第一页", "The key sentence is on page 2."]}
+ATTACHED = {"name": "報告.pdf", "kind": "pdf", "pages": ["第一页", "The key sentence is on page 2."], "tokens": 12}
 
 
 def test_attachments_survive_the_store_a_restart_and_a_json_round_trip(tmp_path: Path) -> None:

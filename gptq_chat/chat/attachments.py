@@ -52,8 +52,13 @@ def read_files(files: Sequence[tuple[str, bytes]], max_bytes: int) -> tuple[list
 
 
 def saved(document: Document) -> dict[str, Any]:
-    """A document as the chat store keeps it (JSON)."""
-    return {"name": document.name, "kind": document.kind, "pages": list(document.pages)}
+    """A document as the chat store keeps it (JSON), with its token estimate counted once for its chip."""
+    return {
+        "name": document.name,
+        "kind": document.kind,
+        "pages": list(document.pages),
+        "tokens": approx_tokens(document.text),
+    }
 
 
 def checked(records: Any) -> list[dict[str, Any]]:
@@ -67,8 +72,11 @@ def checked(records: Any) -> list[dict[str, Any]]:
             and record.get("kind") in ("pdf", "docx", "text")
             and isinstance(record.get("pages"), list)
             and all(isinstance(page, str) for page in record["pages"])
+            and isinstance(record.get("tokens"), int)
         ):
-            raise ValueError('each attachment needs a "name", a "kind" (pdf, docx or text) and "pages" of text')
+            raise ValueError(
+                'each attachment needs a "name", a "kind" (pdf, docx or text), "pages" of text and its "tokens"'
+            )
     return records
 
 
@@ -77,9 +85,19 @@ def loaded(record: Mapping[str, Any]) -> Document:
 
 
 def chip(record: Mapping[str, Any]) -> tuple[str, int, int]:
-    """(name, pages, ≈ tokens) of a saved document, for its chip on the message."""
-    document = loaded(record)
-    return document.name, document.page_count, approx_tokens(document.text)
+    """(name, pages, ≈ tokens) of a saved document, for its chip on the message (drawn on every run of the page:
+    nothing here reads the whole text)."""
+    return str(record["name"]), len(record["pages"]), int(record["tokens"])
+
+
+def preview(record: Mapping[str, Any], chars: int) -> str:
+    """The first `chars` characters of a saved document's text, joining only the pages they need."""
+    text = ""
+    for page in record["pages"]:
+        text += ("\n\n" if text else "") + page
+        if len(text) >= chars:
+            break
+    return text[:chars]
 
 
 def place_documents(

@@ -8,7 +8,7 @@ from typing import Any
 import streamlit as st
 import streamlit.components.v1 as components
 
-from gptq_chat.chat.attachments import ATTACHMENTS, chip, loaded
+from gptq_chat.chat.attachments import ATTACHMENTS, chip, preview
 from gptq_chat.chat.branches import append, version_of
 from gptq_chat.chat.conversations import ConversationStore
 from gptq_chat.chat.prompt import PromptTooLong
@@ -76,7 +76,7 @@ def attachment_chips(records: Sequence[dict[str, Any]], index: int, lang: str) -
                 chip_line(name, pages, tokens, lang), icon=":material/description:", key=f"chip_{index}_{number}"
             ):
                 st.caption(t("preview", lang))
-                st.text(loaded(record).text[:PREVIEW_CHARS])
+                st.text(preview(record, PREVIEW_CHARS))
 
 
 def copy_box(message: dict, index: int, lang: str) -> None:
@@ -98,26 +98,23 @@ def version_switch(store: ConversationStore, index: int, lang: str) -> None:
     number, versions = version_of(state.nodes, state.messages[index])
     if versions < 2:
         return
-    st.button(
-        "",
-        key=f"older_{index}",
-        icon=":material/chevron_left:",
-        help=t("older_version", lang),
-        type="tertiary",
-        disabled=number == 1,
-        on_click=switch_version,
-        args=(store, index, -1),
-    )
+    step_button(store, index, -1, lang, disabled=number == 1)
     st.caption(f"{number} / {versions}", width="content")
+    step_button(store, index, 1, lang, disabled=number == versions)
+
+
+def step_button(store: ConversationStore, index: int, step: int, lang: str, disabled: bool) -> None:
+    """‹ (step -1, the older version) or › (+1, the newer)."""
+    older = step < 0
     st.button(
         "",
-        key=f"newer_{index}",
-        icon=":material/chevron_right:",
-        help=t("newer_version", lang),
+        key=f"{'older' if older else 'newer'}_{index}",
+        icon=f":material/chevron_{'left' if older else 'right'}:",
+        help=t("older_version" if older else "newer_version", lang),
         type="tertiary",
-        disabled=number == versions,
+        disabled=disabled,
         on_click=switch_version,
-        args=(store, index, 1),
+        args=(store, index, step),
     )
 
 
