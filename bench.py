@@ -193,6 +193,28 @@ def soak(args: argparse.Namespace) -> None:
     sys.exit(1 if failures else 0)
 
 
+def time_document_reuse(args: argparse.Namespace) -> None:
+    """`--document N`: the engine as the loader builds it (its prefix store sized by the plan), five requests about
+    one document, timed without the store and with it."""
+    from gptq_chat.loading.loader import load_uncached
+    from gptq_chat.testing.document_reuse import compare, table
+
+    folder, _ = prepare_checkpoint(args.dir, args.shape)
+    loaded = load_uncached(
+        folder,
+        backend="marlin",
+        device=args.device,
+        engine="fast",
+        context_length=args.context,
+        gpu_memory_limit=memory_limit(args),
+    )
+    print(f"GPU: {torch.cuda.get_device_name()}; {loaded.facts.engine}, context {loaded.facts.max_context:,} tokens")
+    figures = compare(loaded.engine, args.document, reply=64, vocab=min(loaded.info.shape.vocab_size, 100_000))
+    print(table(figures, loaded.facts.prefix_cache))
+    if args.json:
+        args.json.write_text(json.dumps({"prefix_cache": loaded.facts.prefix_cache, **figures}, indent=2))
+
+
 def free_memory() -> None:
     gc.collect()
     torch.cuda.empty_cache()
@@ -237,6 +259,13 @@ def main() -> None:
         "(batch 1, one run)",
     )
     parser.add_argument(
+        "--document",
+        type=int,
+        metavar="TOKENS",
+        help="first token for questions about a document of TOKENS tokens (the first question, the second, the same "
+        "document in a new chat after another chat), with the prefix store and without it",
+    )
+    parser.add_argument(
         "--grammar-engines",
         action="store_true",
         help="time the grammar engines for structured output (compile, mask per token) on the Qwen and demo "
@@ -262,6 +291,9 @@ def main() -> None:
         return
     if args.soak:
         soak(args)
+        return
+    if args.document:
+        time_document_reuse(args)
         return
 
     from gptq_chat.loading.checkpoint import find_checkpoint

@@ -19,7 +19,7 @@ from gptq_chat.chat.attachments import (
 from gptq_chat.chat.documents import Document
 from gptq_chat.chat.prompt import build_prompt
 from gptq_chat.chat.retrieval import approx_tokens
-from gptq_chat.engine.fast_engine import common_prefix
+from gptq_chat.engine.prefix_store import common_prefix
 from tests.support.handbook import HANDBOOK_EN, QUESTIONS_EN
 
 SYSTEM = "You are a helpful assistant."

@@ -12,7 +12,8 @@ import torch
 
 from gptq_chat.chat.prompt import encode_chat, with_system
 from gptq_chat.chat.reply import ChatSettings, complete_reply, stream_reply
-from gptq_chat.engine.fast_engine import common_prefix, window_buckets
+from gptq_chat.engine.fast_engine import window_buckets
+from gptq_chat.engine.prefix_store import common_prefix
 from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.engine.sampling import SamplingState, sample
 from gptq_chat.engine.scheduler import Scheduler

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from gptq_chat.engine.network import CacheRows, Transformer, load_transformer
+from gptq_chat.engine.prefix_store import PrefixStore, common_prefix
 from gptq_chat.engine.protocols import SamplingSettings, SlotEngine
 from gptq_chat.engine.sampling import SamplingState, TokenScores, sample, score
 
@@ -59,19 +60,12 @@ def record(work: Callable[[], None], pool: object, stream: torch.cuda.Stream) ->
     return graph
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
 @dataclass
 class EngineStats:
     """What the engine did for the last reply (shown by the page and the benchmark)."""
 
     reused_prompt_tokens: int = 0
+    restored_prompt_tokens: int = 0  # of those, copied back from the prefix store (another chat's turn, say)
     prefill_tokens: int = 0
     warmup_seconds: float = 0.0
     graphs: int = 0
@@ -94,7 +88,14 @@ class FastEngine(SlotEngine):
     batched step (graphs have fixed shapes), pinned to the cache's last entry, where it harms nobody.
     """
 
-    def __init__(self, model: Transformer, context_length: int, use_graphs: bool | None = None, slots: int = 1) -> None:
+    def __init__(
+        self,
+        model: Transformer,
+        context_length: int,
+        use_graphs: bool | None = None,
+        slots: int = 1,
+        prefix_cache: int = 0,
+    ) -> None:
         self.model = model
         self.device = model.device  # tokens go in here
         out = model.output_device  # logits, sampling and the chosen tokens live here
@@ -134,6 +135,7 @@ class FastEngine(SlotEngine):
         self.prefill_pick = torch.zeros(1, dtype=torch.long, device=self.device)
         self.prefill_graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.cached: list[list[int]] = [[] for _ in range(slots)]  # per slot: tokens whose K/V it holds, in order
+        self.store = PrefixStore(model.caches, prefix_cache)  # `prefix_cache` tokens of other chats' prompts
         self.stats = EngineStats(windows=self.windows)
 
     # -- the decode step -------------------------------------------------------------------------
@@ -260,10 +262,11 @@ class FastEngine(SlotEngine):
         self.release_graphs()
 
     def reset(self) -> None:
-        """Every slot parked and empty."""
+        """Every slot parked and empty, and nothing kept."""
         for positions in self.positions:
             positions.fill_(self.parked_position)
         self.cached = [[] for _ in range(self.slots)]
+        self.store.clear()
 
     def set_position(self, slot: int, position: int) -> None:
         for positions in self.positions:
@@ -346,8 +349,12 @@ class FastEngine(SlotEngine):
             raise ValueError(
                 f"The prompt has {len(prompt_ids)} tokens; the engine's context holds {self.context_length}."
             )
-        reuse = min(common_prefix(self.cached[slot], prompt_ids), len(prompt_ids) - 1)
+        held = common_prefix(self.cached[slot], prompt_ids)
+        if len(self.cached[slot]) > held:  # the new prompt overwrites some of the row: keep it for a later prompt
+            self.store.keep(slot, self.cached[slot])
         self.cached[slot] = []  # set again by park(); stays empty if this call fails half-way
+        restored = self.store.restore(slot, prompt_ids, held)
+        reuse = min(restored, len(prompt_ids) - 1)
         prompt = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
         self.sampling.configure(slot, settings, prompt.to(self.next_tokens.device), allowed)
         logits = self.prefill_logits(prompt, reuse, slot)
@@ -357,6 +364,7 @@ class FastEngine(SlotEngine):
         self.set_position(slot, len(prompt_ids))
         self.sampling.row(slot).took(first)
         self.stats.reused_prompt_tokens = reuse
+        self.stats.restored_prompt_tokens = max(0, reuse - held)
         self.stats.prefill_tokens = len(prompt_ids) - reuse
 
 
@@ -371,10 +379,11 @@ def load_engine(
     decode_attention: str = "sdpa",
     slots: int = 1,
     layer_devices: list[torch.device] | None = None,
+    prefix_cache: int = 0,
 ) -> FastEngine:
     """Build the network from a checkpoint (over several GPUs with `layer_devices`) and capture its graphs."""
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.bfloat16)
     model = load_transformer(folder, backend, device, dtype, progress, decode_attention, layer_devices)
-    engine = FastEngine(model, context_length, use_graphs, slots)
+    engine = FastEngine(model, context_length, use_graphs, slots, prefix_cache)
     engine.capture(progress)
     return engine

@@ -331,7 +331,7 @@ class Scheduler:
 
     def take_pending(self, engine: SlotEngine) -> list[Request]:
         """Move queued requests into free slots (lock held): the slot whose cache shares most, else the lowest."""
-        from gptq_chat.engine.fast_engine import common_prefix
+        from gptq_chat.engine.prefix_store import common_prefix
 
         admitted = []
         while self.pending and len(self.running) < self.slots:

@@ -86,11 +86,12 @@ def build_engine(
     shard: Shard,
     slots: int,
     decode_attention: str,
+    prefix_cache: int = 0,
     progress: Progress | None = None,
 ) -> FastEngine:
     """This card's shard and its engine, graphs captured (every card captures the same graphs in the same order)."""
     model = load_transformer(folder, backend, device, dtype, progress, decode_attention, shard=shard)
-    engine = FastEngine(model, context_length, slots=slots)
+    engine = FastEngine(model, context_length, slots=slots, prefix_cache=prefix_cache)
     engine.capture(progress)
     return engine
 
@@ -275,6 +276,7 @@ def load_tensor_parallel(
     decode_attention: str = "sdpa",
     slots: int = 1,
     gpu_memory_limit: int | None = None,
+    prefix_cache: int = 0,
 ) -> TensorParallelEngine:
     """Start a follower process for every card after the first, load every shard, capture the graphs."""
     if dist.is_initialized():
@@ -287,6 +289,7 @@ def load_tensor_parallel(
         "dtype": dtype,
         "slots": slots,
         "decode_attention": decode_attention,
+        "prefix_cache": prefix_cache,  # tokens per card: each keeps its share of every kept token's K/V
     }
     spawn = multiprocessing.get_context("spawn")
     outbox = spawn.Queue()

@@ -13,6 +13,10 @@ placement over several GPUs if one card does not hold the model, the context per
 - On the CPU: the plain path, against the RAM available.
 - The context, where none is asked for: the longest that fits, in steps of 256 tokens, up to 8,192 on a GPU (4,096
   on the CPU); a model that cannot hold `MIN_CONTEXT` tokens is refused: it would be of no use for chatting.
+- The prefix cache (the fast engine's store of other chats' prompts, `engine/prefix_store.py`): sized after the
+  context, from what the plan leaves spare: at most half of the spare memory of the card with the least, and at
+  most `PREFIX_CACHE_CONTEXTS` whole contexts per slot; never at the context's expense. A size asked for is a
+  ceiling: the most that fits is used, and the layout says how much that is.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from gptq_chat.engine.prefix_store import BLOCK
 from gptq_chat.engine.shape import tensor_parallel_problem
 from gptq_chat.loading.gpus import GpuSpec
 from gptq_chat.loading.memory_plan import OVERHEAD_BYTES, PlannedModel, gib, requirement
@@ -41,6 +46,8 @@ MIN_CONTEXT = 1024  # a model that cannot hold this much context is of no use fo
 DEFAULT_GPU_CONTEXT_CAP = 8192  # never the model's whole window by default: its KV cache would crowd out the rest
 CPU_CONTEXT_TOKENS = 4096  # a CPU has no VRAM to size the cache by; prompts short enough to stay responsive there
 CONTEXT_STEP = 256  # the page's context slider moves in these steps
+PREFIX_CACHE_SHARE = 0.5  # of the memory a plan leaves spare, the most the prefix cache takes (the rest: headroom)
+PREFIX_CACHE_CONTEXTS = 2  # per slot, the most whole contexts of other chats' prompts the prefix cache keeps
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,7 @@ class Layout:
     device: str  # "cuda:0", or "cpu"
     placement: Placement | None  # None: one card (or the CPU) holds the whole model
     context: int
+    prefix_cache: int = 0  # tokens of other chats' prompts the fast engine keeps for reuse
 
     @property
     def cards(self) -> list[str]:
@@ -59,9 +67,12 @@ class Layout:
         return [f"cuda:{card.gpu.index}" for card in self.placement.cards]
 
     def summary(self) -> str:
-        if self.placement is not None:
-            return self.placement.summary()
-        return f"on {self.device} at {self.context:,} tokens of context"
+        where = self.placement.summary() if self.placement is not None else f"on {self.device}"
+        if self.placement is None:
+            where += f" at {self.context:,} tokens of context"
+        if not self.prefix_cache:
+            return where
+        return where + ("\n  " if self.placement else "; ") + f"prompts kept for reuse: {self.prefix_cache:,} tokens"
 
 
 def fit(
@@ -74,20 +85,41 @@ def fit(
     split: str = "auto",
     named: bool = False,
     ram: int | None = None,
+    prefix_cache: int | None = None,
 ) -> Layout:
     """Where `model` goes on `gpus` (free memory each; none: the CPU, with `ram` bytes available if known).
 
     `fast`: the fast engine runs it (else transformers' `generate`); `named`: the user named these cards, so they are
-    used together; `context`: tokens per sequence asked for (None: the longest that fits, see the module docstring).
+    used together; `context`: tokens per sequence asked for (None: the longest that fits, see the module docstring);
+    `prefix_cache`: the most tokens of other chats' prompts to keep (None: as many as the spare memory allows).
     Raises `PlacementRefused` (or `ValueError` for a split that cannot run this model here) before anything loads.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    if prefix_cache is not None and prefix_cache < 0:
+        raise ValueError(f"prefix_cache is a number of tokens (0: off), not {prefix_cache}")
     refusal = tensor_parallel_refusal(model, fast, len(gpus))
     if split == "tensor" and refusal:
         raise ValueError(refusal)
     if not gpus:
-        return _on_cpu(model, context, ram)
+        return _on_cpu(model, context, ram, prefix_cache if fast else 0)
+    layout = _on_gpus(model, gpus, fast, context, slots, split, named, refusal)
+    if not fast:
+        return layout
+    placement = layout.placement or plan_placement(model, gpus, layout.context, path="fast", slots=slots, split=named)
+    return replace(layout, prefix_cache=prefix_cache_tokens(placement, prefix_cache))
+
+
+def _on_gpus(
+    model: PlannedModel,
+    gpus: Sequence[GpuSpec],
+    fast: bool,
+    context: int | None,
+    slots: int,
+    split: str,
+    named: bool,
+    refusal: str | None,
+) -> Layout:
     if split == "tensor":
         return _tensor_parallel(model, gpus, context, slots)
     path = "fast" if fast else "plain"
@@ -102,6 +134,18 @@ def fit(
         return _tensor_parallel(model, gpus, context, slots)
     except PlacementRefused:  # the context asked for fits the layer split only
         return Layout(main, placement, chosen)
+
+
+def prefix_cache_tokens(placement: Placement, asked: int | None) -> int:
+    """Tokens of other chats' prompts the fast engine may keep beside `placement` (whole blocks): each card keeps
+    its part of every kept token's K/V, as it does of the cache, so the card with the least room for them decides."""
+    holders = [card for card in placement.cards if card.kv_cache]
+    if not holders or placement.cpu_layers:
+        return 0
+    cached = placement.context * placement.slots  # tokens whose K/V each card's `kv_cache` holds
+    room = min(int(PREFIX_CACHE_SHARE * max(card.spare, 0) * cached / card.kv_cache) for card in holders)
+    ceiling = PREFIX_CACHE_CONTEXTS * placement.context * placement.slots if asked is None else asked
+    return min(room, ceiling) // BLOCK * BLOCK
 
 
 def with_freed(gpus: Sequence[GpuSpec], freed: int) -> list[GpuSpec]:
@@ -142,11 +186,14 @@ def ram_needed(model: PlannedModel, context: int) -> int:
     return sum(requirement(model, context, path="plain")) + OVERHEAD_BYTES
 
 
-def _on_cpu(model: PlannedModel, asked: int | None, ram: int | None) -> Layout:
-    """The plain path in RAM: weights, KV cache and prefill activations, without a CUDA context."""
+def _on_cpu(model: PlannedModel, asked: int | None, ram: int | None, prefix_cache: int | None) -> Layout:
+    """The plain path in RAM: weights, KV cache and prefill activations, without a CUDA context; a prefix cache only
+    where one is asked for (the fast engine runs on the CPU for tests, not for chatting)."""
     context = min(asked or CPU_CONTEXT_TOKENS, model.shape.max_position_embeddings)
     weights, kv, activations = requirement(model, context, path="plain")
-    need = ram_needed(model, context)
+    kept = (prefix_cache or 0) // BLOCK * BLOCK
+    kv += kept * model.shape.kv_bytes_per_token
+    need = ram_needed(model, context) + kept * model.shape.kv_bytes_per_token
     if ram is not None and need > ram:
         raise PlacementRefused(
             f"{model.name} does not fit: at {context:,} tokens of context it needs {gib(need)} of RAM "
@@ -157,4 +204,4 @@ def _on_cpu(model: PlannedModel, asked: int | None, ram: int | None) -> Layout:
             available={},
             largest_context=0,
         )
-    return Layout("cpu", None, context)
+    return Layout("cpu", None, context, kept)

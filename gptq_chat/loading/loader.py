@@ -56,6 +56,7 @@ class ModelFacts:
     load_seconds: float
     max_context: int
     default_context: int
+    prefix_cache: int = 0  # tokens of other chats' prompts the engine keeps for reuse
 
 
 @dataclass
@@ -129,6 +130,7 @@ def plan_load(
     gpu_memory_limit: int | None = None,
     freed: int = 0,
     ram: int | None = None,
+    prefix_cache: int | None = None,
 ) -> LoadPlan:
     """Kernel, engine and layout for `info` here, or the error that says why it cannot load (`PlacementRefused`
     with the numbers when it does not fit). `freed` bytes (a model about to be unloaded) count as free, spread
@@ -141,7 +143,10 @@ def plan_load(
     if not gpus:
         ram = (available_ram() if ram is None else ram) + freed
     named = ":" in device  # cards the user named are used together
-    layout = fit(info, gpus, fast=fast, context=context_length, slots=slots, split=split, named=named, ram=ram)
+    layout = fit(
+        info, gpus, fast=fast, context=context_length, slots=slots, split=split, named=named, ram=ram,
+        prefix_cache=prefix_cache,
+    )  # fmt: skip
     return LoadPlan(info, kernel, fast, engine_reason, layout)
 
 
@@ -229,11 +234,13 @@ def load_uncached(
     queue_limit: int = DEFAULT_QUEUE_LIMIT,
     gpu_memory_limit: int | None = None,
     split: str = "auto",
+    prefix_cache: int | None = None,
 ) -> LoadedModel:
     """Validate, choose device, kernel and engine, load; `load` is the cached version callers want.
 
     `gpu_memory_limit` (bytes) caps what this process may use of each GPU, as if the cards were that size.
-    `split` says how a model is split over several GPUs: see `fit.py`.
+    `split` says how a model is split over several GPUs, `prefix_cache` the most tokens of other chats' prompts the
+    fast engine keeps for reuse (None: what spare memory allows): see `fit.py`.
     """
     import torch
 
@@ -250,6 +257,7 @@ def load_uncached(
         slots=slots,
         split=split,
         gpu_memory_limit=gpu_memory_limit,
+        prefix_cache=prefix_cache,
     )
     choice, device, cards, context = plan.kernel, plan.layout.device, plan.layout.cards, plan.layout.context
     log.info("Loading %s on %s with the %s kernel (%s)", info.path, ",".join(cards), choice.backend, choice.reason)
@@ -290,6 +298,7 @@ def load_uncached(
         load_seconds=time.perf_counter() - started,
         max_context=max_context,
         default_context=min(context, max_context),
+        prefix_cache=plan.layout.prefix_cache if isinstance(runner, SlotEngine) else 0,
     )
     log.info("Loaded %s in %.1f s: %s", info.name, facts.load_seconds, facts)
     return LoadedModel(
@@ -326,7 +335,7 @@ def build_runner(
         devices = [torch.device(card) for card in layout.cards]
         runner = load_tensor_parallel(
             info.path, choice.backend, devices, layout.context, dtype, report, slots=slots,
-            gpu_memory_limit=gpu_memory_limit,
+            gpu_memory_limit=gpu_memory_limit, prefix_cache=layout.prefix_cache,
         )  # fmt: skip
         return tokenizer, generation_config, runner, runner.model
     if plan.fast:
@@ -335,7 +344,7 @@ def build_runner(
         layer_devices = [torch.device(f"cuda:{i}") for i in placement.layer_devices()] if placement else None
         engine = load_engine(
             info.path, choice.backend, torch.device(layout.device), layout.context, dtype, progress=report,
-            slots=slots, layer_devices=layer_devices,
+            slots=slots, layer_devices=layer_devices, prefix_cache=layout.prefix_cache,
         )  # fmt: skip
         return tokenizer, generation_config, engine, engine.model
     model = AutoModelForCausalLM.from_pretrained(

@@ -10,7 +10,7 @@ from gptq_chat.loading.loader import ENGINES
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """--model, --backend, --device, --engine, --slots, --split and --context."""
+    """--model, --backend, --device, --engine, --slots, --split, --context and --prefix-cache."""
     parser.add_argument("--model", help="model folder or id (default: the first downloaded model, else the demo)")
     parser.add_argument("--backend", default="auto", help="GPTQ kernel: auto, marlin, exllama_v2, triton, torch")
     parser.add_argument(
@@ -26,6 +26,14 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--context", type=int, default=None, help="tokens per reply, prompt included (default: the longest that fits)"
     )
+    parser.add_argument(
+        "--prefix-cache",
+        type=int,
+        default=None,
+        metavar="TOKENS",
+        help="the most tokens of other chats' prompts the fast engine keeps, so that a question about the same long "
+        "document does not compute it again (0: off; default: what the memory left after the context allows)",
+    )
 
 
 def load_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -37,4 +45,5 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
         "slots": args.slots,
         "split": args.split,
         "context_length": args.context,
+        "prefix_cache": args.prefix_cache,
     }

@@ -25,6 +25,7 @@ TEXT: dict[str, dict[str, str]] = {
     "memory": {"zh": "模型占用内存", "en": "Model memory"},
     "load_time": {"zh": "加载用时", "en": "Load time"},
     "engine": {"zh": "生成方式", "en": "Generation path"},
+    "prefix_cache": {"zh": "跨对话复用的提示缓存", "en": "Prompts kept for reuse"},
     "used": {"zh": "已用", "en": "used"},
     "free": {"zh": "可用", "en": "free"},
     "of_total": {"zh": "共", "en": "of"},

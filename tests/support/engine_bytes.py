@@ -120,10 +120,10 @@ def network_on_meta(shape: ModelShape) -> Transformer:
     return Transformer(shape, embed, [block] * shape.num_layers, norm(), head).eval()
 
 
-def held_bytes(model: Transformer, context: int, slots: int = 1) -> int:
+def held_bytes(model: Transformer, context: int, slots: int = 1, prefix_cache: int = 0) -> int:
     """The bytes a fast engine built around `model` keeps (the weights existed before: they are not counted)."""
     with Allocations() as allocations:
-        engine = FastEngine(model, context, slots=slots)
+        engine = FastEngine(model, context, slots=slots, prefix_cache=prefix_cache)
         held = allocations.held()
     del engine
     return held
