@@ -160,9 +160,10 @@ if [ -n "$wheels" ]; then
   step "Offline: installing from $wheels only"
 fi
 
-# What to do with the torch that interpreter $1 imports: "reuse|<which, where>" where it fits, "own|<which, where,
-# why not>" where it does not, nothing where there is none. $2: "new" for $PYTHON, which is about to make .venv;
-# "venv" for .venv's own interpreter, whose torch inside .venv is its own, not a preinstalled one.
+# What to do with the torch that interpreter $1 imports: "reuse|<which, runs where> from <folder>" where it fits,
+# "own|<which, where, why not>" where it does not, nothing where there is none. $2: "new" for $PYTHON, which is about
+# to make .venv (a torch in its own virtual environment can be shared too); "venv" for .venv's own interpreter,
+# whose torch inside .venv is its own, not a preinstalled one.
 preinstalled_torch() {
   "$1" - "$2" "$torch_range" "$gpu" "$driver_cuda" 2>/dev/null <<'PY' || true
 import importlib
@@ -175,8 +176,7 @@ try:
 except Exception:  # none, or a broken one: .venv gets a torch of its own
     sys.exit()
 site = os.path.dirname(os.path.dirname(torch.__file__))
-in_a_venv = sys.prefix != sys.base_prefix and site.startswith(sys.prefix + os.sep)
-if in_a_venv and asked_for == "venv":
+if asked_for == "venv" and sys.prefix != sys.base_prefix and site.startswith(sys.prefix + os.sep):
     sys.exit()
 cuda = torch.version.cuda
 what = f"torch {torch.__version__} ({f'CUDA {cuda}' if cuda else 'CPU build'}"
@@ -193,9 +193,7 @@ def minor(version):
     return tuple(int(part) for part in version.split(".")[:2])
 
 
-if in_a_venv:
-    why = f"lives in the virtual environment {sys.prefix}, which .venv cannot share"
-elif specifiers is None:
+if specifiers is None:
     why = "cannot be checked against the tested range (no packaging module)"
 elif not specifiers.SpecifierSet(tested).contains(torch.__version__, prereleases=True):
     why = f"is outside the tested range torch{tested}"
@@ -211,9 +209,27 @@ print(f"own|{what}) in {site} {why}")
 PY
 }
 
+# .venv, made with --system-site-packages, sees the site-packages of the installation $PYTHON belongs to. Where
+# $PYTHON is itself a virtual environment (/opt/venv/bin/python3, say), the torch to share lives in that
+# environment's site-packages, folder $1: a path file puts it on .venv's path, after .venv's own packages.
+reach_shared() {
+  .venv/bin/python - "$1" "$PYTHON" <<'PY'
+import os
+import sys
+import sysconfig
+from pathlib import Path
+
+folder, python = sys.argv[1:]
+if folder not in sys.path:
+    path_file = Path(sysconfig.get_paths()["purelib"], "preinstalled.pth")
+    path_file.write_text(f"import site; site.addsitedir({folder!r})\n")
+    print(f"{python} belongs to a virtual environment: .venv reads its packages through {os.path.relpath(path_file)}")
+PY
+}
+
 # --- the virtual environment: sharing the image's torch where it fits ---------------------------------------------
 begin venv
-decision=""
+decision="" made=""
 if [ ! -x .venv/bin/python ]; then
   command -v "$PYTHON" >/dev/null || die "$PYTHON not found" "install Python 3.11 (or set PYTHON=python3.x)"
   "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
@@ -223,6 +239,7 @@ if [ ! -x .venv/bin/python ]; then
   [ "${decision%%|*}" = reuse ] && share=(--system-site-packages)
   step "Creating the virtual environment .venv ($($PYTHON --version))"
   "$PYTHON" -m venv "${share[@]}" .venv
+  made=1
 elif grep -q '^include-system-site-packages = true' .venv/pyvenv.cfg; then
   decision=$(preinstalled_torch .venv/bin/python venv)
   [ "${decision%%|*}" != own ] || die "the preinstalled ${decision#*|}, and .venv shares it" \
@@ -232,7 +249,10 @@ elif grep -q '^include-system-site-packages = true' .venv/pyvenv.cfg; then
       "rm -rf .venv && bash env/setup.sh --own-torch"
 fi
 case "$decision" in
-  reuse\|*) reuse=1; step "Reusing the preinstalled ${decision#*|}; --own-torch installs a separate one" ;;
+  reuse\|*)
+    reuse=1
+    step "Reusing the preinstalled ${decision#*|}; --own-torch installs a separate one"
+    [ -z "$made" ] || reach_shared "${decision##* from }" ;;
   own\|*) step "The preinstalled ${decision#*|}: installing a separate one into .venv" ;;
 esac
 finish

@@ -146,16 +146,41 @@ def test_a_torch_that_cannot_be_checked_against_the_range_is_not_reused(tmp_path
     )
 
 
-def test_the_torch_of_a_venv_cannot_be_shared(tmp_path: Path, image: tuple[Path, Path]) -> None:
-    """PYTHON may be a venv's: a venv made from it is based on the installation below, not on the venv."""
-    python, _ = image
-    venv = tmp_path / "other-venv"
+def test_a_torch_in_a_virtual_environment_is_shared_through_a_path_file(
+    tmp_path: Path, image: tuple[Path, Path], empty: Path
+) -> None:
+    """PYTHON may be a venv's (an image whose torch lives in /opt/venv, say): a venv made from it is based on the
+    installation below, so .venv reaches that venv's site-packages through a path file, and keeps it on re-runs."""
+    python, base_site = image
+    venv = tmp_path / "image-venv"
     subprocess.run([str(python), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     site = next(venv.glob("lib/python*/site-packages"))
+    (site / "pip").symlink_to((base_site / "pip").resolve())  # for the range check, as the image's pip would be
     fake_torch(site, "2.13.0+cpu", cuda=None)
-    assert decide(venv / "bin" / "python") == (
-        f"own|torch 2.13.0+cpu (CPU build) in {site} lives in the virtual environment {venv}, which .venv cannot share"
+    reused = f"torch 2.13.0+cpu (CPU build, no GPU here: runs on the CPU) from {site}"
+    assert decide(venv / "bin" / "python") == f"reuse|{reused}"
+
+    project = setup_copy(tmp_path)
+    env = offline_env(no_gpu(tmp_path / "bin"), venv / "bin" / "python")
+    result = run_setup(project, "--wheels", str(empty), env=env)
+    path_file = next((project / ".venv").glob("lib/python*/site-packages/preinstalled.pth"))
+    assert f"Reusing the preinstalled {reused}" in result.stdout, result.stdout + result.stderr
+    assert f"belongs to a virtual environment: .venv reads its packages through {path_file.relative_to(project)}" in (
+        result.stdout
     )
+    assert shares_system_site(project) and not own_torch(project)
+    where = subprocess.run(
+        [str(project / ".venv" / "bin" / "python"), "-c", "import torch; print(torch.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert where == str(site / "torch" / "__init__.py")
+    assert (project / ".venv" / "torch-pin.txt").read_text() == "torch==2.13.0+cpu\n"
+    assert f"Error: transformers: no wheel in {empty}" in result.stderr, result.stderr
+    again = run_setup(project, "--wheels", str(empty), env=env)
+    assert f"Reusing the preinstalled {reused}" in again.stdout
+    assert "Creating the virtual environment" not in again.stdout
 
 
 def test_a_fitting_preinstalled_torch_is_shared_pinned_and_kept_on_reruns(
