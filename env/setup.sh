@@ -238,7 +238,15 @@ if [ ! -x .venv/bin/python ]; then
   share=()
   [ "${decision%%|*}" = reuse ] && share=(--system-site-packages)
   step "Creating the virtual environment .venv ($($PYTHON --version))"
-  "$PYTHON" -m venv "${share[@]}" .venv
+  if ! "$PYTHON" -m venv "${share[@]}" .venv; then
+    # Debian and Ubuntu keep the pip a venv starts with (ensurepip's) in python3-venv. A .venv that shares $PYTHON's
+    # packages can do without: it runs the pip among them.
+    if [ ${#share[@]} -eq 0 ] || ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
+      die "$PYTHON could not make .venv (above)" "install python3-venv (Debian, Ubuntu), or set PYTHON=another Python"
+    fi
+    "$PYTHON" -m venv --without-pip "${share[@]}" .venv
+    echo "No pip of .venv's own (no ensurepip for $PYTHON): it runs the pip of the packages it shares."
+  fi
   made=1
 elif grep -q '^include-system-site-packages = true' .venv/pyvenv.cfg; then
   decision=$(preinstalled_torch .venv/bin/python venv)

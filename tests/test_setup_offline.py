@@ -183,6 +183,25 @@ def test_a_torch_in_a_virtual_environment_is_shared_through_a_path_file(
     assert "Creating the virtual environment" not in again.stdout
 
 
+def test_without_ensurepip_a_venv_that_shares_runs_the_shared_pip(tmp_path: Path, empty: Path) -> None:
+    """Debian and Ubuntu keep ensurepip in python3-venv: where it is missing, .venv is made without a pip of its own
+    and runs the one among the packages it shares; with nothing to share, the fix is named."""
+    python, site = system_python(tmp_path / "image", ensurepip=False)
+    fake_torch(site, "2.13.0+cpu", cuda=None)
+    project = setup_copy(tmp_path)
+    env = offline_env(no_gpu(tmp_path / "bin"), python)
+    result = run_setup(project, "--wheels", str(empty), env=env)
+    assert f"No pip of .venv's own (no ensurepip for {python}): it runs the pip of the packages it shares." in (
+        result.stdout
+    ), result.stdout + result.stderr
+    assert shares_system_site(project) and not list((project / ".venv").glob("lib/python*/site-packages/pip"))
+    assert f"Error: transformers: no wheel in {empty}" in result.stderr, result.stderr  # pip ran, from the image
+
+    refused = run_setup(setup_copy(tmp_path / "own"), "--own-torch", "--wheels", str(empty), env=env)
+    assert refused.returncode == 1 and f"Error: {python} could not make .venv (above)" in refused.stderr
+    assert "Fix: install python3-venv (Debian, Ubuntu), or set PYTHON=another Python" in refused.stderr
+
+
 def test_a_fitting_preinstalled_torch_is_shared_pinned_and_kept_on_reruns(
     tmp_path: Path, image: tuple[Path, Path], empty: Path
 ) -> None:

@@ -60,12 +60,12 @@ def no_gpu(folder: Path) -> Path:
     return folder
 
 
-def system_python(root: Path, with_pip: bool = True) -> tuple[Path, Path]:
+def system_python(root: Path, with_pip: bool = True, ensurepip: bool = True) -> tuple[Path, Path]:
     """A Python installation of its own, like an image's system Python: this interpreter's binary (copied: Python
-    finds its installation from where the binary lies) and standard library (linked), with a site-packages that
-    holds only pip (linked from here), as an image whose torch came through pip does. Unlike a venv, what goes into
-    that site-packages is seen by a venv made from it with --system-site-packages. Returns the interpreter and its
-    site-packages."""
+    finds its installation from where the binary lies) and standard library (linked; without ensurepip, as Debian's
+    and Ubuntu's Python is without python3-venv), with a site-packages that holds only pip (linked from here), as an
+    image whose torch came through pip does. Unlike a venv, what goes into that site-packages is seen by a venv made
+    from it with --system-site-packages. Returns the interpreter and its site-packages."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     base = Path(sys.base_prefix)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -81,7 +81,7 @@ def system_python(root: Path, with_pip: bool = True) -> tuple[Path, Path]:
     own_stdlib = root / "lib" / f"python{version}"
     own_stdlib.mkdir(parents=True)
     for entry in stdlib.iterdir():
-        if entry.name != "site-packages":
+        if entry.name != "site-packages" and (ensurepip or entry.name != "ensurepip"):
             (own_stdlib / entry.name).symlink_to(entry)
     where = subprocess.run(
         [str(python), "-c", "import site, sys; print(sys.prefix); print(site.getsitepackages()[0])"],
