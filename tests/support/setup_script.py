@@ -113,14 +113,15 @@ def fake_torch(site: Path, version: str, cuda: str | None) -> Path:
     return package
 
 
-def offline_env(tools: Path, python: Path, **extra: str) -> dict[str, str]:
+def offline_env(tools: Path | None, python: Path | str, **extra: str) -> dict[str, str]:
     """The environment for setup.sh with no package index in reach: pip's own settings from this machine left out
-    (a configured index or wheel folder would hide what the folder under test lacks), the index a closed port."""
+    (a configured index or wheel folder would hide what the folder under test lacks), the index a closed port;
+    `tools` (fake commands) first on PATH."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
     env.pop("CONSTRAINTS", None)
     return {
         **env,
-        "PATH": f"{tools}:{env['PATH']}",
+        "PATH": f"{tools}:{env['PATH']}" if tools else env["PATH"],
         "PYTHON": str(python),
         "PIP_CONFIG_FILE": os.devnull,
         "PIP_INDEX_URL": f"http://127.0.0.1:{free_port()}/simple",
@@ -132,15 +133,17 @@ def offline_env(tools: Path, python: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def run_setup(project: Path, *args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(project / "env" / "setup.sh"), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
+def run_setup(
+    project: Path, *args: str, env: dict[str, str], timeout: float = 120, log: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """setup.sh in `project`. With `log`, its output goes there as it comes (kept if the run is cut short) and comes
+    back as stdout, stderr with it."""
+    command = ["bash", str(project / "env" / "setup.sh"), *args]
+    if log is None:
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    with log.open("w") as output:
+        done = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, timeout=timeout, env=env, check=False)
+    return subprocess.CompletedProcess(command, done.returncode, log.read_text(), "")
 
 
 def python_version() -> str:
