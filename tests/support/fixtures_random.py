@@ -52,13 +52,17 @@ def tiny_gptq_dir(tiny_gptq_weights: Path, tmp_path_factory: pytest.TempPathFact
     return directory
 
 
-def random_qwen(tmp_path_factory: pytest.TempPathFactory, shape: str) -> Path:
+def write_qwen_shaped(folder: Path, shape: str) -> Path:
     """A random-weight checkpoint with the exact shapes of a Qwen chat model, written on the GPU, with Qwen's
     tokenizer and no end-of-sequence (GPU tests only)."""
-    folder = tmp_path_factory.mktemp(shape)
     write_random_gptq_checkpoint(folder, shape, device="cuda", eos_token_id=None)
     add_qwen_tokenizer(folder)
     return folder
+
+
+def random_qwen(tmp_path_factory: pytest.TempPathFactory, shape: str) -> Path:
+    """`write_qwen_shaped` in a new folder under pytest's temporary directory."""
+    return write_qwen_shaped(tmp_path_factory.mktemp(shape), shape)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ for a GPU image's system Python (with a torch preinstalled, or none)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from gptq_chat.models.home import REPO_ROOT
 from tests.support.browser_app import free_port
 
 SETUP = REPO_ROOT / "env" / "setup.sh"
+SETUP_TOOK = re.compile(r"^Set-up took ([0-9.]+) s: (.+)$", re.MULTILINE)
 # What setup.sh reads, runs or installs from (the rest of the project is not needed to set up).
 SETUP_FILES = (
     "env/setup.sh",
@@ -58,12 +60,12 @@ def no_gpu(folder: Path) -> Path:
     return folder
 
 
-def system_python(root: Path, with_pip: bool = True) -> tuple[Path, Path]:
+def system_python(root: Path, with_pip: bool = True, ensurepip: bool = True) -> tuple[Path, Path]:
     """A Python installation of its own, like an image's system Python: this interpreter's binary (copied: Python
-    finds its installation from where the binary lies) and standard library (linked), with a site-packages that
-    holds only pip (linked from here), as an image whose torch came through pip does. Unlike a venv, what goes into
-    that site-packages is seen by a venv made from it with --system-site-packages. Returns the interpreter and its
-    site-packages."""
+    finds its installation from where the binary lies) and standard library (linked; without ensurepip, as Debian's
+    and Ubuntu's Python is without python3-venv), with a site-packages that holds only pip (linked from here), as an
+    image whose torch came through pip does. Unlike a venv, what goes into that site-packages is seen by a venv made
+    from it with --system-site-packages. Returns the interpreter and its site-packages."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     base = Path(sys.base_prefix)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -79,7 +81,7 @@ def system_python(root: Path, with_pip: bool = True) -> tuple[Path, Path]:
     own_stdlib = root / "lib" / f"python{version}"
     own_stdlib.mkdir(parents=True)
     for entry in stdlib.iterdir():
-        if entry.name != "site-packages":
+        if entry.name != "site-packages" and (ensurepip or entry.name != "ensurepip"):
             (own_stdlib / entry.name).symlink_to(entry)
     where = subprocess.run(
         [str(python), "-c", "import site, sys; print(sys.prefix); print(site.getsitepackages()[0])"],
@@ -111,14 +113,15 @@ def fake_torch(site: Path, version: str, cuda: str | None) -> Path:
     return package
 
 
-def offline_env(tools: Path, python: Path, **extra: str) -> dict[str, str]:
+def offline_env(tools: Path | None, python: Path | str, **extra: str) -> dict[str, str]:
     """The environment for setup.sh with no package index in reach: pip's own settings from this machine left out
-    (a configured index or wheel folder would hide what the folder under test lacks), the index a closed port."""
+    (a configured index or wheel folder would hide what the folder under test lacks), the index a closed port;
+    `tools` (fake commands) first on PATH."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
     env.pop("CONSTRAINTS", None)
     return {
         **env,
-        "PATH": f"{tools}:{env['PATH']}",
+        "PATH": f"{tools}:{env['PATH']}" if tools else env["PATH"],
         "PYTHON": str(python),
         "PIP_CONFIG_FILE": os.devnull,
         "PIP_INDEX_URL": f"http://127.0.0.1:{free_port()}/simple",
@@ -130,16 +133,30 @@ def offline_env(tools: Path, python: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def run_setup(project: Path, *args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(project / "env" / "setup.sh"), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
+def run_setup(
+    project: Path, *args: str, env: dict[str, str], timeout: float = 120, log: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """setup.sh in `project`. With `log`, its output goes there as it comes (kept if the run is cut short) and comes
+    back as stdout, stderr with it."""
+    command = ["bash", str(project / "env" / "setup.sh"), *args]
+    if log is None:
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    with log.open("w") as output:
+        done = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, timeout=timeout, env=env, check=False)
+    return subprocess.CompletedProcess(command, done.returncode, log.read_text(), "")
 
 
 def python_version() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def step_times(output: str) -> dict[str, float]:
+    """Seconds per step of a finished set-up, from the line it ends with ("Set-up took 12.3 s: venv 2.1 s, ..."), the
+    whole under "total"; each step's own "(NAME took N s)" line must say the same."""
+    found = SETUP_TOOK.findall(output)
+    assert len(found) == 1, f"no single summary line in:\n{output[-3000:]}"
+    total, steps = found[0]
+    times = {name: float(seconds) for name, seconds in re.findall(r"(\w+) ([0-9.]+) s", steps)}
+    for name, seconds in times.items():
+        assert f"    ({name} took {seconds:.1f} s)" in output, name
+    return {**times, "total": float(total)}
