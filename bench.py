@@ -215,6 +215,20 @@ def time_document_reuse(args: argparse.Namespace) -> None:
         args.json.write_text(json.dumps({"prefix_cache": loaded.facts.prefix_cache, **figures}, indent=2))
 
 
+def time_speculation(args: argparse.Namespace) -> None:
+    """`--speculation`: gptq_chat/testing/speculation_bench.py on one card, the engine checking guesses."""
+    from gptq_chat.engine.fast_engine import load_engine
+    from gptq_chat.testing import speculation_bench
+
+    folder, _ = prepare_checkpoint(args.dir, args.shape)
+    engine = load_engine(folder, "marlin", torch.device("cuda"), args.context, checks=True)  # one card
+    print(f"GPU: {torch.cuda.get_device_name()}; {engine.name}, context {engine.context_length:,} tokens")
+    figures = speculation_bench.run(engine, new_tokens=args.new_tokens)
+    print(speculation_bench.table(figures))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
 def free_memory() -> None:
     gc.collect()
     torch.cuda.empty_cache()
@@ -266,6 +280,12 @@ def main() -> None:
         "document in a new chat after another chat), with the prefix store and without it",
     )
     parser.add_argument(
+        "--speculation",
+        action="store_true",
+        help="speculative decoding: a check's cost against a decode step, every guess right (an upper bound) at "
+        "k = 4 and 8, and --speculate auto against off on random prompts",
+    )
+    parser.add_argument(
         "--grammar-engines",
         action="store_true",
         help="time the grammar engines for structured output (compile, mask per token) on the Qwen and demo "
@@ -294,6 +314,9 @@ def main() -> None:
         return
     if args.document:
         time_document_reuse(args)
+        return
+    if args.speculation:
+        time_speculation(args)
         return
 
     from gptq_chat.loading.checkpoint import find_checkpoint

@@ -26,7 +26,8 @@ import torch
 from gptq_chat.engine.network import CacheRows, Transformer, load_transformer
 from gptq_chat.engine.prefix_store import PrefixStore, common_prefix
 from gptq_chat.engine.protocols import SamplingSettings, SlotEngine
-from gptq_chat.engine.sampling import SamplingState, TokenScores, sample, score
+from gptq_chat.engine.sampling import SamplingState, TokenScores, choose_after_each, sample, score
+from gptq_chat.engine.speculation import GUESSES, kept
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class FastEngine(SlotEngine):
         use_graphs: bool | None = None,
         slots: int = 1,
         prefix_cache: int = 0,
+        checks: bool = False,
     ) -> None:
         self.model = model
         self.device = model.device  # tokens go in here
@@ -135,6 +137,14 @@ class FastEngine(SlotEngine):
         self.prefill_pick = torch.zeros(1, dtype=torch.long, device=self.device)
         self.prefill_graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.cached: list[list[int]] = [[] for _ in range(slots)]  # per slot: tokens whose K/V it holds, in order
+        # Checking guesses (speculation.py; `checks`), slot 0 of a model on one device: its token and up to
+        # max(GUESSES) guesses in, the model's choice after each out.
+        self.can_verify = checks and one_device and model.shard is None
+        self.checked = torch.zeros(1, 1 + max(GUESSES), dtype=torch.long, device=self.device)
+        self.offsets = torch.arange(1 + max(GUESSES), device=self.device)
+        self.choices = torch.zeros(1 + max(GUESSES), dtype=torch.long, device=out)
+        self.verify_graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}  # (guesses, window, greedy)
+        self.verify_cost: dict[int, float] = {}  # guesses -> a check's time over a decode step's, once measured
         self.store = PrefixStore(model.caches, prefix_cache)  # `prefix_cache` tokens of other chats' prompts
         self.stats = EngineStats(windows=self.windows)
 
@@ -203,6 +213,10 @@ class FastEngine(SlotEngine):
                     self.model(tokens, positions, steps, exact=True, start=0)
                 for chunk in self.chunks:
                     self.prefill_forward(chunk, self.window_for(chunk))
+                self.set_position(0, 0)  # a check reads positions after the slot's: not past the cache's end
+                for k in GUESSES if self.can_verify else ():
+                    for greedy in (True, False):
+                        self.verify_forward(k, self.windows[0], greedy)
             for rows in self.rows:  # warm up kernels (compilation, lazy init) outside capture
                 for greedy in (True, False):
                     for index, stream in enumerate(streams):
@@ -227,6 +241,15 @@ class FastEngine(SlotEngine):
                     pools[index],
                     streams[index],
                 )
+        checks = [(k, w, g) for k in GUESSES for w in self.windows if w > k for g in (True, False)]
+        for i, (k, window, greedy) in enumerate(checks if self.can_verify else []):
+            if progress:
+                progress(f"Capturing check graph {i + 1} of {len(checks)} ({k} guesses)", (i + 1) / len(checks))
+            self.verify_graphs[(k, window, greedy)] = record(
+                lambda: self.verify_forward(k, window, greedy),  # noqa: B023
+                pools[0],
+                streams[0],
+            )
         pieces = [(c, w) for c in self.chunks for w in self.windows if w >= c]
         for i, (chunk, window) in enumerate(pieces):
             if progress:
@@ -238,8 +261,10 @@ class FastEngine(SlotEngine):
             )
         for segment in segments:
             torch.cuda.synchronize(segment.device)
+        if self.verify_graphs:
+            self.measure_checks()
         self.reset()  # warm-up wrote into the cache and moved the positions
-        self.stats.graphs = len(self.graphs) + len(self.prefill_graphs)
+        self.stats.graphs = len(self.graphs) + len(self.prefill_graphs) + len(self.verify_graphs)
         self.stats.warmup_seconds = time.perf_counter() - started
         log.info("Captured %d graphs in %.1f s", self.stats.graphs, self.stats.warmup_seconds)
 
@@ -251,10 +276,11 @@ class FastEngine(SlotEngine):
             return
         for segment in self.model.segments:
             torch.cuda.synchronize(segment.device)
-        for graph in [*self.graphs.values(), *self.prefill_graphs.values()]:
+        for graph in [*self.graphs.values(), *self.prefill_graphs.values(), *self.verify_graphs.values()]:
             graph.reset()
         self.graphs.clear()
         self.prefill_graphs.clear()
+        self.verify_graphs.clear()
         self.use_graphs = False
 
     def close(self) -> None:
@@ -309,6 +335,65 @@ class FastEngine(SlotEngine):
         """Retire a slot whose cache holds K/V for `fed`: kept for the next prompt that starts the same way."""
         self.set_position(slot, self.parked_position)
         self.cached[slot] = fed
+
+    # -- checking guesses (speculation.py) -------------------------------------------------------
+    @torch.inference_mode()
+    def verify_forward(self, k: int, window: int, greedy: bool) -> None:
+        """The captured part of a check: slot 0's token and k guesses at its next k+1 positions, through the
+        network against its cache; into `choices`, the token plain decoding would choose after each."""
+        tokens = self.checked[:, : k + 1]
+        tokens[:, :1].copy_(self.tokens[:1])
+        positions = self.positions[0][:1] + self.offsets[: k + 1]
+        logits = self.model(tokens, positions, window, last_only=False)[0]
+        self.choices[: k + 1].copy_(choose_after_each(logits, self.sampling.row(0), tokens[0, 1:], greedy))
+
+    def verify(self, guesses: list[int], position: int, greedy: bool) -> list[int]:
+        """Check `guesses` (1 to max(GUESSES) tokens) after slot 0's token, which sits at `position`; return what
+        plain decoding would write next: the guesses it confirms and its own token after them. Slot 0 moves on
+        by as many tokens; the cache entries of the guesses it did not confirm lie beyond, to be overwritten."""
+        k = next(g for g in GUESSES if g >= len(guesses))
+        padded = guesses + guesses[-1:] * (k - len(guesses))  # checked like the others; only real ones count
+        self.checked[0, 1 : k + 1].copy_(torch.tensor(padded))
+        window = self.window_for(position + k + 1)
+        if self.use_graphs:
+            self.verify_graphs[(k, window, greedy)].replay()
+        else:
+            self.verify_forward(k, window, greedy)
+        choices = self.choices[: k + 1].tolist()
+        confirmed = kept(guesses, choices)
+        written = [*guesses[:confirmed], choices[confirmed]]
+        last = torch.tensor(written[-1:], device=self.next_tokens.device)
+        self.next_tokens[:1].copy_(last)
+        self.tokens[:1, 0].copy_(last)
+        self.set_position(0, position + len(written))
+        self.sampling.seen[0, torch.tensor(written, device=self.sampling.seen.device)] = True
+        self.sampling.drawn[:1].add_(len(written))
+        return written
+
+    def measure_checks(self) -> None:
+        """A check's time over a decode step's, per guess count, on this card: what `speculation.Policy` weighs."""
+
+        def milliseconds(graph: torch.cuda.CUDAGraph) -> float:
+            self.set_position(0, 0)
+            for _ in range(3):
+                graph.replay()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(20):
+                graph.replay()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 20
+
+        window = self.windows[0]
+        step = milliseconds(self.graphs[(0, 1, window, True)])
+        self.verify_cost = {k: milliseconds(self.verify_graphs[(k, window, True)]) / step for k in GUESSES}
+        costs = ", ".join(f"{k}: {cost:.2f}" for k, cost in self.verify_cost.items())
+        log.info("Decode step %.2f ms; a check of k guesses costs (k: steps) %s", step, costs)
+
+    def can_check(self, guesses: int, position: int) -> bool:
+        """Whether slot 0 may check that many guesses from `position` (the parked place is the cache's last)."""
+        return self.can_verify and 0 < guesses <= max(GUESSES) and position + max(GUESSES) < self.parked_position
 
     # -- prefill ---------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -380,10 +465,12 @@ def load_engine(
     slots: int = 1,
     layer_devices: list[torch.device] | None = None,
     prefix_cache: int = 0,
+    checks: bool = False,
 ) -> FastEngine:
-    """Build the network from a checkpoint (over several GPUs with `layer_devices`) and capture its graphs."""
+    """Build the network from a checkpoint (over several GPUs with `layer_devices`) and capture its graphs (with
+    `checks`, those that check guesses of the next tokens too: speculation.py)."""
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.bfloat16)
     model = load_transformer(folder, backend, device, dtype, progress, decode_attention, layer_devices)
-    engine = FastEngine(model, context_length, use_graphs, slots, prefix_cache)
+    engine = FastEngine(model, context_length, use_graphs, slots, prefix_cache, checks)
     engine.capture(progress)
     return engine

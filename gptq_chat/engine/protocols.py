@@ -128,6 +128,8 @@ class SlotEngine(ABC):
     scores: Any  # a `sampling.TokenScores` on the device: what `score` computed
     vocab_width: int  # the logits' width: a grammar mask has ceil(vocab_width / 32) words
     cached: list[list[int]]  # per slot: the tokens whose K/V its cache row holds
+    can_verify = False  # whether `verify` checks guesses of slot 0's next tokens (engine/speculation.py)
+    verify_cost: dict[int, float] = {}  # noqa: RUF012  # guesses -> a check's time in decode steps, where measured
 
     @abstractmethod
     def prefill(
@@ -148,6 +150,14 @@ class SlotEngine(ABC):
 
     @abstractmethod
     def park(self, slot: int, fed: list[int]) -> None: ...
+
+    def can_check(self, guesses: int, position: int) -> bool:
+        """Whether slot 0 may check that many guesses with its newest token at `position`."""
+        return False
+
+    def verify(self, guesses: list[int], position: int, greedy: bool) -> list[int]:
+        """Check guesses of slot 0's next tokens; the tokens plain decoding would write (speculation.py)."""
+        raise NotImplementedError(f"{self.name} does not check guesses")
 
     @abstractmethod
     def reset(self) -> None:

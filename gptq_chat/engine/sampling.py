@@ -20,7 +20,7 @@ repetition penalty, temperature, top-k, top-p; the grammar's mask comes first, a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import TypeVar
 
 import torch
@@ -206,3 +206,17 @@ def score(logits: torch.Tensor, allowed: torch.Tensor, chosen: torch.Tensor, out
     top = logprobs.topk(out.top_ids.shape[1], dim=-1)
     out.top_values[rows].copy_(top.values)
     out.top_ids[rows].copy_(top.indices)
+
+
+def choose_after_each(logits: torch.Tensor, state: SamplingState, guesses: torch.Tensor, greedy: bool) -> torch.Tensor:
+    """The token plain decoding would choose at each of k+1 places, from `logits` [k+1, vocab] of one sequence
+    whose sampling `state` (one row) stands before the first place, had it taken `guesses` [k] one by one: at place
+    i, the guesses before it count as seen (the repetition penalty) and as i more draws (the random draw). One row
+    at a time: a check holds no more of sampling's memory than a decode step."""
+    seen = state.seen.clone()
+    chosen = []
+    for place in range(logits.shape[0]):
+        chosen.append(sample(logits[place : place + 1], replace(state, seen=seen, drawn=state.drawn + place), greedy))
+        if place < guesses.shape[0]:
+            seen.index_fill_(1, guesses[place : place + 1], True)
+    return torch.cat(chosen)

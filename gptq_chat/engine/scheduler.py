@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gptq_chat.engine.protocols import GrammarMatcher, SamplingSettings, SlotEngine, TokenSource
+from gptq_chat.engine.speculation import GUESSES, MODES, Policy, PromptLookup
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class Request:
     slot: int = -1
     done: bool = False
     matcher: GrammarMatcher | None = None  # where its grammar stands, if it has one
+    guessing: Guessing | None = None  # its guesser and policy, where its steps may check guesses
 
     @property
     def position(self) -> int:
@@ -101,6 +103,14 @@ class Request:
     def fed(self) -> list[int]:
         """Tokens whose K/V the slot holds once the launched steps have run (those the host knows)."""
         return self.prompt_ids + self.generated[: self.launched]
+
+
+@dataclass
+class Guessing:
+    """A request's speculative decoding: what guesses its next tokens, and how many to check at a time."""
+
+    lookup: PromptLookup
+    policy: Policy
 
 
 @dataclass
@@ -161,9 +171,16 @@ class TokenStream(Iterator[int]):
 class Scheduler:
     """A `TokenSource` over a `SlotEngine` (batched) or over another `TokenSource` (one at a time)."""
 
-    def __init__(self, engine: SlotEngine | TokenSource, queue_limit: int = DEFAULT_QUEUE_LIMIT) -> None:
+    def __init__(
+        self, engine: SlotEngine | TokenSource, queue_limit: int = DEFAULT_QUEUE_LIMIT, speculate: str = "auto"
+    ) -> None:
+        if speculate not in MODES:
+            raise ValueError(f"speculate must be one of {', '.join(MODES)}, not {speculate!r}")
         self.engine = engine
         self.queue_limit = queue_limit
+        self.speculate = speculate
+        self.checks = 0  # steps that checked guesses, and the guessed tokens they confirmed (speculation.py)
+        self.confirmed = 0
         self.lock = threading.Lock()
         self.wake = threading.Condition(self.lock)
         self.waiting = 0
@@ -313,6 +330,13 @@ class Scheduler:
                 if inflight is not None and any(r.matcher is not None for r in self.running.values()):
                     self.deliver(engine, inflight)  # a grammar's next mask needs the tokens just chosen
                     inflight = None
+                alone = self.checkable(engine)
+                if alone is not None:
+                    if inflight is not None:  # its guesses follow the tokens that step chose
+                        self.deliver(engine, inflight)
+                        inflight = None
+                    if self.check(engine, alone):
+                        continue
                 launched = self.launch(engine, buffers, steps % 2, cuda)
                 steps += 1
                 if inflight is not None:
@@ -361,6 +385,7 @@ class Scheduler:
                 allowed = masks[slot]
                 request.matcher.fill_allowed(allowed)
             engine.prefill(request.prompt_ids, settings, slot, allowed)
+            request.guessing = self.guessing(engine, request)
             first = int(engine.next_tokens[slot])
             if settings.logprobs is not None:
                 engine.score(slot, 1)
@@ -371,6 +396,47 @@ class Scheduler:
             self.finish(engine, request, cached=[])  # a prefill cut short left the slot's cache half written
             return
         self.accept(engine, request, first)
+
+    def checkable(self, engine: SlotEngine) -> Request | None:
+        """The one request running, where its next step may check guesses (slot 0, no grammar, no log-probabilities:
+        see speculation.py), else None."""
+        if len(self.running) != 1 or 0 not in self.running:
+            return None
+        request = self.running[0]
+        return request if request.guessing is not None and request.steps_left else None
+
+    def check(self, engine: SlotEngine, request: Request) -> bool:
+        """One step of `request` that checks guesses, where its policy and its guesser have some; whether it ran.
+        The tokens it wrote are delivered at once: the next guesses follow from them."""
+        guessing = request.guessing
+        assert guessing is not None
+        if request.done or not request.steps_left:
+            return True  # delivering the step before ended it
+        count = guessing.policy.length()
+        guesses = guessing.lookup.guess(count) if count else []
+        if not guesses or not engine.can_check(len(guesses), request.position):
+            guessing.policy.plain_step()
+            return False
+        written = engine.verify(guesses, request.position, greedy=request.settings.temperature == 0)
+        guessing.policy.checked(len(guesses), len(written) - 1)
+        self.checks += 1
+        self.confirmed += len(written) - 1
+        request.launched += len(written)
+        for token in written:
+            if request.done:
+                break
+            self.accept(engine, request, token)
+        return True
+
+    def guessing(self, engine: SlotEngine, request: Request) -> Guessing | None:
+        """Speculative decoding for a request that can have it (see `checkable`), as --speculate says."""
+        settings = request.settings
+        if self.speculate == "off" or settings.constraint is not None or settings.logprobs is not None:
+            return None
+        if not engine.can_verify or (self.speculate == "auto" and not engine.verify_cost):
+            return None  # "auto" weighs guesses against costs measured on a GPU; eager steps have none
+        costs = engine.verify_cost or dict.fromkeys(GUESSES, 1.0)
+        return Guessing(PromptLookup(request.prompt_ids), Policy(costs, forced=self.speculate == "ngram"))
 
     def launch(self, engine: SlotEngine, buffers: HostBuffers, parity: int, cuda: bool) -> Launched | None:
         """Run one decode step over every slot up to the highest busy one, each constrained row under its
@@ -420,6 +486,8 @@ class Scheduler:
         grammar library's error."""
         request.generated.append(int(token))  # ids only: what the cache holds (and followers are sent)
         request.tokens.put(token)
+        if request.guessing is not None:
+            request.guessing.lookup.extend([int(token)])
         ended = token in request.settings.stop_token_ids or len(request.generated) >= request.budget
         if request.matcher is not None and not ended:
             ended = request.matcher.finished  # a token after the grammar is complete is its end token

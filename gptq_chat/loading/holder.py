@@ -130,7 +130,8 @@ class ModelHolder:
             device = pick_device(self.options.get("device"))
             freed = current.facts.memory_bytes if current is not None else 0
             try:
-                plan_load(info, **self.options, freed=freed, ram=device_memory("cpu").free)
+                planned = {key: value for key, value in self.options.items() if key != "speculate"}  # not placement
+                plan_load(info, **planned, freed=freed, ram=device_memory("cpu").free)
             except PlacementRefused as refused:
                 raise SwitchRefused(f"{refused.problem} Fix: {refused.fix}") from None
             except ValueError as refused:  # a kernel, engine or split that cannot run this model here

@@ -232,6 +232,7 @@ def load_uncached(
     progress: Progress | None = None,
     slots: int = 1,
     queue_limit: int = DEFAULT_QUEUE_LIMIT,
+    speculate: str = "auto",
     gpu_memory_limit: int | None = None,
     split: str = "auto",
     prefix_cache: int | None = None,
@@ -239,6 +240,7 @@ def load_uncached(
     """Validate, choose device, kernel and engine, load; `load` is the cached version callers want.
 
     `gpu_memory_limit` (bytes) caps what this process may use of each GPU, as if the cards were that size.
+    `speculate` says whether a lone reply's steps check guesses of its next tokens (engine/speculation.py).
     `split` says how a model is split over several GPUs, `prefix_cache` the most tokens of other chats' prompts the
     fast engine keeps for reuse (None: what spare memory allows): see `fit.py`.
     """
@@ -268,7 +270,9 @@ def load_uncached(
     subject = f"loading {info.path} on {','.join(cards)}"
     with library_output(MODEL_LOAD_LOG, subject) as library_log:
         try:
-            tokenizer, generation_config, runner, model = build_runner(plan, dtype, report, slots, gpu_memory_limit)
+            tokenizer, generation_config, runner, model = build_runner(
+                plan, dtype, report, slots, gpu_memory_limit, speculate
+            )
         except Exception as error:
             raise ModelLoadError(
                 f"Loading {info.name} failed: {type(error).__name__}: {error} "
@@ -309,12 +313,12 @@ def load_uncached(
         engine=runner,
         generation_config=generation_config,
         defaults=checkpoint_defaults(generation_config, tokenizer),
-        scheduler=Scheduler(runner, queue_limit),
+        scheduler=Scheduler(runner, queue_limit, speculate),
     )
 
 
 def build_runner(
-    plan: LoadPlan, dtype: Any, report: Progress, slots: int, gpu_memory_limit: int | None
+    plan: LoadPlan, dtype: Any, report: Progress, slots: int, gpu_memory_limit: int | None, speculate: str
 ) -> tuple[Any, Any, SlotEngine | PlainEngine, Any]:
     """The tokenizer, generation config, engine and network of a planned load: the heavy part, all in libraries."""
     import torch
@@ -344,7 +348,7 @@ def build_runner(
         layer_devices = [torch.device(f"cuda:{i}") for i in placement.layer_devices()] if placement else None
         engine = load_engine(
             info.path, choice.backend, torch.device(layout.device), layout.context, dtype, progress=report,
-            slots=slots, layer_devices=layer_devices, prefix_cache=layout.prefix_cache,
+            slots=slots, layer_devices=layer_devices, prefix_cache=layout.prefix_cache, checks=speculate != "off",
         )  # fmt: skip
         return tokenizer, generation_config, engine, engine.model
     model = AutoModelForCausalLM.from_pretrained(

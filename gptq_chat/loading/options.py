@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from gptq_chat.engine.speculation import MODES
 from gptq_chat.loading.fit import SPLIT_HELP, SPLITS
 from gptq_chat.loading.loader import ENGINES
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """--model, --backend, --device, --engine, --slots, --split, --context and --prefix-cache."""
+    """--model, --backend, --device, --engine, --slots, --split, --context, --prefix-cache and --speculate."""
     parser.add_argument("--model", help="model folder or id (default: the first downloaded model, else the demo)")
     parser.add_argument("--backend", default="auto", help="GPTQ kernel: auto, marlin, exllama_v2, triton, torch")
     parser.add_argument(
@@ -25,6 +26,14 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=SPLITS, default="auto", help=SPLIT_HELP)
     parser.add_argument(
         "--context", type=int, default=None, help="tokens per reply, prompt included (default: the longest that fits)"
+    )
+    parser.add_argument(
+        "--speculate",
+        choices=MODES,
+        default="off",
+        help="speculative decoding for a lone reply (the fast engine on one GPU): guess the next tokens from the "
+        "prompt and the reply so far and check several in one step; the same text, faster where it quotes or "
+        "edits what came before. auto: where the guesses pay on this card; ngram: always; off: never",
     )
     parser.add_argument(
         "--prefix-cache",
@@ -46,4 +55,5 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
         "split": args.split,
         "context_length": args.context,
         "prefix_cache": args.prefix_cache,
+        "speculate": args.speculate,
     }

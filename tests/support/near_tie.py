@@ -20,8 +20,9 @@ from gptq_chat.loading.loader import load
 NEAR_TIE_STEPS = 4
 
 
-def bf16_step(value: float) -> float:
-    return 2.0 ** (math.floor(math.log2(abs(value))) - 7)
+def float_step(value: float, bits: int = 7) -> float:
+    """The distance between two neighbouring floats near `value` with `bits` of mantissa (bf16 7, fp16 10)."""
+    return 2.0 ** (math.floor(math.log2(abs(value))) - bits)
 
 
 def assert_near_tie(
@@ -50,4 +51,4 @@ def assert_near_tie(
     gap = abs(penalised(a[first]) - penalised(b[first]))
     scale = logits.abs().max().item()
     print(f"first difference at token {first}: {penalised(a[first]):.3f} vs {penalised(b[first]):.3f} of {scale:.2f}")
-    assert gap <= NEAR_TIE_STEPS * bf16_step(scale), (alone, together, gap, scale)
+    assert gap <= NEAR_TIE_STEPS * float_step(scale), (alone, together, gap, scale)

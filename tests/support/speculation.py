@@ -1,0 +1,63 @@
+"""Decoding a reply plainly and with guesses checked, and comparing the two (tests/test_speculation*.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from gptq_chat.engine.protocols import SamplingSettings
+from gptq_chat.engine.speculation import GUESSES
+from tests.support.near_tie import NEAR_TIE_STEPS, float_step
+
+Guesser = Callable[[list[int]], list[int]]
+
+
+def plain(engine, prompt: list[int], settings: SamplingSettings, length: int) -> tuple[list[int], list[torch.Tensor]]:
+    """One token per step, as the scheduler decodes a lone reply; the tokens, and the logits each was chosen from."""
+    engine.reset()
+    engine.prefill(prompt, settings)
+    written, logits = [int(engine.next_tokens[0])], [engine.logits[0].clone()]
+    while len(written) < length:
+        engine.decode(1, len(prompt) + len(written), greedy=settings.temperature == 0)
+        written.append(int(engine.next_tokens[0]))
+        logits.append(engine.logits[0].clone())
+    return written, logits
+
+
+def assert_same_or_near_tie(
+    expected: list[int], tokens: list[int], logits: list[torch.Tensor], seen: list[int], penalty: float, bits: int
+) -> None:
+    """The same tokens, or, where they part, two tokens whose penalised logits were within a few bf16 steps: a step
+    over nine positions sums in another order than a step over one, which moves a logit by a step or two of the
+    float format (`bits` of mantissa: 7 for bf16, 10 for fp16; tests/support/near_tie.py), and a near tie may go
+    either way."""
+    if tokens == expected:
+        return
+    place = next(i for i, (a, b) in enumerate(zip(expected, tokens, strict=True)) if a != b)
+    row, before = logits[place], set(seen + expected[:place])
+
+    def penalised(token: int) -> float:
+        value = row[token].item()
+        return value if token not in before else value / penalty if value > 0 else value * penalty
+
+    gap = abs(penalised(expected[place]) - penalised(tokens[place]))
+    assert gap <= NEAR_TIE_STEPS * float_step(row.abs().max().item(), bits), (place, gap)
+
+
+def speculative(
+    engine, prompt: list[int], settings: SamplingSettings, guess: Guesser, length: int
+) -> tuple[list[int], list[int]]:
+    """Each step checks the guesses `guess` makes from what is written so far; the tokens, and how many guesses
+    each check confirmed."""
+    engine.reset()
+    engine.prefill(prompt, settings)
+    written, confirmed = [int(engine.next_tokens[0])], []
+    while len(written) < length:
+        guesses = guess(written)[: max(GUESSES)]
+        position = len(prompt) + len(written) - 1  # where the newest token goes into the cache
+        assert engine.can_check(len(guesses), position)
+        step = engine.verify(guesses, position, greedy=settings.temperature == 0)
+        confirmed.append(len(step) - 1)
+        written += step
+    return written[:length], confirmed

@@ -1,0 +1,152 @@
+"""Speculative decoding (engine/speculation.py, FastEngine.verify) on the CPU: the demo model's eager engine writes
+the same tokens with guesses checked as without, whatever the guesses."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptq_chat.engine.protocols import SamplingSettings
+from gptq_chat.engine.sampling import SamplingState, choose_after_each, sample
+from gptq_chat.engine.speculation import GUESSES, Policy, PromptLookup, kept
+from tests.support.speculation import assert_same_or_near_tie, plain, speculative
+
+GREEDY = SamplingSettings(max_new_tokens=1, temperature=0.0, repetition_penalty=1.1)
+SAMPLED = SamplingSettings(max_new_tokens=1, temperature=0.9, top_p=0.9, top_k=40, repetition_penalty=1.05, seed=5)
+LENGTH = 24  # tokens written per reply
+
+
+@pytest.fixture(scope="module")
+def engine(demo_model_dir: Path):
+    from gptq_chat.engine.fast_engine import load_engine
+
+    return load_engine(demo_model_dir, "torch_aten", torch.device("cpu"), 1024, checks=True)
+
+
+@pytest.fixture(scope="module")
+def prompts(demo_paths) -> list[list[int]]:
+    from gptq_chat.chat.prompt import encode_chat
+
+    tokenizer = demo_paths["fast"].tokenizer
+    questions = ["What is the capital of France?", "Count from one to twenty.", "Repeat after me: red, green, blue."]
+    return [encode_chat(tokenizer, [{"role": "user", "content": q}]) for q in questions]
+
+
+def test_guesses_change_no_greedy_token(engine, prompts) -> None:
+    """The model's own continuation as guesses (every one confirmed), random tokens (none), and prompt lookup: the
+    text plain decoding writes, token for token, with the repetition penalty counting the guesses before each
+    place, up to a near tie."""
+    settings = GREEDY
+    rng = random.Random(0)
+    for prompt in prompts:
+        expected, logits = plain(engine, prompt, settings, LENGTH)
+
+        def oracle(written: list[int], expected: list[int] = expected) -> list[int]:
+            return expected[len(written) : len(written) + 8] or [1]
+
+        def noise(written: list[int]) -> list[int]:
+            return [rng.randrange(100, 40_000) for _ in range(rng.choice(GUESSES))]
+
+        def lookup(written: list[int], prompt: list[int] = prompt) -> list[int]:
+            return PromptLookup(prompt + written).guess(8) or [written[-1]]
+
+        for name, guess in (("oracle", oracle), ("noise", noise), ("lookup", lookup)):
+            tokens, confirmed = speculative(engine, prompt, settings, guess, LENGTH)
+            assert_same_or_near_tie(expected, tokens, logits, prompt, settings.repetition_penalty, bits=7)
+            if name == "oracle" and tokens == expected:
+                assert min(confirmed[:-1]) >= 7  # eight guessed, all but possibly the last check's confirmed
+            if name == "noise":
+                assert sum(confirmed) <= 1
+
+
+@pytest.mark.parametrize("settings", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_a_check_chooses_at_each_place_what_plain_decoding_would(settings) -> None:
+    """Given the logits at k+1 places, the choices are those plain decoding makes at each place after taking the
+    guesses before it one by one (seen tokens, draw count, seed): exactly, for a seeded sampled reply too. So the
+    guesses a check keeps are the tokens plain decoding would have drawn, which for a fixed guess is the
+    speculative-sampling rule (kept with the model's probability of it, else drawn from the rest)."""
+    vocab, prompt = 1000, torch.tensor([3, 5, 7, 11])
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(20):
+        logits = torch.randn(5, vocab, generator=generator) * 3
+        guesses = torch.randint(0, vocab, (4,), generator=generator)
+        guesses[trial % 4] = prompt[trial % 4]  # a guess the penalty applies to
+        checked = SamplingState.allocate(1, vocab, torch.device("cpu"))
+        checked.configure(0, dataclasses.replace(settings, seed=trial), prompt)
+        stepped = dataclasses.replace(checked, seen=checked.seen.clone(), drawn=checked.drawn.clone())
+        choices = choose_after_each(logits, checked.row(0), guesses, greedy=settings.temperature == 0)
+        for place in range(5):
+            expected = sample(logits[place : place + 1], stepped, greedy=settings.temperature == 0)
+            assert choices[place] == expected[0], (trial, place)
+            if place < 4:
+                stepped.took(guesses[place : place + 1])
+        assert checked.drawn[0] == 0 and checked.seen[0].sum() == len(prompt)  # a check moves nothing itself
+
+
+def test_after_a_rejected_check_the_cache_holds_what_plain_decoding_holds(engine, prompts) -> None:
+    """Wrong guesses are written into the cache beyond the slot's place; the next steps overwrite them before they
+    are read, so the logits after a rejected check are those of plain decoding."""
+    prompt = prompts[0]
+    expected, _ = plain(engine, prompt, GREEDY, LENGTH)
+    engine.decode(1, len(prompt) + LENGTH, greedy=True)
+    reference = engine.logits[0].clone()
+    engine.reset()
+    engine.prefill(prompt, GREEDY)
+    position = len(prompt)
+    step = engine.verify([7, 8, 9, 10, 11, 12, 13, 14], position, greedy=True)  # junk: the model's token only
+    assert len(step) == 1 and step[0] == expected[1]
+    written = [expected[0], *step]
+    while len(written) < LENGTH:
+        engine.decode(1, len(prompt) + len(written), greedy=True)
+        written.append(int(engine.next_tokens[0]))
+    assert written == expected
+    engine.decode(1, len(prompt) + LENGTH, greedy=True)
+    assert (engine.logits[0] - reference).abs().max() <= 0.05 * reference.abs().max()
+
+
+def test_prompt_lookup_continues_the_latest_earlier_occurrence() -> None:
+    lookup = PromptLookup([1, 2, 3, 4, 5, 9, 2, 3, 4, 6, 7, 2, 3])
+    assert lookup.guess(3) == [4, 6, 7]  # "2 3" last occurred before at 7-8 (then "4 6 7"), not at 1-2
+    lookup.extend([4])
+    assert lookup.guess(2) == [6, 7]  # "2 3 4" latest at 6-8
+    assert PromptLookup([5, 6, 7]).guess(4) == []  # nothing occurred before
+    assert kept([4, 6, 7], [4, 6, 8, 1]) == 2 and kept([4], [5, 4]) == 0 and kept([4], [4, 9]) == 1
+
+
+def test_the_policy_guesses_only_where_it_pays() -> None:
+    costs = {2: 1.04, 4: 1.05, 8: 1.1}  # an H100's measured shape: eight guesses cost 10 % more than a step
+    policy = Policy(costs)
+    assert policy.length() > 0  # the prior: one guess in two right
+    for _ in range(20):
+        policy.checked(8, 0)  # never right
+    assert policy.length() == 0
+    for _ in range(Policy.PROBE_EVERY):
+        policy.plain_step()
+    assert policy.length() == min(costs)  # try again now and then
+    for _ in range(20):
+        policy.checked(8, 8)
+    assert policy.length() == 8
+    assert Policy({2: 3.0, 4: 5.0, 8: 9.0}).length() == 0  # checks dearer than the tokens they may save
+
+
+def test_the_scheduler_checks_guesses_of_a_lone_reply_and_writes_the_same_text(engine, demo_paths) -> None:
+    """--speculate ngram against off, through the scheduler as the page and the API use it: a reply that repeats
+    its prompt gets guesses confirmed, and the same text."""
+    from gptq_chat.chat.reply import ChatSettings, complete_reply
+    from gptq_chat.engine.scheduler import Scheduler
+
+    tokenizer = demo_paths["fast"].tokenizer
+    settings = ChatSettings(sampling=dataclasses.replace(GREEDY, max_new_tokens=LENGTH))
+    question = [{"role": "user", "content": "Repeat exactly: one two three four five six seven eight nine ten."}]
+    texts = {}
+    for mode in ("off", "ngram"):
+        scheduler = Scheduler(engine, speculate=mode)
+        texts[mode] = complete_reply(scheduler, tokenizer, question, settings).text
+        scheduler.close()
+        if mode == "ngram":
+            assert scheduler.checks > 0 and scheduler.confirmed > 0  # steps without a guess decode plainly
+    assert texts["ngram"] == texts["off"]
