@@ -196,18 +196,10 @@ def soak(args: argparse.Namespace) -> None:
 def time_document_reuse(args: argparse.Namespace) -> None:
     """`--document N`: the engine as the loader builds it (its prefix store sized by the plan), five requests about
     one document, timed without the store and with it."""
-    from gptq_chat.loading.loader import load_uncached
     from gptq_chat.testing.document_reuse import compare, table
 
     folder, _ = prepare_checkpoint(args.dir, args.shape)
-    loaded = load_uncached(
-        folder,
-        backend="marlin",
-        device=args.device,
-        engine="fast",
-        context_length=args.context,
-        gpu_memory_limit=memory_limit(args),
-    )
+    loaded = load_as_the_app_does(folder, "fast", args)
     print(f"GPU: {torch.cuda.get_device_name()}; {loaded.facts.engine}, context {loaded.facts.max_context:,} tokens")
     figures = compare(loaded.engine, args.document, reply=64, vocab=min(loaded.info.shape.vocab_size, 100_000))
     print(table(figures, loaded.facts.prefix_cache))
@@ -456,18 +448,23 @@ def chat_turn(engine: TokenSource, folder: Path, context: int) -> dict:
     return {"prompt_tokens": stats.prompt_tokens, "new_tokens": stats.new_tokens, "text": reply.text}
 
 
-def time_plain(folder: Path, prompts: list[int], args, report: dict) -> list[Measurement]:
+def load_as_the_app_does(folder: Path, engine: str, args: argparse.Namespace) -> Any:
+    """The checkpoint through the loader (its plan, its scheduler), on the cards and context bench.py was given."""
     from gptq_chat.loading.loader import load_uncached
 
-    started = time.perf_counter()
-    plain = load_uncached(
+    return load_uncached(
         folder,
         backend="marlin",
         device=args.device,
-        engine="plain",
+        engine=engine,
         context_length=args.context,
         gpu_memory_limit=memory_limit(args),
     )
+
+
+def time_plain(folder: Path, prompts: list[int], args, report: dict) -> list[Measurement]:
+    started = time.perf_counter()
+    plain = load_as_the_app_does(folder, "plain", args)
     report["plain_load_s"] = time.perf_counter() - started
     few = SamplingSettings(max_new_tokens=args.plain_new_tokens, temperature=0.0, repetition_penalty=1.0)
     memory = CardPeaks(card_indices(args.device))

@@ -12,8 +12,8 @@ import torch
 
 from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.engine.sampling import SamplingState, choose_after_each, sample
-from gptq_chat.engine.speculation import GUESSES, Policy, PromptLookup, kept
-from tests.support.speculation import assert_same_or_near_tie, plain, speculative
+from gptq_chat.engine.speculation import Policy, PromptLookup, kept
+from tests.support.speculation import assert_same_or_near_tie, guessers, plain, speculative
 
 GREEDY = SamplingSettings(max_new_tokens=1, temperature=0.0, repetition_penalty=1.1)
 SAMPLED = SamplingSettings(max_new_tokens=1, temperature=0.9, top_p=0.9, top_k=40, repetition_penalty=1.05, seed=5)
@@ -45,16 +45,7 @@ def test_guesses_change_no_greedy_token(engine, prompts) -> None:
     for prompt in prompts:
         expected, logits = plain(engine, prompt, settings, LENGTH)
 
-        def oracle(written: list[int], expected: list[int] = expected) -> list[int]:
-            return expected[len(written) : len(written) + 8] or [1]
-
-        def noise(written: list[int]) -> list[int]:
-            return [rng.randrange(100, 40_000) for _ in range(rng.choice(GUESSES))]
-
-        def lookup(written: list[int], prompt: list[int] = prompt) -> list[int]:
-            return PromptLookup(prompt + written).guess(8) or [written[-1]]
-
-        for name, guess in (("oracle", oracle), ("noise", noise), ("lookup", lookup)):
+        for name, guess in guessers(prompt, expected, rng, range(100, 40_000)).items():
             tokens, confirmed = speculative(engine, prompt, settings, guess, LENGTH)
             assert_same_or_near_tie(expected, tokens, logits, prompt, settings.repetition_penalty, bits=7)
             if name == "oracle" and tokens == expected:

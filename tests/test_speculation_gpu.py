@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from gptq_chat.engine.protocols import SamplingSettings
-from gptq_chat.engine.speculation import GUESSES, PromptLookup
-from tests.support.speculation import assert_same_or_near_tie, plain, speculative
+from gptq_chat.engine.speculation import GUESSES
+from tests.support.speculation import assert_same_or_near_tie, guessers, plain, speculative
 
 pytestmark = [
     pytest.mark.gpu,
@@ -34,16 +34,7 @@ def test_checked_guesses_change_no_greedy_token_on_the_gpu(qwen_shaped) -> None:
         prompt = base * 3 if index % 2 else base + [rng.randrange(1000, 100_000) for _ in range(60)]
         expected, logits = plain(engine, prompt, GREEDY, LENGTH)
 
-        def oracle(written: list[int], expected: list[int] = expected) -> list[int]:
-            return expected[len(written) : len(written) + 8] or [1]
-
-        def noise(written: list[int]) -> list[int]:
-            return [rng.randrange(1000, 100_000) for _ in range(rng.choice(GUESSES))]
-
-        def lookup(written: list[int], prompt: list[int] = prompt) -> list[int]:
-            return PromptLookup(prompt + written).guess(8) or [written[-1]]
-
-        for name, guess in (("oracle", oracle), ("noise", noise), ("lookup", lookup)):
+        for name, guess in guessers(prompt, expected, rng, range(1000, 100_000)).items():
             tokens, confirmed = speculative(engine, prompt, GREEDY, guess, LENGTH)
             assert_same_or_near_tie(expected, tokens, logits, prompt, GREEDY.repetition_penalty, bits=10)
             if name == "oracle":

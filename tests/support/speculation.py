@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import torch
 
 from gptq_chat.engine.protocols import SamplingSettings
-from gptq_chat.engine.speculation import GUESSES
+from gptq_chat.engine.speculation import GUESSES, PromptLookup
 from tests.support.near_tie import NEAR_TIE_STEPS, float_step
 
 Guesser = Callable[[list[int]], list[int]]
@@ -61,3 +62,19 @@ def speculative(
         confirmed.append(len(step) - 1)
         written += step
     return written[:length], confirmed
+
+
+def guessers(prompt: list[int], expected: list[int], rng: random.Random, ids: range) -> dict[str, Guesser]:
+    """Three ways to guess: the model's own continuation `expected` (every guess right, until a near tie parts the
+    two), random token ids from `ids` (none right), and prompt lookup (what a reply gets)."""
+
+    def oracle(written: list[int]) -> list[int]:
+        return expected[len(written) : len(written) + max(GUESSES)] or [1]
+
+    def noise(written: list[int]) -> list[int]:
+        return [rng.choice(ids) for _ in range(rng.choice(GUESSES))]
+
+    def lookup(written: list[int]) -> list[int]:
+        return PromptLookup(prompt + written).guess(max(GUESSES)) or [written[-1]]
+
+    return {"oracle": oracle, "noise": noise, "lookup": lookup}
