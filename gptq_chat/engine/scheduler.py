@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gptq_chat.engine.protocols import GrammarMatcher, SamplingSettings, SlotEngine, TokenSource
-from gptq_chat.engine.speculation import GUESSES, MODES, Policy, PromptLookup
+from gptq_chat.engine.speculation import DEFAULT_MODE, GUESSES, MODES, Policy, PromptLookup
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class Scheduler:
     """A `TokenSource` over a `SlotEngine` (batched) or over another `TokenSource` (one at a time)."""
 
     def __init__(
-        self, engine: SlotEngine | TokenSource, queue_limit: int = DEFAULT_QUEUE_LIMIT, speculate: str = "auto"
+        self, engine: SlotEngine | TokenSource, queue_limit: int = DEFAULT_QUEUE_LIMIT, speculate: str = DEFAULT_MODE
     ) -> None:
         if speculate not in MODES:
             raise ValueError(f"speculate must be one of {', '.join(MODES)}, not {speculate!r}")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 GUESSES = (2, 4, 8)  # guess lengths with a captured checking step; shorter guesses are padded (padding is harmless)
 NGRAMS = (3, 2, 1)  # longest match first
 MODES = ("off", "ngram", "auto")  # --speculate: never; always guess where a guess exists; where it pays
+DEFAULT_MODE = "off"  # until a check's gain is measured on GPUs users have
 
 
 class PromptLookup:

@@ -21,6 +21,7 @@ from gptq_chat.engine.plain import PlainEngine
 from gptq_chat.engine.protocols import SamplingSettings, SlotEngine
 from gptq_chat.engine.scheduler import DEFAULT_QUEUE_LIMIT, Scheduler
 from gptq_chat.engine.shape import engine_problem
+from gptq_chat.engine.speculation import DEFAULT_MODE
 from gptq_chat.loading.checkpoint import CheckpointInfo, find_checkpoint
 from gptq_chat.loading.fit import Layout, fit, with_freed
 from gptq_chat.loading.gpus import GpuSpec
@@ -232,7 +233,7 @@ def load_uncached(
     progress: Progress | None = None,
     slots: int = 1,
     queue_limit: int = DEFAULT_QUEUE_LIMIT,
-    speculate: str = "auto",
+    speculate: str = DEFAULT_MODE,
     gpu_memory_limit: int | None = None,
     split: str = "auto",
     prefix_cache: int | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gptq_chat.engine.speculation import MODES
+from gptq_chat.engine.speculation import DEFAULT_MODE, MODES
 from gptq_chat.loading.fit import SPLIT_HELP, SPLITS
 from gptq_chat.loading.loader import ENGINES
 
@@ -30,7 +30,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--speculate",
         choices=MODES,
-        default="off",
+        default=DEFAULT_MODE,
         help="speculative decoding for a lone reply (the fast engine on one GPU): guess the next tokens from the "
         "prompt and the reply so far and check several in one step; the same text, faster where it quotes or "
         "edits what came before. auto: where the guesses pay on this card; ngram: always; off: never",
