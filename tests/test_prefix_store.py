@@ -103,7 +103,7 @@ def test_the_benchmark_conversation_computes_the_document_once_with_the_store(en
     chat took the slot computes only what follows the kept blocks; without it, everything."""
     from gptq_chat.testing.document_reuse import compare
 
-    figures = compare(engine, document=300, reply=8, vocab=20_000)
+    figures = compare(engine, document=300, reply=2, vocab=20_000)
     without = {step["name"]: step["computed_tokens"] for step in figures["without"]}
     kept = {step["name"]: step["computed_tokens"] for step in figures["with_store"]}
     prompts = {step["name"]: step["prompt_tokens"] for step in figures["without"]}

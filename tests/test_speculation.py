@@ -17,7 +17,7 @@ from tests.support.speculation import assert_same_or_near_tie, guessers, plain, 
 
 GREEDY = SamplingSettings(max_new_tokens=1, temperature=0.0, repetition_penalty=1.1)
 SAMPLED = SamplingSettings(max_new_tokens=1, temperature=0.9, top_p=0.9, top_k=40, repetition_penalty=1.05, seed=5)
-LENGTH = 24  # tokens written per reply
+LENGTH = 16  # tokens written per reply
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def prompts(demo_paths) -> list[list[int]]:
     from gptq_chat.chat.prompt import encode_chat
 
     tokenizer = demo_paths["fast"].tokenizer
-    questions = ["What is the capital of France?", "Count from one to twenty.", "Repeat after me: red, green, blue."]
+    questions = ["What is the capital of France?", "Repeat after me: red, green, blue."]
     return [encode_chat(tokenizer, [{"role": "user", "content": q}]) for q in questions]
 
 
