@@ -12,6 +12,6 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" =
     chromium fonts-noto-cjk fonts-noto-color-emoji >/dev/null
 fi
 export GPTQ_CHAT_SETUP_RAN=1  # tests/test_setup.py runs the same set-up again: it must change nothing
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
+.venv/bin/python -m ruff check .
+.venv/bin/python -m ruff format --check .
 exec .venv/bin/python -m pytest "$@"
