@@ -66,3 +66,18 @@ def test_what_the_libraries_print_goes_to_a_log_that_a_failure_names(
         ModelLoadError, match=rf"Loading broken failed: .*what the libraries printed: {re.escape(str(log))}"
     ):
         load_uncached(broken, device="cpu")
+
+
+def test_the_command_line_defaults_are_the_loaders_so_the_page_and_load_share_one_model() -> None:
+    """`load()` caches by `load_uncached`'s arguments with its defaults filled in: a flag whose default differed
+    would make the page (which passes every flag) load a second copy of the model beside any `load(path)`."""
+    import argparse
+    import inspect
+
+    from gptq_chat.loading.options import add_model_flags, load_options
+
+    parser = argparse.ArgumentParser()
+    add_model_flags(parser)
+    parameters = inspect.signature(load_uncached).parameters
+    options = load_options(parser.parse_args([]))
+    assert options == {key: parameters[key].default for key in options}
