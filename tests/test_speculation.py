@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from gptq_chat.engine.prefix_store import common_prefix
 from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.engine.sampling import SamplingState, choose_after_each, sample
-from gptq_chat.engine.speculation import Policy, PromptLookup, kept
+from gptq_chat.engine.speculation import Policy, PromptLookup
 from tests.support.speculation import assert_same_or_near_tie, guessers, plain, speculative
 
 GREEDY = SamplingSettings(max_new_tokens=1, temperature=0.0, repetition_penalty=1.1)
@@ -105,7 +106,8 @@ def test_prompt_lookup_continues_the_latest_earlier_occurrence() -> None:
     lookup.extend([4])
     assert lookup.guess(2) == [6, 7]  # "2 3 4" latest at 6-8
     assert PromptLookup([5, 6, 7]).guess(4) == []  # nothing occurred before
-    assert kept([4, 6, 7], [4, 6, 8, 1]) == 2 and kept([4], [5, 4]) == 0 and kept([4], [4, 9]) == 1
+    assert common_prefix([4, 6, 7], [4, 6, 8, 1]) == 2 and common_prefix([4], [5, 4]) == 0
+    assert common_prefix([4], [4, 9]) == 1
 
 
 def test_the_policy_guesses_only_where_it_pays() -> None:

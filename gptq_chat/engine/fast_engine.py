@@ -27,7 +27,7 @@ from gptq_chat.engine.network import CacheRows, Transformer, load_transformer
 from gptq_chat.engine.prefix_store import PrefixStore, common_prefix
 from gptq_chat.engine.protocols import SamplingSettings, SlotEngine
 from gptq_chat.engine.sampling import SamplingState, TokenScores, choose_after_each, sample, score
-from gptq_chat.engine.speculation import GUESSES, kept
+from gptq_chat.engine.speculation import GUESSES
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ class FastEngine(SlotEngine):
         else:
             self.verify_forward(k, window, greedy)
         choices = self.choices[: k + 1].tolist()
-        confirmed = kept(guesses, choices)
+        confirmed = common_prefix(guesses, choices)  # choices has one more: at most every guess
         written = [*guesses[:confirmed], choices[confirmed]]
         last = torch.tensor(written[-1:], device=self.next_tokens.device)
         self.next_tokens[:1].copy_(last)

@@ -100,11 +100,3 @@ class Policy:
 
     def plain_step(self) -> None:
         self.idle += 1
-
-
-def kept(guesses: list[int], choices: list[int]) -> int:
-    """How many guesses the model's choices confirm: the longest prefix where guess i is the choice after i."""
-    for i, guess in enumerate(guesses):
-        if choices[i] != guess:
-            return i
-    return len(guesses)
