@@ -331,9 +331,10 @@ if [ -n "$reuse" ] && [ -n "$CONSTRAINTS" ]; then  # the tested set but its torc
   constraints=(-c .venv/tested-set.txt)
 fi
 # Later installs must never swap the torch chosen above for another build (an unpinned dependency can ask for a
-# newer torch, and PyPI's is a different CUDA build): pin the installed one.
-"$py" -c 'import torch; print(f"torch=={torch.__version__}")' > .venv/torch-pin.txt
-torch_version=$(cut -d= -f3 < .venv/torch-pin.txt)
+# newer torch, and PyPI's is a different CUDA build): pin the installed one, by the version pip knows it by. PyPI's
+# wheels say 2.11.0 there while torch.__version__ says 2.11.0+cu130, and pip would look for a 2.11.0+cu130 wheel.
+"$py" -c 'import importlib.metadata; print("torch==" + importlib.metadata.version("torch"))' > .venv/torch-pin.txt
+torch_version=$("$py" -c 'import torch; print(torch.__version__)')
 if [ -n "$gpu" ] && ! "$py" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
   echo "Warning: torch $torch_version does not see the GPU; the doctor below says why."
 fi

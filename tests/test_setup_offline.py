@@ -241,9 +241,11 @@ def test_a_fitting_preinstalled_torch_is_shared_pinned_and_kept_on_reruns(
 def test_a_fitting_cuda_build_is_kept_over_the_tested_sets_torch(
     tmp_path: Path, image: tuple[Path, Path], empty: Path
 ) -> None:
-    """env/tested-gpu.txt names torch 2.11.0; a preinstalled 2.10.0 that fits stays, and pip is not asked for 2.11.0."""
+    """env/tested-gpu.txt names torch 2.11.0; a preinstalled 2.10.0 that fits stays, and pip is not asked for 2.11.0.
+    It came from PyPI, whose wheels carry no build tag in their metadata (torch.__version__ has it): the pin is the
+    version pip knows it by, or pip would look for a 2.10.0+cu128 wheel."""
     python, site = image
-    fake_torch(site, "2.10.0+cu128", cuda="12.8")
+    fake_torch(site, "2.10.0+cu128", cuda="12.8", distribution="2.10.0")
     project = setup_copy(tmp_path)
     tools = fake_nvidia_smi(tmp_path / "bin", "570.86.10", "12.8")
     result = run_setup(project, "--wheels", str(empty), env=offline_env(tools, python))
@@ -254,7 +256,7 @@ def test_a_fitting_cuda_build_is_kept_over_the_tested_sets_torch(
     assert "Package versions: the tested set env/tested-gpu.txt" in result.stdout
     assert "Replacing torch" not in result.stdout and "Installing torch" not in result.stdout
     assert shares_system_site(project) and not own_torch(project)
-    assert (project / ".venv" / "torch-pin.txt").read_text() == "torch==2.10.0+cu128\n"
+    assert (project / ".venv" / "torch-pin.txt").read_text() == "torch==2.10.0\n"
     # pip got past torch (no conflict between the pin and the tested set's 2.11.0) to the first missing wheel.
     assert f"Error: transformers: no wheel in {empty}" in result.stderr, result.stderr
     assert download_command(empty, "cu128", "--no-torch") in result.stderr

@@ -98,17 +98,18 @@ def system_python(root: Path, with_pip: bool = True, ensurepip: bool = True) -> 
     return python, site
 
 
-def fake_torch(site: Path, version: str, cuda: str | None) -> Path:
+def fake_torch(site: Path, version: str, cuda: str | None, distribution: str | None = None) -> Path:
     """A stand-in for an installed torch: what setup.sh asks of it (its version, its CUDA build, no GPU in reach)
-    and the metadata by which pip knows it is installed."""
+    and the metadata by which pip knows it is installed, under `distribution` where that differs from
+    `torch.__version__` (PyPI's CUDA wheels: 2.11.0 there, 2.11.0+cu130 in torch)."""
     package = site / "torch"
     package.mkdir()
     (package / "__init__.py").write_text(f'from . import cuda, version\n\n__version__ = "{version}"\n')
     (package / "version.py").write_text(f"cuda = {cuda!r}\n")
     (package / "cuda.py").write_text("def is_available():\n    return False\n")
-    metadata = site / f"torch-{version}.dist-info"
+    metadata = site / f"torch-{distribution or version}.dist-info"
     metadata.mkdir()
-    (metadata / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n")
+    (metadata / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch\nVersion: {distribution or version}\n")
     (metadata / "INSTALLER").write_text("pip\n")
     return package
 
