@@ -14,11 +14,15 @@ from gptq_chat.engine.prefix_store import common_prefix
 from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.engine.sampling import SamplingState, choose_after_each, sample
 from gptq_chat.engine.speculation import Policy, PromptLookup
+from gptq_chat.ui.i18n import stats_line
+from gptq_chat.ui.replies import stats_record
 from tests.support.speculation import assert_same_or_near_tie, guessers, plain, speculative
 
 GREEDY = SamplingSettings(max_new_tokens=1, temperature=0.0, repetition_penalty=1.1)
 SAMPLED = SamplingSettings(max_new_tokens=1, temperature=0.9, top_p=0.9, top_k=40, repetition_penalty=1.05, seed=5)
 LENGTH = 16  # tokens written per reply
+QUOTING = [{"role": "user", "content": "Say 'the cat sat on the mat' three times."}]
+QUOTING_LENGTH = 24  # the demo model repeats the words it was given
 
 
 @pytest.fixture(scope="module")
@@ -133,13 +137,59 @@ def test_the_scheduler_checks_guesses_of_a_lone_reply_and_writes_the_same_text(e
     from gptq_chat.engine.scheduler import Scheduler
 
     tokenizer = demo_paths["fast"].tokenizer
-    settings = ChatSettings(sampling=dataclasses.replace(GREEDY, max_new_tokens=LENGTH))
-    question = [{"role": "user", "content": "Repeat exactly: one two three four five six seven eight nine ten."}]
+    ends = demo_paths["fast"].defaults.stop_token_ids  # after its end token the model's text is noise: near ties
+    settings = ChatSettings(sampling=dataclasses.replace(GREEDY, max_new_tokens=QUOTING_LENGTH, stop_token_ids=ends))
     texts = {}
     for mode in ("off", "ngram"):
         scheduler = Scheduler(engine, speculate=mode)
-        texts[mode] = complete_reply(scheduler, tokenizer, question, settings).text
+        reply = complete_reply(scheduler, tokenizer, QUOTING, settings)
         scheduler.close()
-        if mode == "ngram":
+        texts[mode], stats = reply.text, reply.stats
+        line = stats_line(stats_record(stats, 1024, "demo"), "en")
+        if mode == "off":
+            assert stats.guessed_tokens == 0 and stats.tokens_per_step == 1.0 and "tokens/step" not in line
+        else:
             assert scheduler.checks > 0 and scheduler.confirmed > 0  # steps without a guess decode plainly
+            # The line under the reply says how many tokens a step wrote: guesses the budget cut off are not counted.
+            assert 0 < stats.guessed_tokens <= scheduler.confirmed
+            per_step = stats.new_tokens / (stats.new_tokens - stats.guessed_tokens)
+            assert stats.tokens_per_step == per_step > 1 and f"{per_step:.2f} tokens/step" in line
     assert texts["ngram"] == texts["off"]
+
+
+def test_the_api_reports_confirmed_guesses_in_its_usage(engine, demo_paths) -> None:
+    """serve.py with --speculate ngram: the usage's `accepted_prediction_tokens` (OpenAI's field, read by the
+    `openai` client) counts the confirmed guesses, streamed or not, and the page's remote path shows them."""
+    import openai
+
+    from gptq_chat.api.protocol import ServedModel
+    from gptq_chat.api.remote import RemoteServer, stream_remote_reply
+    from gptq_chat.api.server import create_app
+    from gptq_chat.chat.prompt import with_system
+    from gptq_chat.chat.reply import ChatSettings
+    from gptq_chat.engine.scheduler import Scheduler
+    from tests.support.live_server import serving
+
+    scheduler = Scheduler(engine, speculate="ngram")
+    served = ServedModel.of(demo_paths["fast"], scheduler=scheduler)
+    try:
+        with serving(create_app(served, api_key="key")) as url:
+            ends = served.defaults.stop_token_ids
+            settings = ChatSettings(dataclasses.replace(GREEDY, max_new_tokens=QUOTING_LENGTH, stop_token_ids=ends))
+            sampling = settings.sampling
+            answer = openai.OpenAI(base_url=f"{url}/v1", api_key="key").chat.completions.create(
+                model=served.name,
+                messages=with_system(settings.system_prompt, QUOTING),
+                max_tokens=QUOTING_LENGTH,
+                temperature=0,
+                extra_body={"repetition_penalty": sampling.repetition_penalty},
+            )
+            details = answer.usage.completion_tokens_details
+            assert details is not None and 0 < details.accepted_prediction_tokens <= scheduler.confirmed
+            checks_before = scheduler.checks
+            remote = stream_remote_reply(RemoteServer(f"{url}/v1", "key"), served.name, QUOTING, settings)
+            assert "".join(remote) and scheduler.checks > checks_before
+            assert remote.stats.new_tokens == answer.usage.completion_tokens
+            assert remote.stats.guessed_tokens == details.accepted_prediction_tokens
+    finally:
+        scheduler.close()

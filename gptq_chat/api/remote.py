@@ -121,6 +121,8 @@ def stream_remote_reply(
                     if event.usage is not None:
                         stats.prompt_tokens = event.usage.prompt_tokens
                         stats.new_tokens = event.usage.completion_tokens
+                        details = event.usage.completion_tokens_details  # a server that checks guesses says so
+                        stats.guessed_tokens = (details and details.accepted_prediction_tokens) or 0
                     for choice in event.choices:
                         if choice.delta.content:
                             if stats.first_token_seconds is None:

@@ -45,11 +45,15 @@ def finish_reason(result: Completion, called: bool) -> str | None:
     return "tool_calls" if called and result.finish_reason == "stop" else result.finish_reason
 
 
-def usage(result: Completion) -> dict[str, int]:
+def usage(result: Completion) -> dict[str, Any]:
+    """OpenAI's counts; `accepted_prediction_tokens` (OpenAI's field for predicted outputs) are the completion
+    tokens that speculative decoding's confirmed guesses wrote without a step of their own: completion tokens over
+    (completion tokens - accepted) is the reply's tokens per step."""
     return {
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
         "total_tokens": result.prompt_tokens + result.completion_tokens,
+        "completion_tokens_details": {"accepted_prediction_tokens": result.guessed_tokens},
     }
 
 

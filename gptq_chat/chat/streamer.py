@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from gptq_chat.engine.protocols import GuessedToken
+
 
 class IncrementalDecoder:
     """Token ids in, text out, never splitting a multi-byte character across two pieces.
@@ -83,6 +85,14 @@ class TextTally:
     new_tokens: int = 0
     first_token_seconds: float | None = None
     finish_reason: str | None = None
+    guessed_tokens: int = 0  # of the new tokens, those that cost no step of their own (`GuessedToken`)
+
+    @property
+    def tokens_per_step(self) -> float:
+        """New tokens per step of the model: 1 without speculative decoding, more where guesses were right (every
+        step's first token is not a guessed one, so a step that wrote any counted token counts once)."""
+        steps = self.new_tokens - self.guessed_tokens
+        return self.new_tokens / steps if steps else 0.0
 
 
 def stream_text(
@@ -107,6 +117,7 @@ def stream_text(
                 reason = "stop"
                 break
             tally.new_tokens += 1
+            tally.guessed_tokens += isinstance(token, GuessedToken)
             piece = cut.push(decoder.push(token))
             if piece:
                 yield piece

@@ -62,6 +62,12 @@ class ScoredToken(int):
         return scored
 
 
+class GuessedToken(int):
+    """A token that a step wrote after another: a check that confirms guesses (speculation.py) writes them and the
+    model's own token after them at once, so all but the first cost no step of their own (as many as the confirmed
+    guesses). An int to everything else; counted for a reply's tokens per step."""
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """How to pick tokens; temperature 0 means greedy.

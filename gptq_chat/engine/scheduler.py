@@ -25,7 +25,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from gptq_chat.engine.protocols import GrammarMatcher, SamplingSettings, SlotEngine, TokenSource
+from gptq_chat.engine.protocols import GrammarMatcher, GuessedToken, SamplingSettings, SlotEngine, TokenSource
 from gptq_chat.engine.speculation import DEFAULT_MODE, GUESSES, MODES, Policy, PromptLookup
 
 log = logging.getLogger(__name__)
@@ -422,7 +422,7 @@ class Scheduler:
         self.checks += 1
         self.confirmed += len(written) - 1
         request.launched += len(written)
-        for token in written:
+        for token in written[:1] + [GuessedToken(t) for t in written[1:]]:
             if request.done:
                 break
             self.accept(engine, request, token)

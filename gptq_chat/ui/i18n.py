@@ -165,6 +165,7 @@ TEXT: dict[str, dict[str, str]] = {
     "dropped": {"zh": "条较早的消息因超出上下文未发送给模型", "en": "earlier messages left out to fit the context"},
     "first_token": {"zh": "首字延迟", "en": "first token"},
     "tokens_per_s": {"zh": "token/秒", "en": "tokens/s"},
+    "tokens_per_step": {"zh": "token/步", "en": "tokens/step"},
     "prompt_tokens": {"zh": "提示 token", "en": "prompt tokens"},
     "new_tokens": {"zh": "生成 token", "en": "new tokens"},
     "performance": {"zh": "生成速度（本次会话）", "en": "Speed this session"},
@@ -196,6 +197,8 @@ def stats_line(stats: dict[str, Any], language: str) -> str:
         parts.append(f"{t('first_token', language)} {stats['first_token_s']:.2f} s")
     if stats.get("tokens_per_s"):
         parts.append(f"{stats['tokens_per_s']:.1f} {t('tokens_per_s', language)}")
+    if stats.get("tokens_per_step", 1) > 1:  # speculative decoding confirmed guesses
+        parts.append(f"{stats['tokens_per_step']:.2f} {t('tokens_per_step', language)}")
     parts.append(f"{stats.get('prompt_tokens', 0)} {t('prompt_tokens', language)}")
     parts.append(f"{stats.get('new_tokens', 0)} {t('new_tokens', language)}")
     if stats.get("dropped_messages"):

@@ -29,6 +29,7 @@ def stats_record(stats: ReplyStats, context_length: int, model: str) -> dict[str
         "dropped_messages": stats.dropped_messages,
         "first_token_s": stats.first_token_seconds,
         "tokens_per_s": round(stats.tokens_per_second, 2),
+        "tokens_per_step": round(stats.tokens_per_step, 2),
         "total_s": round(stats.total_seconds, 3),
         "finish": stats.finish_reason,
         "context_length": context_length,
