@@ -78,3 +78,57 @@ def guessers(prompt: list[int], expected: list[int], rng: random.Random, ids: ra
         return PromptLookup(prompt + written).guess(max(GUESSES)) or [written[-1]]
 
     return {"oracle": oracle, "noise": noise, "lookup": lookup}
+
+
+def top_k_probabilities(logits: torch.Tensor, settings: SamplingSettings) -> dict[int, float]:
+    """What a sampled step draws from, written out plainly (temperature, then the top k, renormalised; no top-p and
+    no penalty: the settings must ask for neither)."""
+    assert settings.top_p == 1.0 and settings.repetition_penalty == 1.0
+    values, ids = (logits.double() / settings.temperature).topk(settings.top_k)
+    return dict(zip(ids.tolist(), torch.softmax(values, 0).tolist(), strict=True))
+
+
+def first_tokens_distribution(
+    engine, prompt: list[int], settings: SamplingSettings, count: int, bits: int
+) -> dict[tuple, float] | None:
+    """The exact probability of every sequence of the first `count` sampled tokens, from the model's logits after
+    each prefix (a prefill of the prompt and the tokens so far): the distribution both paths must draw from. None
+    where some prefix's k-th and (k+1)-th logits are a near tie (`bits` of mantissa): there a step's rounding
+    decides which tokens are in the top k, and the table cannot say."""
+    sequences: dict[tuple, float] = {(): 1.0}
+    for _ in range(count):
+        longer = {}
+        for sequence, probability in sequences.items():
+            engine.reset()
+            engine.prefill(prompt + list(sequence), settings)
+            logits = engine.logits[0]
+            edge = logits.float().topk(settings.top_k + 1).values
+            if edge[-2] - edge[-1] <= NEAR_TIE_STEPS * float_step(edge[0].item(), bits):
+                return None
+            for token, p in top_k_probabilities(logits, settings).items():
+                longer[(*sequence, token)] = probability * p
+        sequences = longer
+    return sequences
+
+
+def chi_square_p_value(samples: list[tuple], distribution: dict[tuple, float]) -> tuple[float, float, int]:
+    """Pearson's goodness-of-fit test of `samples` against `distribution`: the statistic, its p-value and degrees of
+    freedom. Outcomes expected fewer than five times are pooled into one cell."""
+    counts: dict[tuple, int] = {}
+    for sample in samples:
+        counts[sample] = counts.get(sample, 0) + 1
+    assert set(counts) <= set(distribution), set(counts) - set(distribution)  # nothing outside the top k
+    total = len(samples)
+    cells, pooled_observed, pooled_expected = [], 0, 0.0
+    for outcome, probability in distribution.items():
+        expected = total * probability
+        if expected >= 5:
+            cells.append((counts.get(outcome, 0), expected))
+        else:
+            pooled_observed, pooled_expected = pooled_observed + counts.get(outcome, 0), pooled_expected + expected
+    if pooled_expected > 0:
+        cells.append((pooled_observed, pooled_expected))
+    statistic = sum((observed - expected) ** 2 / expected for observed, expected in cells)
+    freedom = len(cells) - 1
+    p_value = torch.special.gammaincc(torch.tensor(freedom / 2, dtype=torch.float64), torch.tensor(statistic / 2))
+    return statistic, float(p_value), freedom
