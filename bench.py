@@ -221,6 +221,30 @@ def time_speculation(args: argparse.Namespace) -> None:
         args.json.write_text(json.dumps(figures, indent=2))
 
 
+def measure_acceptance(args: argparse.Namespace) -> None:
+    """`--acceptance`: gptq_chat/testing/acceptance.py on the demo model (or --dir), on a GPU where there is one."""
+    from gptq_chat.loading.loader import load
+    from gptq_chat.models.demo_model import build_demo_model
+    from gptq_chat.testing import acceptance
+
+    folder = args.dir or build_demo_model()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    loaded = load(folder, device=device, engine="fast", context_length=2048, speculate="ngram")
+    print(f"{loaded.facts.name} on {loaded.facts.device_name}; {loaded.facts.engine}; {args.new_tokens} new tokens")
+    costs = acceptance.H100_CHECK_COSTS
+    penalties = (1.0, loaded.defaults.repetition_penalty)
+    results = [
+        result
+        for penalty in dict.fromkeys(penalties)
+        for mode in ("ngram", "auto")
+        for result in acceptance.measure(loaded, mode, args.new_tokens, costs, penalty)
+    ]
+    print(acceptance.table(results, costs, acceptance.H100_PLAIN_TOKENS_PER_S, "H100 (projected)"))
+    if args.json:
+        figures = [asdict(r) | {"h100_projected_speed_up": r.speed_up(costs)} for r in results]
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
 def free_memory() -> None:
     gc.collect()
     torch.cuda.empty_cache()
@@ -278,6 +302,12 @@ def main() -> None:
         "k = 4 and 8, and --speculate auto against off on random prompts",
     )
     parser.add_argument(
+        "--acceptance",
+        action="store_true",
+        help="how often speculative decoding's guesses are right on four kinds of real request (the demo model, or "
+        "--dir; CPU or GPU), and the speed that implies for the Qwen1.5-7B shape on an H100 (a projection)",
+    )
+    parser.add_argument(
         "--grammar-engines",
         action="store_true",
         help="time the grammar engines for structured output (compile, mask per token) on the Qwen and demo "
@@ -309,6 +339,9 @@ def main() -> None:
         return
     if args.speculation:
         time_speculation(args)
+        return
+    if args.acceptance:
+        measure_acceptance(args)
         return
 
     from gptq_chat.loading.checkpoint import find_checkpoint

@@ -128,6 +128,12 @@ def test_the_policy_guesses_only_where_it_pays() -> None:
         policy.checked(8, 8)
     assert policy.length() == 8
     assert Policy({2: 3.0, 4: 5.0, 8: 9.0}).length() == 0  # checks dearer than the tokens they may save
+    # Right one time in three at the first guess and never after (prompt lookup on a summary): a check still
+    # yields 1.33 tokens for 1.04 steps. Only the guesses up to the first wrong one were tried.
+    policy = Policy(costs)
+    for check in range(30):
+        policy.checked(8, 1 if check % 3 == 0 else 0)
+    assert policy.length() > 0
 
 
 def test_the_scheduler_checks_guesses_of_a_lone_reply_and_writes_the_same_text(engine, demo_paths) -> None:
@@ -193,3 +199,15 @@ def test_the_api_reports_confirmed_guesses_in_its_usage(engine, demo_paths) -> N
             assert remote.stats.guessed_tokens == details.accepted_prediction_tokens
     finally:
         scheduler.close()
+
+
+def test_the_projected_speed_up_weighs_each_check_by_its_cost() -> None:
+    """bench.py --acceptance: a reply decoded plainly gains nothing; where checks cost a plain step, the speed-up is
+    the tokens per step; dearer checks take their share back."""
+    from gptq_chat.testing.acceptance import Acceptance
+
+    plain_reply = Acceptance("chat", "auto", 1.0, new_tokens=100, steps=100, checks={})
+    assert plain_reply.tokens_per_step == 1.0 and plain_reply.speed_up({8: 1.5}) == 1.0
+    checked = Acceptance("rewrite", "ngram", 1.0, new_tokens=160, steps=60, checks={2: 5, 8: 40})
+    assert checked.speed_up({2: 1.0, 8: 1.0}) == checked.tokens_per_step == 160 / 60
+    assert checked.speed_up({2: 1.0, 8: 2.0}) == 160 / (15 + 5 * 1.0 + 40 * 2.0)

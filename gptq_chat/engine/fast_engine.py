@@ -27,7 +27,7 @@ from gptq_chat.engine.network import CacheRows, Transformer, load_transformer
 from gptq_chat.engine.prefix_store import PrefixStore, common_prefix
 from gptq_chat.engine.protocols import SamplingSettings, SlotEngine
 from gptq_chat.engine.sampling import SamplingState, TokenScores, choose_after_each, sample, score
-from gptq_chat.engine.speculation import GUESSES
+from gptq_chat.engine.speculation import GUESSES, check_size
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +351,7 @@ class FastEngine(SlotEngine):
         """Check `guesses` (1 to max(GUESSES) tokens) after slot 0's token, which sits at `position`; return what
         plain decoding would write next: the guesses it confirms and its own token after them. Slot 0 moves on
         by as many tokens; the cache entries of the guesses it did not confirm lie beyond, to be overwritten."""
-        k = next(g for g in GUESSES if g >= len(guesses))
+        k = check_size(len(guesses))
         padded = guesses + guesses[-1:] * (k - len(guesses))  # checked like the others; only real ones count
         self.checked[0, 1 : k + 1].copy_(torch.tensor(padded))
         window = self.window_for(position + k + 1)

@@ -20,13 +20,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from gptq_chat.engine.protocols import GrammarMatcher, GuessedToken, SamplingSettings, SlotEngine, TokenSource
-from gptq_chat.engine.speculation import DEFAULT_MODE, GUESSES, MODES, Policy, PromptLookup
+from gptq_chat.engine.speculation import DEFAULT_MODE, GUESSES, MODES, Policy, PromptLookup, check_size
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,7 @@ class Scheduler:
         self.speculate = speculate
         self.checks = 0  # steps that checked guesses, and the guessed tokens they confirmed (speculation.py)
         self.confirmed = 0
+        self.check_sizes: Counter[int] = Counter()  # checks by their captured size (guesses padded to GUESSES)
         self.lock = threading.Lock()
         self.wake = threading.Condition(self.lock)
         self.waiting = 0
@@ -421,6 +422,7 @@ class Scheduler:
         guessing.policy.checked(len(guesses), len(written) - 1)
         self.checks += 1
         self.confirmed += len(written) - 1
+        self.check_sizes[check_size(len(guesses))] += 1
         request.launched += len(written)
         for token in written[:1] + [GuessedToken(t) for t in written[1:]]:
             if request.done:

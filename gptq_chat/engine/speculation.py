@@ -26,6 +26,11 @@ MODES = ("off", "ngram", "auto")  # --speculate: never; always guess where a gue
 DEFAULT_MODE = "off"  # until a check's gain is measured on GPUs users have
 
 
+def check_size(guesses: int) -> int:
+    """The captured check that takes this many guesses: the smallest of GUESSES that holds them."""
+    return next(size for size in GUESSES if size >= guesses)
+
+
 class PromptLookup:
     """Guesses from the reply's own history: after the last n tokens (n = 3, 2, 1), what followed their latest
     earlier occurrence in the prompt and the reply so far. An index of every n-gram keeps each guess O(k)."""
@@ -93,8 +98,12 @@ class Policy:
         return best
 
     def checked(self, guessed: int, confirmed: int) -> None:
+        """A check of `guessed` tokens kept the first `confirmed`. The guesses after the first wrong one say nothing
+        of `rate` (the chance that a guess is right where the ones before it were): they were never in the running,
+        so they are not counted as tried (counting them would make front-loaded guessers, right once and then
+        wrong, look hopeless)."""
         self.right = self.DECAY * self.right + confirmed
-        self.tried = self.DECAY * self.tried + guessed
+        self.tried = self.DECAY * self.tried + confirmed + (confirmed < guessed)
         self.idle = 0
         self.confirmed.append(confirmed)
 
