@@ -13,7 +13,7 @@ import torch
 from gptq_chat.engine.prefix_store import common_prefix
 from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.engine.sampling import SamplingState, choose_after_each, sample
-from gptq_chat.engine.speculation import Policy, PromptLookup
+from gptq_chat.engine.speculation import GUESSES, DraftModel, Policy, PromptLookup
 from gptq_chat.ui.i18n import stats_line
 from gptq_chat.ui.replies import stats_record
 from tests.support.speculation import assert_same_or_near_tie, guessers, plain, speculative
@@ -30,6 +30,15 @@ def engine(demo_model_dir: Path):
     from gptq_chat.engine.fast_engine import load_engine
 
     return load_engine(demo_model_dir, "torch_aten", torch.device("cpu"), 1024, checks=True)
+
+
+@pytest.fixture(scope="module")
+def draft(demo_model_dir: Path):
+    """The demo model again, as a draft model on an engine of its own: its guesses are the model's own choices,
+    so nearly every one is confirmed and a mistake in keeping the two caches in step shows at once."""
+    from gptq_chat.engine.fast_engine import load_engine
+
+    return load_engine(demo_model_dir, "torch_aten", torch.device("cpu"), 1024)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +66,26 @@ def test_guesses_change_no_greedy_token(engine, prompts) -> None:
                 assert min(confirmed[:-1]) >= 7  # eight guessed, all but possibly the last check's confirmed
             if name == "noise":
                 assert sum(confirmed) <= 1
+
+
+def test_a_draft_models_guesses_change_no_greedy_token(engine, draft, prompts) -> None:
+    """Guesses from a draft model (here the model itself, on its own engine, under the same repetition penalty):
+    plain decoding's text, and nearly every guess confirmed, with the draft's cache kept across guesses (each guess
+    computes only what was confirmed since)."""
+    for prompt in prompts:
+        expected, logits = plain(engine, prompt, GREEDY, LENGTH)
+        draft.reset()
+
+        def guess(written: list[int], prompt: list[int] = prompt) -> list[int]:
+            guesses = DraftModel(draft, prompt + written, GREEDY.repetition_penalty).guess(max(GUESSES))
+            assert draft.cached[0] == prompt + written + guesses[:-1]  # the last guess was chosen, never computed
+            return guesses
+
+        tokens, confirmed = speculative(engine, prompt, GREEDY, guess, LENGTH)
+        assert_same_or_near_tie(expected, tokens, logits, prompt, GREEDY.repetition_penalty, bits=7)
+        if tokens == expected:
+            assert sum(confirmed) >= LENGTH - 2 * len(confirmed)  # at most one guess of a check lost to rounding
+        assert draft.stats.prefill_tokens <= max(GUESSES) + 1  # the last guess computed only what was new
 
 
 @pytest.mark.parametrize("settings", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
@@ -136,9 +165,9 @@ def test_the_policy_guesses_only_where_it_pays() -> None:
     assert policy.length() > 0
 
 
-def test_the_scheduler_checks_guesses_of_a_lone_reply_and_writes_the_same_text(engine, demo_paths) -> None:
-    """--speculate ngram against off, through the scheduler as the page and the API use it: a reply that repeats
-    its prompt gets guesses confirmed, and the same text."""
+def test_the_scheduler_checks_guesses_of_a_lone_reply_and_writes_the_same_text(engine, draft, demo_paths) -> None:
+    """--speculate ngram, and a draft model's guesses, against off, through the scheduler as the page and the API
+    use it: a reply that repeats its prompt gets guesses confirmed, and the same text."""
     from gptq_chat.chat.reply import ChatSettings, complete_reply
     from gptq_chat.engine.scheduler import Scheduler
 
@@ -146,8 +175,8 @@ def test_the_scheduler_checks_guesses_of_a_lone_reply_and_writes_the_same_text(e
     ends = demo_paths["fast"].defaults.stop_token_ids  # after its end token the model's text is noise: near ties
     settings = ChatSettings(sampling=dataclasses.replace(GREEDY, max_new_tokens=QUOTING_LENGTH, stop_token_ids=ends))
     texts = {}
-    for mode in ("off", "ngram"):
-        scheduler = Scheduler(engine, speculate=mode)
+    for mode in ("off", "ngram", "draft"):
+        scheduler = Scheduler(engine, speculate=mode, draft=draft if mode == "draft" else None)
         reply = complete_reply(scheduler, tokenizer, QUOTING, settings)
         scheduler.close()
         texts[mode], stats = reply.text, reply.stats
@@ -160,7 +189,7 @@ def test_the_scheduler_checks_guesses_of_a_lone_reply_and_writes_the_same_text(e
             assert 0 < stats.guessed_tokens <= scheduler.confirmed
             per_step = stats.new_tokens / (stats.new_tokens - stats.guessed_tokens)
             assert stats.tokens_per_step == per_step > 1 and f"{per_step:.2f} tokens/step" in line
-    assert texts["ngram"] == texts["off"]
+    assert texts["ngram"] == texts["draft"] == texts["off"]
 
 
 def test_the_api_reports_confirmed_guesses_in_its_usage(engine, demo_paths) -> None:

@@ -26,7 +26,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gptq_chat.engine.protocols import GrammarMatcher, GuessedToken, SamplingSettings, SlotEngine, TokenSource
-from gptq_chat.engine.speculation import DEFAULT_MODE, GUESSES, MODES, Policy, PromptLookup, check_size
+from gptq_chat.engine.speculation import (
+    DEFAULT_MODE,
+    DRAFT,
+    GUESSES,
+    MODES,
+    DraftModel,
+    Policy,
+    PromptLookup,
+    check_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +118,7 @@ class Request:
 class Guessing:
     """A request's speculative decoding: what guesses its next tokens, and how many to check at a time."""
 
-    lookup: PromptLookup
+    guesser: PromptLookup | DraftModel
     policy: Policy
 
 
@@ -172,13 +181,21 @@ class Scheduler:
     """A `TokenSource` over a `SlotEngine` (batched) or over another `TokenSource` (one at a time)."""
 
     def __init__(
-        self, engine: SlotEngine | TokenSource, queue_limit: int = DEFAULT_QUEUE_LIMIT, speculate: str = DEFAULT_MODE
+        self,
+        engine: SlotEngine | TokenSource,
+        queue_limit: int = DEFAULT_QUEUE_LIMIT,
+        speculate: str = DEFAULT_MODE,
+        draft: SlotEngine | None = None,
     ) -> None:
-        if speculate not in MODES:
-            raise ValueError(f"speculate must be one of {', '.join(MODES)}, not {speculate!r}")
+        """`draft`: the engine of a draft model with the same tokenizer, whose guesses --speculate draft checks."""
+        if speculate not in (*MODES, DRAFT):
+            raise ValueError(f"speculate must be one of {', '.join((*MODES, DRAFT))}, not {speculate!r}")
+        if (speculate == DRAFT) != (draft is not None):
+            raise ValueError(f"speculate={DRAFT!r} needs a draft model's engine, and a draft model that mode")
         self.engine = engine
         self.queue_limit = queue_limit
         self.speculate = speculate
+        self.draft = draft
         self.checks = 0  # steps that checked guesses, and the guessed tokens they confirmed (speculation.py)
         self.confirmed = 0
         self.check_sizes: Counter[int] = Counter()  # checks by their captured size (guesses padded to GUESSES)
@@ -414,7 +431,7 @@ class Scheduler:
         if request.done or not request.steps_left:
             return True  # delivering the step before ended it
         count = guessing.policy.length()
-        guesses = guessing.lookup.guess(count) if count else []
+        guesses = guessing.guesser.guess(count) if count else []
         if not guesses or not engine.can_check(len(guesses), request.position):
             guessing.policy.plain_step()
             return False
@@ -438,6 +455,9 @@ class Scheduler:
         if not engine.can_verify or (self.speculate == "auto" and not engine.verify_cost):
             return None  # "auto" weighs guesses against costs measured on a GPU; eager steps have none
         costs = engine.verify_cost or dict.fromkeys(GUESSES, 1.0)
+        if self.draft is not None:
+            drafter = DraftModel(self.draft, request.prompt_ids, settings.repetition_penalty)
+            return Guessing(drafter, Policy(costs, forced=True))
         return Guessing(PromptLookup(request.prompt_ids), Policy(costs, forced=self.speculate == "ngram"))
 
     def launch(self, engine: SlotEngine, buffers: HostBuffers, parity: int, cuda: bool) -> Launched | None:
@@ -489,7 +509,7 @@ class Scheduler:
         request.generated.append(int(token))  # ids only: what the cache holds (and followers are sent)
         request.tokens.put(token)
         if request.guessing is not None:
-            request.guessing.lookup.extend([int(token)])
+            request.guessing.guesser.extend([int(token)])
         ended = token in request.settings.stop_token_ids or len(request.generated) >= request.budget
         if request.matcher is not None and not ended:
             ended = request.matcher.finished  # a token after the grammar is complete is its end token

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gptq_chat.engine.protocols import SamplingSettings, SlotEngine
+
 GUESSES = (2, 4, 8)  # guess lengths with a captured checking step; shorter guesses are padded (padding is harmless)
 NGRAMS = (3, 2, 1)  # longest match first
 MODES = ("off", "ngram", "auto")  # --speculate: never; always guess where a guess exists; where it pays
+DRAFT = "draft"  # a scheduler's mode with a draft model's engine: check its guesses at every step
 DEFAULT_MODE = "off"  # until a check's gain is measured on GPUs users have
 
 
@@ -59,6 +62,34 @@ class PromptLookup:
                 if found is not None:
                     return history[found + 1 : found + 1 + k]
         return []
+
+
+class DraftModel:
+    """Guesses from a small model with the same tokenizer (a draft): its own greedy continuation of the reply, under
+    the reply's repetition penalty, from slot 0 of an engine of its own. That engine's cache keeps what it computed,
+    so the next guess computes only the tokens confirmed since (and its own guesses that were not)."""
+
+    def __init__(self, engine: SlotEngine, tokens: list[int], repetition_penalty: float = 1.0) -> None:
+        self.engine = engine
+        self.tokens = list(tokens)
+        self.settings = SamplingSettings(max_new_tokens=1, temperature=0.0, repetition_penalty=repetition_penalty)
+
+    def extend(self, tokens: list[int]) -> None:
+        """The tokens that came next."""
+        self.tokens += tokens
+
+    def guess(self, k: int) -> list[int]:
+        """The draft's next k tokens, or none where they would not fit its context."""
+        engine, history = self.engine, self.tokens
+        if len(history) + k >= engine.context_length:
+            return []
+        engine.prefill(history, self.settings)
+        guesses = [int(engine.next_tokens[0])]
+        while len(guesses) < k:
+            engine.decode(1, len(history) + len(guesses), greedy=True)
+            guesses.append(int(engine.next_tokens[0]))
+        engine.park(0, history + guesses[:-1])  # the last guess was chosen, never fed
+        return guesses
 
 
 @dataclass
