@@ -240,3 +240,40 @@ def test_the_projected_speed_up_weighs_each_check_by_its_cost() -> None:
     checked = Acceptance("rewrite", "ngram", 1.0, new_tokens=160, steps=60, checks={2: 5, 8: 40})
     assert checked.speed_up({2: 1.0, 8: 1.0}) == checked.tokens_per_step == 160 / 60
     assert checked.speed_up({2: 1.0, 8: 2.0}) == 160 / (15 + 5 * 1.0 + 40 * 2.0)
+
+
+def test_load_with_a_draft_model_checks_its_guesses(demo_model_dir: Path, demo_paths) -> None:
+    """`--speculate draft --draft MODEL` through the loader (the demo model as its own draft): the scheduler checks
+    the draft engine's guesses, and a reply writes the text it writes without them."""
+    from gptq_chat.chat.reply import ChatSettings, complete_reply
+    from gptq_chat.loading.loader import load, unload
+
+    loaded = load(
+        demo_model_dir, device="cpu", engine="fast", context_length=1024, speculate="draft", draft=demo_model_dir
+    )
+    try:
+        assert loaded.scheduler.draft is not None and loaded.scheduler.draft is not loaded.engine
+        ends = loaded.defaults.stop_token_ids
+        settings = ChatSettings(
+            sampling=dataclasses.replace(GREEDY, max_new_tokens=QUOTING_LENGTH, stop_token_ids=ends)
+        )
+        reply = complete_reply(loaded.scheduler, loaded.tokenizer, QUOTING, settings)
+        assert reply.stats.guessed_tokens > 0 and loaded.scheduler.confirmed > 0
+        assert reply.text == complete_reply(demo_paths["fast"].scheduler, loaded.tokenizer, QUOTING, settings).text
+    finally:
+        loaded.scheduler.close()
+        unload(loaded)
+
+
+def test_a_draft_model_that_cannot_serve_is_refused_before_loading(demo_model_dir: Path, tiny_gptq_dir: Path) -> None:
+    """No draft named, a draft without --speculate draft, and a draft with another tokenizer (the tiny checkpoint
+    has Qwen's, the demo model SmolLM2's): each refused with the reason, before any weights load."""
+    from gptq_chat.loading.loader import load_uncached
+
+    options = {"device": "cpu", "engine": "fast", "context_length": 256}
+    with pytest.raises(ValueError, match="--speculate draft needs --draft MODEL: a small GPTQ checkpoint"):
+        load_uncached(demo_model_dir, speculate="draft", **options)
+    with pytest.raises(ValueError, match="is for --speculate draft"):
+        load_uncached(demo_model_dir, speculate="ngram", draft=demo_model_dir, **options)
+    with pytest.raises(ValueError, match=r"has another tokenizer than SmolLM2.*Choose a draft of the same family"):
+        load_uncached(demo_model_dir, speculate="draft", draft=tiny_gptq_dir, **options)

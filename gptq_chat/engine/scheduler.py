@@ -188,8 +188,8 @@ class Scheduler:
         draft: SlotEngine | None = None,
     ) -> None:
         """`draft`: the engine of a draft model with the same tokenizer, whose guesses --speculate draft checks."""
-        if speculate not in (*MODES, DRAFT):
-            raise ValueError(f"speculate must be one of {', '.join((*MODES, DRAFT))}, not {speculate!r}")
+        if speculate not in MODES:
+            raise ValueError(f"speculate must be one of {', '.join(MODES)}, not {speculate!r}")
         if (speculate == DRAFT) != (draft is not None):
             raise ValueError(f"speculate={DRAFT!r} needs a draft model's engine, and a draft model that mode")
         self.engine = engine
@@ -242,6 +242,8 @@ class Scheduler:
         if threading.current_thread() is not self.worker:
             self.worker.join(timeout=30)  # it holds the engine (and its GPU memory) until it returns
         self.slot_engine.close()  # graphs freed; a tensor-parallel engine stops its worker processes
+        if self.draft is not None:
+            self.draft.close()
 
     # -- the front door --------------------------------------------------------------------------
     def generate(self, prompt_ids: list[int], settings: SamplingSettings, stop: threading.Event) -> Iterator[int]:

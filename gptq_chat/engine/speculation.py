@@ -24,8 +24,8 @@ from gptq_chat.engine.protocols import SamplingSettings, SlotEngine
 
 GUESSES = (2, 4, 8)  # guess lengths with a captured checking step; shorter guesses are padded (padding is harmless)
 NGRAMS = (3, 2, 1)  # longest match first
-MODES = ("off", "ngram", "auto")  # --speculate: never; always guess where a guess exists; where it pays
-DRAFT = "draft"  # a scheduler's mode with a draft model's engine: check its guesses at every step
+DRAFT = "draft"  # a draft model's guesses (`DraftModel`), checked at every step
+MODES = ("off", "ngram", "auto", DRAFT)  # --speculate: never; prompt lookup always; prompt lookup where it pays
 DEFAULT_MODE = "off"  # until a check's gain is measured on GPUs users have
 
 

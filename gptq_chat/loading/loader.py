@@ -21,7 +21,7 @@ from gptq_chat.engine.plain import PlainEngine
 from gptq_chat.engine.protocols import SamplingSettings, SlotEngine
 from gptq_chat.engine.scheduler import DEFAULT_QUEUE_LIMIT, Scheduler
 from gptq_chat.engine.shape import engine_problem
-from gptq_chat.engine.speculation import DEFAULT_MODE
+from gptq_chat.engine.speculation import DEFAULT_MODE, DRAFT
 from gptq_chat.loading.checkpoint import CheckpointInfo, find_checkpoint
 from gptq_chat.loading.fit import Layout, fit, with_freed
 from gptq_chat.loading.gpus import GpuSpec
@@ -237,11 +237,13 @@ def load_uncached(
     gpu_memory_limit: int | None = None,
     split: str = "auto",
     prefix_cache: int | None = None,
+    draft: str | Path | None = None,
 ) -> LoadedModel:
     """Validate, choose device, kernel and engine, load; `load` is the cached version callers want.
 
     `gpu_memory_limit` (bytes) caps what this process may use of each GPU, as if the cards were that size.
-    `speculate` says whether a lone reply's steps check guesses of its next tokens (engine/speculation.py).
+    `speculate` says whether a lone reply's steps check guesses of its next tokens (engine/speculation.py), with
+    "draft" those of the draft model `draft` (a small checkpoint with the same tokenizer, on the same card).
     `split` says how a model is split over several GPUs, `prefix_cache` the most tokens of other chats' prompts the
     fast engine keeps for reuse (None: what spare memory allows): see `fit.py`.
     """
@@ -263,6 +265,7 @@ def load_uncached(
         prefix_cache=prefix_cache,
     )
     choice, device, cards, context = plan.kernel, plan.layout.device, plan.layout.cards, plan.layout.context
+    draft_info = check_draft(plan, speculate, draft)
     log.info("Loading %s on %s with the %s kernel (%s)", info.path, ",".join(cards), choice.backend, choice.reason)
     log.info("%s", plan.layout.summary())
     dtype = torch.float16 if device.startswith("cuda") else torch.bfloat16
@@ -279,6 +282,7 @@ def load_uncached(
                 f"Loading {info.name} failed: {type(error).__name__}: {error} "
                 f"(what the libraries printed: {library_log})"
             ) from error
+    drafter = load_draft(draft_info, backend, device, context, dtype, report) if draft_info else None
     layers = quantized_modules(model)
     if not layers:
         raise RuntimeError(f"{info.path} loaded without any GPTQ layers; the quantization config was ignored")
@@ -314,8 +318,51 @@ def load_uncached(
         engine=runner,
         generation_config=generation_config,
         defaults=checkpoint_defaults(generation_config, tokenizer),
-        scheduler=Scheduler(runner, queue_limit, speculate),
+        scheduler=Scheduler(runner, queue_limit, speculate, draft=drafter),
     )
+
+
+def check_draft(plan: LoadPlan, speculate: str, draft: str | Path | None) -> CheckpointInfo | None:
+    """The draft model's checkpoint where --speculate draft asks for one (None otherwise); a request that cannot be
+    met is refused before any weights load, saying why: no draft named, a draft without --speculate draft, a model
+    not on the fast engine on one device, or a draft whose tokenizer gives other ids."""
+    if draft is None:
+        if speculate == DRAFT:
+            raise ValueError(
+                "--speculate draft needs --draft MODEL: a small GPTQ checkpoint with the same tokenizer "
+                "(Qwen1.5-0.5B-Chat-GPTQ-Int4 for Qwen1.5, Qwen2.5-0.5B-Instruct-GPTQ-Int4 for Qwen2.5)"
+            )
+        return None
+    if speculate != DRAFT:
+        raise ValueError(f"--draft {draft} is for --speculate draft (not {speculate})")
+    if not plan.fast or plan.layout.placement is not None:
+        where = plan.engine_reason if not plan.fast else "split over " + ", ".join(plan.layout.cards)
+        raise ValueError(f"--speculate draft needs the fast engine with the whole model on one device; here: {where}")
+    from transformers import AutoTokenizer
+
+    info = find_checkpoint(draft)
+    theirs, ours = (AutoTokenizer.from_pretrained(path).get_vocab() for path in (info.path, plan.info.path))
+    if theirs != ours:
+        differing = sorted(set(theirs.items()) ^ set(ours.items()), key=lambda item: item[1])[:3]
+        raise ValueError(
+            f"The draft model {info.name} has another tokenizer than {plan.info.name} ({len(theirs):,} tokens "
+            f"against {len(ours):,}; first differences: {differing}): its guesses would be other tokens. "
+            "Choose a draft of the same family."
+        )
+    return info
+
+
+def load_draft(
+    info: CheckpointInfo, backend: str, device: str, context: int, dtype: Any, report: Progress
+) -> SlotEngine:
+    """The draft model's engine, beside the model's on the same device."""
+    import torch
+
+    from gptq_chat.engine.fast_engine import load_engine
+
+    report(f"Loading the draft model {info.name}", 0.9)
+    kernel = choose_kernel(info, device_capability(device), backend)
+    return load_engine(info.path, kernel.backend, torch.device(device), context, dtype)
 
 
 def build_runner(

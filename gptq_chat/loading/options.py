@@ -11,7 +11,7 @@ from gptq_chat.loading.loader import ENGINES
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """--model, --backend, --device, --engine, --slots, --split, --context, --prefix-cache and --speculate."""
+    """--model, --backend, --device, --engine, --slots, --split, --context, --prefix-cache, --speculate, --draft."""
     parser.add_argument("--model", help="model folder or id (default: the first downloaded model, else the demo)")
     parser.add_argument("--backend", default="auto", help="GPTQ kernel: auto, marlin, exllama_v2, triton, torch")
     parser.add_argument(
@@ -31,9 +31,17 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         "--speculate",
         choices=MODES,
         default=DEFAULT_MODE,
-        help="speculative decoding for a lone reply (the fast engine on one GPU): guess the next tokens from the "
-        "prompt and the reply so far and check several in one step; the same text, faster where it quotes or "
-        "edits what came before. auto: where the guesses pay on this card; ngram: always; off: never",
+        help="speculative decoding for a lone reply (the fast engine on one GPU): guess the next tokens and check "
+        "several in one step; the same text, faster where the guesses are right. ngram: guess from the prompt and "
+        "the reply so far (quoting, editing what came before), always; auto: the same where it pays on this card; "
+        "draft: a small model's guesses (--draft); off: never",
+    )
+    parser.add_argument(
+        "--draft",
+        default=None,
+        metavar="MODEL",
+        help="with --speculate draft: the draft model, a small checkpoint with the same tokenizer (folder or id), "
+        "loaded on the same card",
     )
     parser.add_argument(
         "--prefix-cache",
@@ -56,4 +64,5 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
         "context_length": args.context,
         "prefix_cache": args.prefix_cache,
         "speculate": args.speculate,
+        "draft": args.draft,
     }
