@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -265,14 +267,22 @@ def test_load_with_a_draft_model_checks_its_guesses(demo_model_dir: Path, demo_p
         unload(loaded)
 
 
-def test_a_draft_model_that_cannot_serve_is_refused_before_loading(demo_model_dir: Path, tiny_gptq_dir: Path) -> None:
-    """No draft named, a draft without --speculate draft, and a draft with another tokenizer (the tiny checkpoint
-    has Qwen's, the demo model SmolLM2's): each refused with the reason, before any weights load."""
+def test_a_draft_model_that_cannot_serve_is_refused_before_loading(
+    demo_model_dir: Path, tiny_gptq_dir: Path, tmp_path: Path
+) -> None:
+    """No draft named (the catalog's pair for the model is suggested where it knows the model), a draft without
+    --speculate draft, and a draft with another tokenizer (the tiny checkpoint has Qwen's, the demo model
+    SmolLM2's): each refused with the reason, before any weights load."""
     from gptq_chat.loading.loader import load_uncached
 
     options = {"device": "cpu", "engine": "fast", "context_length": 256}
     with pytest.raises(ValueError, match="--speculate draft needs --draft MODEL: a small GPTQ checkpoint"):
         load_uncached(demo_model_dir, speculate="draft", **options)
+    named = tmp_path / "Qwen1.5-7B-Chat-GPTQ-Int4"  # the catalog knows this name and its family's draft
+    shutil.copytree(tiny_gptq_dir, named)
+    pair = "--draft Qwen1.5-0.5B-Chat-GPTQ-Int4 (python download.py qwen1.5-0.5b fetches it)"
+    with pytest.raises(ValueError, match=re.escape(f"for Qwen1.5-7B-Chat-GPTQ-Int4: {pair}")):
+        load_uncached(named, speculate="draft", **options)
     with pytest.raises(ValueError, match="is for --speculate draft"):
         load_uncached(demo_model_dir, speculate="ngram", draft=demo_model_dir, **options)
     with pytest.raises(ValueError, match=r"has another tokenizer than SmolLM2.*Choose a draft of the same family"):

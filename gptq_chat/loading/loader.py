@@ -27,6 +27,7 @@ from gptq_chat.loading.fit import Layout, fit, with_freed
 from gptq_chat.loading.gpus import GpuSpec
 from gptq_chat.loading.kernels import KernelChoice, choose_kernel
 from gptq_chat.loading.library_log import MODEL_LOAD_LOG, ModelLoadError, library_output
+from gptq_chat.models import catalog
 
 log = logging.getLogger(__name__)
 
@@ -328,9 +329,15 @@ def check_draft(plan: LoadPlan, speculate: str, draft: str | Path | None) -> Che
     not on the fast engine on one device, or a draft whose tokenizer gives other ids."""
     if draft is None:
         if speculate == DRAFT:
+            entry = catalog.find(plan.info.name)
+            pair = entry.draft if entry else None
+            suggestion = (
+                f"for {plan.info.name}: --draft {pair.name} (python download.py {pair.key} fetches it)"
+                if pair
+                else "Qwen1.5-0.5B-Chat-GPTQ-Int4 for Qwen1.5, Qwen2.5-0.5B-Instruct-GPTQ-Int4 for Qwen2.5"
+            )
             raise ValueError(
-                "--speculate draft needs --draft MODEL: a small GPTQ checkpoint with the same tokenizer "
-                "(Qwen1.5-0.5B-Chat-GPTQ-Int4 for Qwen1.5, Qwen2.5-0.5B-Instruct-GPTQ-Int4 for Qwen2.5)"
+                f"--speculate draft needs --draft MODEL: a small GPTQ checkpoint with the same tokenizer ({suggestion})"
             )
         return None
     if speculate != DRAFT:

@@ -87,6 +87,14 @@ class CatalogEntry:
     def download_size_is_published(self) -> bool:
         return self.published_weight_bytes is not None
 
+    @property
+    def draft(self) -> CatalogEntry | None:
+        """The family's smallest release, a draft model for speculative decoding (the same tokenizer); None for
+        that release itself."""
+        family = self.name.split("-")[0]
+        smallest = next(e for e in KNOWN_MODELS if e.name.split("-")[0] == family and e.shape_key.endswith("0.5b"))
+        return None if smallest is self else smallest
+
 
 def _qwen15(size: str, published: int | None = None, source: str = "", intermediate: int | None = None) -> CatalogEntry:
     name = f"Qwen1.5-{size}-Chat-GPTQ-Int4"
