@@ -1,6 +1,6 @@
 """Get a GPTQ-Int4 checkpoint onto this machine, once, verified and resumable.
 
-    python download.py [MODEL] [--source modelscope|hf|local] [--revision R] [--dir D]
+    python download.py [MODEL] [--source modelscope|hf|local] [--revision R] [--dir D] [--with-draft]
     python download.py --list [--context N]      known models: download size, VRAM, which cards they fit
     python download.py --list --cards 24,24 [MODEL] [--split S]   what fits your cards, and where each part goes
     python download.py --installed               what is on disk, with sizes and completeness
@@ -55,6 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--demo", action="store_true", help="build the small built-in demo model (no network)")
     parser.add_argument("--force", action="store_true", help="with --demo: rebuild even if it is there")
     parser.add_argument(
+        "--with-draft",
+        action="store_true",
+        help="also fetch the model's draft (its family's 0.5B release), for app.py/serve.py --speculate draft",
+    )
+    parser.add_argument(
         "--quiet", action="store_true", help="no progress bars of ours (ModelScope's client draws its own)"
     )
     args = parser.parse_args(argv)
@@ -64,6 +69,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--list MODEL shows where MODEL goes on the cards you name: add --cards, e.g. --cards 24,24")
     if args.source == "local" and not args.model and not (args.list or args.installed or args.remove or args.demo):
         parser.error("--source local needs the folder or archive to import: download.py PATH --source local")
+    if args.with_draft:
+        entry = catalog.find(args.model or catalog.DEFAULT_MODEL) if args.source != "local" else None
+        if entry is None or entry.draft is None:
+            parser.error(
+                "--with-draft fetches a catalog model's draft (its family's 0.5B release); "
+                f"{args.model or catalog.DEFAULT_MODEL} has none: see python download.py --list"
+            )
     return args
 
 
@@ -90,14 +102,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.remove:
             return remove(args.remove, args.dir, assume_yes=args.yes)
         with logging_redirect_tqdm():  # log lines (a file that starts over, a client's warning) above the bar
-            return fetch(args)
+            status = fetch(args)
+            if status == 0 and args.with_draft:
+                chosen = args.model or catalog.DEFAULT_MODEL
+                draft = catalog.find(chosen).draft  # type: ignore[union-attr]  # parse_args checked both
+                print(f"The draft model for --speculate draft: {draft.name}")
+                status = fetch(argparse.Namespace(**(vars(args) | {"model": draft.hf_id})), draft_of=chosen)
+            return status
     except CheckpointError as error:
         print(f"Error: {error.problem}\n  Fix: {error.fix}", file=sys.stderr)
         return 1
 
 
-def fetch(args: argparse.Namespace) -> int:
-    """Download (or import) one model and say where it is and how to chat with it."""
+def fetch(args: argparse.Namespace, draft_of: str | None = None) -> int:
+    """Download (or import) one model and say where it is and how to chat with it (`draft_of`: as the draft of
+    that model)."""
     from gptq_chat.models import store
 
     root = (args.dir or models_home()).expanduser()
@@ -132,7 +151,12 @@ def fetch(args: argparse.Namespace) -> int:
     state = "Already here" if already else "Ready"
     print(f"{state}: {path} ({store.gb(size)}, {origin if not already else 'verified earlier'})")
     argument = place.app_argument if place is not None and path == place.final else path
-    print(f"Chat with it:  .venv/bin/python app.py --model {argument}")
+    if draft_of is not None:
+        main_model = catalog.find(draft_of)
+        print(f"Chat with both:  .venv/bin/python app.py --model {main_model.hf_id if main_model else draft_of} "
+              f"--speculate draft --draft {argument}")  # fmt: skip
+    else:
+        print(f"Chat with it:  .venv/bin/python app.py --model {argument}")
     if place is not None and root.resolve() != models_home().resolve():
         print(f"(or set GPTQ_CHAT_HOME={root} so that the app lists it without --model)")
     return 0

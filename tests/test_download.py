@@ -33,13 +33,14 @@ from tests.support.hub_server import FakeHub
 MS_ID = "qwen/Qwen1.5-7B-Chat-GPTQ-Int4"  # the default model, as ModelScope names it
 HF_ID = "Qwen/Qwen1.5-7B-Chat-GPTQ-Int4"
 OTHER_ID = "test-org/Other-Qwen2-GPTQ-Int4"  # not in the catalog: any hub id works
+DRAFT_MS_ID = "qwen/Qwen1.5-0.5B-Chat-GPTQ-Int4"  # the default model's draft, as ModelScope names it
 WEIGHTS = "model.safetensors"
 SOURCES = ["modelscope", "hf"]
 
 
 @pytest.fixture(scope="module")
 def fake_hub(tiny_gptq_dir: Path) -> Iterator[FakeHub]:
-    repos = {MS_ID: tiny_gptq_dir, HF_ID: tiny_gptq_dir, OTHER_ID: tiny_gptq_dir}
+    repos = {MS_ID: tiny_gptq_dir, HF_ID: tiny_gptq_dir, OTHER_ID: tiny_gptq_dir, DRAFT_MS_ID: tiny_gptq_dir}
     with FakeHub(repos) as hub:
         yield hub
 
@@ -113,6 +114,23 @@ def test_default_download_from_modelscope_is_verified_found_by_the_app_and_loads
     assert download.main(["--quiet"]) == 0  # once: the second run does not touch the network
     assert "Already here" in capsys.readouterr().out
     assert hub.requests == []
+
+
+def test_with_draft_fetches_the_models_draft_and_says_how_to_chat_with_both(
+    hub: FakeHub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert download.main(["--with-draft", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    draft = final_dir(name="Qwen1.5-0.5B-Chat-GPTQ-Int4")
+    assert f"Ready: {final_dir()}" in out and f"Ready: {draft}" in out
+    assert json.loads((draft / store.MANIFEST).read_text())["model_id"] == DRAFT_MS_ID
+    assert (
+        "app.py --model Qwen/Qwen1.5-7B-Chat-GPTQ-Int4 --speculate draft --draft Qwen/Qwen1.5-0.5B-Chat-GPTQ-Int4"
+        in out
+    )
+    with pytest.raises(SystemExit):  # a model the catalog has no draft for
+        download.main([OTHER_ID, "--with-draft"])
+    assert "--with-draft fetches a catalog model's draft" in capsys.readouterr().err
 
 
 def test_a_half_finished_download_in_modelscope_spelling_is_completed_not_duplicated(
