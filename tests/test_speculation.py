@@ -287,3 +287,20 @@ def test_a_draft_model_that_cannot_serve_is_refused_before_loading(
         load_uncached(demo_model_dir, speculate="ngram", draft=demo_model_dir, **options)
     with pytest.raises(ValueError, match=r"has another tokenizer than SmolLM2.*Choose a draft of the same family"):
         load_uncached(demo_model_dir, speculate="draft", draft=tiny_gptq_dir, **options)
+
+
+def test_the_plan_makes_room_for_the_draft_model(demo_model_dir: Path) -> None:
+    """A draft loads beside the model: its weights, cache and buffers at the model's context come out of the room
+    first, so a machine with room for the model alone refuses the pair, saying what it lacks."""
+    from gptq_chat.loading.checkpoint import find_checkpoint
+    from gptq_chat.loading.fit import PlacementRefused, ram_needed
+    from gptq_chat.loading.loader import plan_load
+    from gptq_chat.loading.memory_plan import requirement
+
+    info = find_checkpoint(demo_model_dir)
+    room = sum(requirement(info, 1024, path="fast"))
+    ram = ram_needed(info, 1024) + room // 2
+    options = {"device": "cpu", "engine": "fast", "context_length": 1024, "ram": ram}
+    assert plan_load(info, **options).layout.context == 1024
+    with pytest.raises(PlacementRefused, match="does not fit"):
+        plan_load(info, draft=info, **options)

@@ -27,6 +27,7 @@ from gptq_chat.loading.fit import Layout, fit, with_freed
 from gptq_chat.loading.gpus import GpuSpec
 from gptq_chat.loading.kernels import KernelChoice, choose_kernel
 from gptq_chat.loading.library_log import MODEL_LOAD_LOG, ModelLoadError, library_output
+from gptq_chat.loading.memory_plan import PlannedModel, requirement
 from gptq_chat.models import catalog
 
 log = logging.getLogger(__name__)
@@ -133,10 +134,12 @@ def plan_load(
     freed: int = 0,
     ram: int | None = None,
     prefix_cache: int | None = None,
+    draft: PlannedModel | None = None,
 ) -> LoadPlan:
     """Kernel, engine and layout for `info` here, or the error that says why it cannot load (`PlacementRefused`
     with the numbers when it does not fit). `freed` bytes (a model about to be unloaded) count as free, spread
-    evenly over the cards; `ram` replaces the RAM available now on the CPU."""
+    evenly over the cards; `ram` replaces the RAM available now on the CPU. A `draft` model (speculation.py) loads
+    beside the model: its weights, cache and buffers at the model's context are taken from the room first."""
     device = pick_device(device)
     first = device.split(",")[0]  # "cuda:0,1" names two cards; kernels are chosen for the first
     kernel = choose_kernel(info, device_capability(first), backend)
@@ -149,6 +152,16 @@ def plan_load(
         info, gpus, fast=fast, context=context_length, slots=slots, split=split, named=named, ram=ram,
         prefix_cache=prefix_cache,
     )  # fmt: skip
+    if draft is not None:  # the draft at this context, then the model again in what is left
+        room = sum(requirement(draft, layout.context, path="fast"))
+        if gpus:  # on the model's card (a draft runs only beside a model on one card)
+            gpus = [replace(g, free_bytes=g.free_bytes - room * (f"cuda:{g.index}" == layout.device)) for g in gpus]
+        else:
+            ram = (available_ram() if ram is None else ram) - room
+        layout = fit(
+            info, gpus, fast=fast, context=context_length, slots=slots, split=split, named=named, ram=ram,
+            prefix_cache=prefix_cache,
+        )  # fmt: skip
     return LoadPlan(info, kernel, fast, engine_reason, layout)
 
 
@@ -254,6 +267,7 @@ def load_uncached(
     started = time.perf_counter()
     report("Checking the checkpoint", 0.02)
     info = find_checkpoint(name_or_path)
+    draft_info = find_checkpoint(draft) if draft is not None else None
     plan = plan_load(
         info,
         backend=backend,
@@ -264,9 +278,10 @@ def load_uncached(
         split=split,
         gpu_memory_limit=gpu_memory_limit,
         prefix_cache=prefix_cache,
+        draft=draft_info,
     )
     choice, device, cards, context = plan.kernel, plan.layout.device, plan.layout.cards, plan.layout.context
-    draft_info = check_draft(plan, speculate, draft)
+    check_draft(plan, speculate, draft_info)
     log.info("Loading %s on %s with the %s kernel (%s)", info.path, ",".join(cards), choice.backend, choice.reason)
     log.info("%s", plan.layout.summary())
     dtype = torch.float16 if device.startswith("cuda") else torch.bfloat16
@@ -323,10 +338,10 @@ def load_uncached(
     )
 
 
-def check_draft(plan: LoadPlan, speculate: str, draft: str | Path | None) -> CheckpointInfo | None:
-    """The draft model's checkpoint where --speculate draft asks for one (None otherwise); a request that cannot be
-    met is refused before any weights load, saying why: no draft named, a draft without --speculate draft, a model
-    not on the fast engine on one device, or a draft whose tokenizer gives other ids."""
+def check_draft(plan: LoadPlan, speculate: str, draft: CheckpointInfo | None) -> None:
+    """Refuse, before any weights load and saying why, a draft model that cannot serve: none named for --speculate
+    draft, one named without it, a model not on the fast engine on one device, or a draft whose tokenizer gives
+    other ids."""
     if draft is None:
         if speculate == DRAFT:
             entry = catalog.find(plan.info.name)
@@ -339,24 +354,22 @@ def check_draft(plan: LoadPlan, speculate: str, draft: str | Path | None) -> Che
             raise ValueError(
                 f"--speculate draft needs --draft MODEL: a small GPTQ checkpoint with the same tokenizer ({suggestion})"
             )
-        return None
+        return
     if speculate != DRAFT:
-        raise ValueError(f"--draft {draft} is for --speculate draft (not {speculate})")
+        raise ValueError(f"--draft {draft.path} is for --speculate draft (not {speculate})")
     if not plan.fast or plan.layout.placement is not None:
         where = plan.engine_reason if not plan.fast else "split over " + ", ".join(plan.layout.cards)
         raise ValueError(f"--speculate draft needs the fast engine with the whole model on one device; here: {where}")
     from transformers import AutoTokenizer
 
-    info = find_checkpoint(draft)
-    theirs, ours = (AutoTokenizer.from_pretrained(path).get_vocab() for path in (info.path, plan.info.path))
+    theirs, ours = (AutoTokenizer.from_pretrained(path).get_vocab() for path in (draft.path, plan.info.path))
     if theirs != ours:
         differing = sorted(set(theirs.items()) ^ set(ours.items()), key=lambda item: item[1])[:3]
         raise ValueError(
-            f"The draft model {info.name} has another tokenizer than {plan.info.name} ({len(theirs):,} tokens "
+            f"The draft model {draft.name} has another tokenizer than {plan.info.name} ({len(theirs):,} tokens "
             f"against {len(ours):,}; first differences: {differing}): its guesses would be other tokens. "
             "Choose a draft of the same family."
         )
-    return info
 
 
 def load_draft(
