@@ -1,6 +1,6 @@
 """Speculative decoding under CUDA graphs (`pytest -m gpu`): a Qwen-shaped random checkpoint writes the same greedy
-text with guesses checked as without, over 20 prompts, whatever the guesses; sampled, a tiny random model's first
-three tokens come from the model's own distribution with guesses checked as without."""
+text with guesses checked as without, over 20 prompts, whatever the guesses (a draft model's too); sampled, a tiny
+random model's first three tokens come from the model's own distribution with guesses checked as without."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ def test_checked_guesses_change_no_greedy_token_on_the_gpu(qwen_shaped) -> None:
     from gptq_chat.engine.fast_engine import load_engine
 
     engine = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024, checks=True)
+    draft = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024)  # the model as its own draft
     assert engine.verify_graphs and set(engine.verify_cost) == set(GUESSES)
     print("a check of k guesses, in decode steps:", engine.verify_cost)
     rng = random.Random(0)
@@ -46,7 +47,10 @@ def test_checked_guesses_change_no_greedy_token_on_the_gpu(qwen_shaped) -> None:
         prompt = base * 3 if index % 2 else base + [rng.randrange(1000, 100_000) for _ in range(60)]
         expected, logits = plain(engine, prompt, GREEDY, LENGTH)
 
-        for name, guess in guessers(prompt, expected, rng, range(1000, 100_000)).items():
+        draft.reset()
+        for name, guess in guessers(
+            prompt, expected, rng, range(1000, 100_000), draft, GREEDY.repetition_penalty
+        ).items():
             tokens, confirmed = speculative(engine, prompt, GREEDY, guess, LENGTH)
             assert_same_or_near_tie(expected, tokens, logits, prompt, GREEDY.repetition_penalty, bits=10)
             if name == "oracle":

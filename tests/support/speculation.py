@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from gptq_chat.engine.protocols import SamplingSettings
-from gptq_chat.engine.speculation import GUESSES, PromptLookup
+from gptq_chat.engine.speculation import GUESSES, DraftModel, PromptLookup
 from tests.support.near_tie import NEAR_TIE_STEPS, float_step
 
 Guesser = Callable[[list[int]], list[int]]
@@ -64,9 +64,12 @@ def speculative(
     return written[:length], confirmed
 
 
-def guessers(prompt: list[int], expected: list[int], rng: random.Random, ids: range) -> dict[str, Guesser]:
+def guessers(
+    prompt: list[int], expected: list[int], rng: random.Random, ids: range, draft=None, penalty: float = 1.0
+) -> dict[str, Guesser]:
     """Three ways to guess: the model's own continuation `expected` (every guess right, until a near tie parts the
-    two), random token ids from `ids` (none right), and prompt lookup (what a reply gets)."""
+    two), random token ids from `ids` (none right), and prompt lookup (what a reply gets); a fourth, a draft
+    model's (`DraftModel` on the engine `draft`, under the repetition penalty `penalty`), where one is given."""
 
     def oracle(written: list[int]) -> list[int]:
         return expected[len(written) : len(written) + max(GUESSES)] or [1]
@@ -77,7 +80,10 @@ def guessers(prompt: list[int], expected: list[int], rng: random.Random, ids: ra
     def lookup(written: list[int]) -> list[int]:
         return PromptLookup(prompt + written).guess(max(GUESSES)) or [written[-1]]
 
-    return {"oracle": oracle, "noise": noise, "lookup": lookup}
+    def drafted(written: list[int]) -> list[int]:
+        return DraftModel(draft, prompt + written, penalty).guess(max(GUESSES))
+
+    return {"oracle": oracle, "noise": noise, "lookup": lookup} | ({"draft": drafted} if draft is not None else {})
 
 
 def top_k_probabilities(logits: torch.Tensor, settings: SamplingSettings) -> dict[int, float]:
