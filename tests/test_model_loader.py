@@ -68,6 +68,35 @@ def test_what_the_libraries_print_goes_to_a_log_that_a_failure_names(
         load_uncached(broken, device="cpu")
 
 
+def test_a_logging_handler_made_while_libraries_print_to_the_log_outlives_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A library that makes a logging handler during the load gets the log file as its stream, which closes with
+    the load: its later lines still go to the log, and a root handler (a library's `basicConfig`, which our own
+    lines pass through) writes to the stderr it would have had, instead of failing on a closed file."""
+    import io
+    import logging
+
+    from gptq_chat.loading.library_log import library_output
+
+    monkeypatch.setenv("GPTQ_CHAT_LOGS", str(tmp_path / "logs"))
+    terminal = io.StringIO()
+    monkeypatch.setattr("sys.stderr", terminal)
+    library, root = logging.getLogger("some.library"), logging.getLogger()
+    with library_output("model-load", "a test load") as log:
+        library_handler, root_handler = logging.StreamHandler(), logging.StreamHandler()  # sys.stderr: the log
+        library.addHandler(library_handler)
+        root.addHandler(root_handler)
+    try:
+        library.warning("the library's line, after the load")
+        root.warning("our line, after the load")
+    finally:
+        library.removeHandler(library_handler)
+        root.removeHandler(root_handler)
+    assert "the library's line, after the load" in log.read_text()
+    assert "our line, after the load" in terminal.getvalue() and "our line" not in log.read_text()
+
+
 def test_the_command_line_defaults_are_the_loaders_so_the_page_and_load_share_one_model() -> None:
     """`load()` caches by `load_uncached`'s arguments with its defaults filled in: a flag whose default differed
     would make the page (which passes every flag) load a second copy of the model beside any `load(path)`."""
