@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from gptq_chat.engine.plain import PlainEngine
+from gptq_chat.engine.speculation import DEFAULT_MODE
 from gptq_chat.loading.checkpoint import find_checkpoint
-from gptq_chat.loading.loader import LoadedModel, Progress, load, pick_device, plan_load, unload
+from gptq_chat.loading.loader import LoadedModel, Progress, check_draft, load, pick_device, plan_load, unload
 from gptq_chat.loading.placement import PlacementRefused
 from gptq_chat.models.home import models_home
 from gptq_chat.models.installed import installed_models
@@ -130,8 +131,11 @@ class ModelHolder:
             device = pick_device(self.options.get("device"))
             freed = current.facts.memory_bytes if current is not None else 0
             try:
-                planned = {key: value for key, value in self.options.items() if key != "speculate"}  # not placement
-                plan_load(info, **planned, freed=freed, ram=device_memory("cpu").free)
+                planned = dict(self.options)
+                speculate, draft = planned.pop("speculate", DEFAULT_MODE), planned.pop("draft", None)
+                draft_info = find_checkpoint(draft) if draft else None
+                plan = plan_load(info, **planned, draft=draft_info, freed=freed, ram=device_memory("cpu").free)
+                check_draft(plan, speculate, draft_info)  # the draft must fit this model too (its tokenizer)
             except PlacementRefused as refused:
                 raise SwitchRefused(f"{refused.problem} Fix: {refused.fix}") from None
             except ValueError as refused:  # a kernel, engine or split that cannot run this model here
