@@ -120,3 +120,14 @@ def test_logprobs_are_the_models_distribution_under_the_grammar() -> None:
     token = out.token(0, 2, 5)
     assert [i for i, _ in token.top_logprobs] == [2, 0, 4]  # the forbidden ones are left out
     assert abs(sum(torch.tensor([v for _, v in token.top_logprobs]).exp()).item() - 1) < 1e-3
+
+
+def test_random_bits_never_make_a_uniform_of_zero_or_one() -> None:
+    """The sampler's race divides each probability by an exponential made from 32 random bits: a uniform of exactly
+    1 would make it 0, and a token of probability 0 would win with 0 / 0 = NaN (a token outside the mask)."""
+    from gptq_chat.engine.sampling import open_unit
+
+    bits = torch.tensor([0, 1, 2**31, 2**32 - 2, 2**32 - 1], dtype=torch.int64)
+    uniform = open_unit(bits)
+    assert bool(((uniform > 0) & (uniform < 1)).all()), uniform.tolist()
+    assert bool(torch.isfinite(-torch.log(uniform)).all()) and bool((-torch.log(uniform) > 0).all())

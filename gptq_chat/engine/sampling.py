@@ -56,8 +56,14 @@ def exponentials(keys: torch.Tensor, drawn: torch.Tensor, ids: torch.Tensor) -> 
     """An Exp(1) number for each token id in `ids` [B, n] of each row, a function of the row's key, its count of
     draws and the id only (not of where the id sits, nor of what else is in the batch)."""
     step = mix32(keys ^ mix32(drawn & MASK32))[:, None]
-    bits = mix32(step ^ ids)
-    return -torch.log(((bits >> 8).float() + 0.5) * 2.0**-24)
+    return -torch.log(open_unit(mix32(step ^ ids)))
+
+
+def open_unit(bits: torch.Tensor) -> torch.Tensor:
+    """32 random bits as a float32 strictly between 0 and 1, from their top 23: (n + 0.5) / 2**23 is exact in
+    float32. (With 24 bits, n + 0.5 for n = 2**24 - 1 rounds to 2**24: a uniform of 1.0, an exponential of 0, and
+    a token whose probability is 0 won the race as 0 / 0 = NaN: a token outside the grammar's mask or top-p.)"""
+    return ((bits >> 9).float() + 0.5) * 2.0**-23
 
 
 @dataclass
