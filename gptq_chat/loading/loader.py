@@ -148,20 +148,21 @@ def plan_load(
     if not gpus:
         ram = (available_ram() if ram is None else ram) + freed
     named = ":" in device  # cards the user named are used together
-    layout = fit(
-        info, gpus, fast=fast, context=context_length, slots=slots, split=split, named=named, ram=ram,
-        prefix_cache=prefix_cache,
-    )  # fmt: skip
+
+    def fitted(gpus: list[GpuSpec], ram: int | None) -> Layout:
+        return fit(
+            info, gpus, fast=fast, context=context_length, slots=slots, split=split, named=named, ram=ram,
+            prefix_cache=prefix_cache,
+        )  # fmt: skip
+
+    layout = fitted(gpus, ram)
     if draft is not None:  # the draft at this context, then the model again in what is left
         room = sum(requirement(draft, layout.context, path="fast"))
         if gpus:  # on the model's card (a draft runs only beside a model on one card)
             gpus = [replace(g, free_bytes=g.free_bytes - room * (f"cuda:{g.index}" == layout.device)) for g in gpus]
         else:
             ram = (available_ram() if ram is None else ram) - room
-        layout = fit(
-            info, gpus, fast=fast, context=context_length, slots=slots, split=split, named=named, ram=ram,
-            prefix_cache=prefix_cache,
-        )  # fmt: skip
+        layout = fitted(gpus, ram)
     return LoadPlan(info, kernel, fast, engine_reason, layout)
 
 
