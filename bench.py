@@ -60,6 +60,7 @@ class Measurement:
     peak_vram_gb: float  # the largest of the cards'
     peak_per_card_gb: list[float] | None = None
     bandwidth_fraction: float | None = None
+    kv_cache: str = "fp16"  # the engine's KV-cache format (the plain path's is fp16)
 
 
 def peak_bandwidth() -> float | None:
@@ -272,6 +273,11 @@ def main() -> None:
         help="how the engine splits a model over the --device cards: layers (the default here) or tensor "
         "(tensor parallelism: every layer halved). One per run: a process holds one tensor-parallel group",
     )
+    parser.add_argument(
+        "--kv-cache",
+        default="fp16",
+        help="the engine's KV-cache formats to time, one after the other in this run: fp16, int8, fp8 (e.g. fp16,int8)",
+    )
     parser.add_argument("--skip-plain", action="store_true")
     parser.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--sampled", action="store_true", help="also time sampled decoding (temperature 0.7)")
@@ -367,7 +373,8 @@ def main() -> None:
 
     if not args.plain_only:
         for variant in args.variants.split(","):
-            results += time_engine(folder, variant, prompts, args, report)
+            for kv_cache in args.kv_cache.split(","):
+                results += time_engine(folder, variant, prompts, args, report, kv_cache)
     if args.plain_only:
         results += time_plain(folder, prompts, args, report)
     elif not args.skip_plain:  # in its own process, so each path's peak memory is its own
@@ -376,7 +383,8 @@ def main() -> None:
     bandwidth = peak_bandwidth()
     for result in results:
         context = result.prompt_tokens + result.new_tokens // 2
-        moved = bytes_per_token(info.weight_bytes - embedding_bytes(info.shape), info.shape.kv_bytes_per_token, context)
+        kv_per_token = info.shape.with_kv_cache(result.kv_cache).kv_bytes_per_token
+        moved = bytes_per_token(info.weight_bytes - embedding_bytes(info.shape), kv_per_token, context)
         reading = len(cards) if "tensor parallel" in result.path else 1  # else the cards take turns
         if bandwidth:
             result.bandwidth_fraction = moved * result.decode_tokens_per_s / (bandwidth * reading)
@@ -385,13 +393,15 @@ def main() -> None:
         args.json.write_text(json.dumps({**report, "results": [asdict(r) for r in results]}, indent=2))
 
 
-def time_engine(folder: Path, variant: str, prompts: list[int], args, report: dict) -> list[Measurement]:
+def time_engine(
+    folder: Path, variant: str, prompts: list[int], args, report: dict, kv_cache: str = "fp16"
+) -> list[Measurement]:
     attention, _, reduce = variant.partition("-")
     free_memory()
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    engine, memory = load_for_timing(folder, attention, args, report)
-    key = f"engine_{variant}"
+    engine, memory = load_for_timing(folder, attention, args, report, kv_cache)
+    key = f"engine_{variant}" + ("" if kv_cache == "fp16" else f"_{kv_cache}")
     if reduce == "fp16reduce":
         for module in engine.model.modules():
             if hasattr(module, "fp32"):
@@ -404,8 +414,9 @@ def time_engine(folder: Path, variant: str, prompts: list[int], args, report: di
     report[f"{key}_graphs"] = engine.stats.graphs
     scheduler = Scheduler(engine)  # what the page and the API use
     greedy = SamplingSettings(max_new_tokens=args.new_tokens, temperature=0.0, repetition_penalty=1.0)
-    label = f"engine ({variant}{', tensor parallel' if args.split == 'tensor' else ''})"
-    results = [measure(scheduler, label, length, greedy, memory) for length in prompts]
+    kv = "" if kv_cache == "fp16" else f", {kv_cache} KV cache"
+    label = f"engine ({variant}{kv}{', tensor parallel' if args.split == 'tensor' else ''})"
+    results = [replace(measure(scheduler, label, length, greedy, memory), kv_cache=kv_cache) for length in prompts]
     if args.sampled:
         sampled = SamplingSettings(max_new_tokens=args.new_tokens, temperature=0.7, top_p=0.8, top_k=20)
         results.append(measure(scheduler, f"{label[:-1]}, sampled)", prompts[0], sampled, memory))
@@ -417,7 +428,7 @@ def time_engine(folder: Path, variant: str, prompts: list[int], args, report: di
     return results
 
 
-def load_for_timing(folder: Path, attention: str, args, report: dict) -> tuple[Any, CardPeaks]:
+def load_for_timing(folder: Path, attention: str, args, report: dict, kv_cache: str) -> tuple[Any, CardPeaks]:
     """The engine as the loader would place it (one card, layers split, or tensor parallel), and its cards."""
     from gptq_chat.engine.fast_engine import load_engine
     from gptq_chat.loading.checkpoint import find_checkpoint
@@ -433,6 +444,7 @@ def load_for_timing(folder: Path, attention: str, args, report: dict) -> tuple[A
         context_length=args.context,
         split=args.split,
         gpu_memory_limit=memory_limit(args),
+        kv_cache=kv_cache,
     ).layout
     device, placement = layout.device, layout.placement
     if placement:
@@ -442,13 +454,15 @@ def load_for_timing(folder: Path, attention: str, args, report: dict) -> tuple[A
 
         devices = [torch.device(f"cuda:{card}") for card in cards]
         engine = load_tensor_parallel(
-            folder, "marlin", devices, args.context, torch.float16, None, attention, 1, memory_limit(args)
-        )
+            folder, "marlin", devices, args.context, torch.float16, None, attention, 1, memory_limit(args),
+            kv_cache=kv_cache,
+        )  # fmt: skip
         return engine, CardPeaks(cards[:1], engine)
     layer_devices = [torch.device(f"cuda:{i}") for i in placement.layer_devices()] if placement else None
     engine = load_engine(
-        folder, "marlin", torch.device(device), args.context, decode_attention=attention, layer_devices=layer_devices
-    )
+        folder, "marlin", torch.device(device), args.context, decode_attention=attention, layer_devices=layer_devices,
+        kv_cache=kv_cache,
+    )  # fmt: skip
     return engine, CardPeaks(cards)
 
 

@@ -23,7 +23,7 @@ from typing import TextIO
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gptq_chat.loading.checkpoint import CheckpointError
-from gptq_chat.loading.fit import SPLIT_HELP, SPLITS
+from gptq_chat.loading.fit import KV_CACHE_CHOICES, KV_CACHE_HELP, SPLIT_HELP, SPLITS
 from gptq_chat.loading.gpus import parse_card_sizes
 from gptq_chat.models import catalog
 from gptq_chat.models.home import models_home
@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --list: plan for these cards (GiB each, e.g. 24,24 for two RTX 4090s)",
     )
     parser.add_argument("--split", choices=SPLITS, default="auto", help=f"with --list --cards: {SPLIT_HELP}")
+    parser.add_argument(
+        "--kv-cache", choices=KV_CACHE_CHOICES, default="auto", help=f"with --list: as app.py's, {KV_CACHE_HELP}"
+    )
     parser.add_argument("--installed", action="store_true", help="show the downloaded models")
     parser.add_argument("--remove", metavar="MODEL", help="delete a downloaded model (asks first)")
     parser.add_argument("--yes", action="store_true", help="do not ask before --remove")
@@ -92,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.demo:
             return build_demo(args)
         if args.list and args.cards:
-            return print_fit(args.model, args.cards, args.context, args.split)
+            return print_fit(args.model, args.cards, args.context, args.split, args.kv_cache)
         if args.list:
-            print(catalog_table(args.context))
+            print(catalog_table(args.context, args.kv_cache))
             return 0
         if args.installed:
             print(installed_table(args.dir))
@@ -162,10 +165,13 @@ def fetch(args: argparse.Namespace, draft_of: str | None = None) -> int:
     return 0
 
 
-def catalog_table(context: int) -> str:
-    """The known models with download size, VRAM at `context`, and how many cards of each common size hold it."""
-    from gptq_chat.loading.memory_plan import gib, plan
+def catalog_table(context: int, kv_cache: str = "auto") -> str:
+    """The known models with download size, VRAM at `context`, and how many cards of each common size hold it, with
+    the KV cache in `kv_cache`'s format ("auto": fp16, as the loader keeps where the context fits)."""
+    from gptq_chat.loading.memory_plan import CachedAs, gib, plan
     from gptq_chat.loading.placement import CARD_SIZES_GIB, needs_row
+
+    kv_cache = "fp16" if kv_cache == "auto" else kv_cache
 
     cards = "".join(f"{f'{size} GiB':>10}" for size in CARD_SIZES_GIB)
     lines = [
@@ -180,8 +186,9 @@ def catalog_table(context: int) -> str:
         if context > entry.shape.max_position_embeddings:
             need, verdicts = "n/a", [f"{'>max ctx':>10}"] * len(CARD_SIZES_GIB)
         else:
-            need = gib(plan(entry, context, path="fast").total)
-            row = needs_row(entry, context, path="fast")
+            planned = entry if kv_cache == "fp16" else CachedAs(entry, kv_cache)
+            need = gib(plan(planned, context, path="fast").total)
+            row = needs_row(planned, context, path="fast")
             verdicts = [f"{row.compact(size):>10}" for size in CARD_SIZES_GIB]
         size = f"{entry.download_bytes / 1e9:.2f} GB{mark}"
         lines.append(f"{entry.key:<14}{entry.modelscope_id:<40}{size:>11}{need:>11}{''.join(verdicts)}")
@@ -191,8 +198,9 @@ def catalog_table(context: int) -> str:
         "",
         "yes: one card holds it; x2, x4: it needs that many cards of that size (its layers split over them);",
         "x4 <=Nk: four cards hold at most N thousand tokens of context; no: not even the weights fit on four.",
-        "VRAM = weights + fp16 KV cache + prefill activations + CUDA context + overhead (gptq_chat/loading/",
+        f"VRAM = weights + {kv_cache} KV cache + prefill activations + CUDA context + overhead (gptq_chat/loading/",
         "memory_plan.py); each card of a split holds its share of the KV cache. Your own cards: --cards 24,24.",
+        "--kv-cache int8 plans an 8-bit cache: half the bytes per token of context.",
         "Download sizes marked * are the hub's published file sizes (+ tokenizer files), the rest are computed",
         "from the model's shape (within 1 % of every published size). Published sizes from:",
         *sources,
@@ -200,27 +208,31 @@ def catalog_table(context: int) -> str:
     return "\n".join(lines)
 
 
-def fit_verdict(entry: catalog.CatalogEntry, cards: list[int], context: int, split: str) -> str:
-    """Where the loader would put `entry` on `cards` at `context`: one card, which split, or how much context fits."""
-    from gptq_chat.loading.fit import fit
+def fit_verdict(entry: catalog.CatalogEntry, cards: list[int], context: int, split: str, kv_cache: str = "auto") -> str:
+    """Where the loader would put `entry` on `cards` at `context`: one card, which split, or how much context fits;
+    and the KV cache's format where it is not fp16."""
+    from gptq_chat.loading.fit import AUTO_KV_CACHE, fit
     from gptq_chat.loading.gpus import GpuSpec
     from gptq_chat.loading.placement import PlacementRefused
 
     gpus = [GpuSpec(i, size, size) for i, size in enumerate(cards)]
     try:
-        layout = fit(entry, gpus, fast=True, context=context, split=split)
+        layout = fit(entry, gpus, fast=True, context=context, split=split, kv_cache=kv_cache)
     except PlacementRefused as refused:
         longest = refused.largest_context
-        return f"no: at most {longest:,} tokens of context" if longest else "no: not even the weights fit"
+        cache = AUTO_KV_CACHE if kv_cache == "auto" else kv_cache  # "auto" refuses with its 8-bit figures
+        with_cache = "" if cache == "fp16" else f" with an {cache} KV cache"
+        return f"no: at most {longest:,} tokens of context{with_cache}" if longest else "no: not even the weights fit"
     except ValueError as refused:  # a split this model's shape does not allow
         return f"no: {refused}"
+    cache = "" if layout.kv_cache == "fp16" else f", {layout.kv_cache} KV cache"
     if layout.placement is None:
-        return f"yes, on {layout.device.replace('cuda:', 'GPU ')}"
+        return f"yes, on {layout.device.replace('cuda:', 'GPU ')}{cache}"
     how = "tensor parallel" if layout.placement.tensor_parallel else "layers split"
-    return f"yes, {how} over {len(layout.placement.cards)} GPUs"
+    return f"yes, {how} over {len(layout.placement.cards)} GPUs{cache}"
 
 
-def print_fit(model: str | None, cards: list[int], context: int, split: str) -> int:
+def print_fit(model: str | None, cards: list[int], context: int, split: str, kv_cache: str = "auto") -> int:
     """`--list --cards`: every known model on these cards (or one model, part by part), as the loader decides."""
     from gptq_chat.loading.fit import fit
     from gptq_chat.loading.gpus import GpuSpec
@@ -228,16 +240,16 @@ def print_fit(model: str | None, cards: list[int], context: int, split: str) -> 
 
     named = " + ".join(gib(size) for size in cards)
     if model is None:
-        print(f"On {named} at {context:,} tokens of context (fast engine, --split {split}):\n")
+        print(f"On {named} at {context:,} tokens of context (fast engine, --split {split}, --kv-cache {kv_cache}):\n")
         for entry in catalog.KNOWN_MODELS:
-            print(f"{entry.key:<14}{fit_verdict(entry, cards, context, split)}")
+            print(f"{entry.key:<14}{fit_verdict(entry, cards, context, split, kv_cache)}")
         return 0
     entry = catalog.find(model)
     if entry is None:
         raise CheckpointError(f"Unknown model {model}", "see the known ones: python download.py --list")
     gpus = [GpuSpec(i, size, size) for i, size in enumerate(cards)]
     try:
-        print(fit(entry, gpus, fast=True, context=context, split=split).summary())
+        print(fit(entry, gpus, fast=True, context=context, split=split, kv_cache=kv_cache).summary())
     except ValueError as refused:  # PlacementRefused (with its fix), or a split the model's shape does not allow
         fix = getattr(refused, "fix", "")
         print(getattr(refused, "problem", str(refused)) + (f"\n  Fix: {fix}" if fix else ""), file=sys.stderr)

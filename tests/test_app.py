@@ -945,6 +945,7 @@ def test_sidebar_shows_device_kernel_memory_speed_and_health(page: AppTest) -> N
     assert torch.cuda.is_available() or "CPU-only mode" in torch_line
     panel = " ".join(c.value for c in page.sidebar.caption)
     assert "Device: **CPU" in panel and "GPTQ kernel:" in panel and "RAM:" in panel and "free" in panel
+    assert re.search(r"KV cache: fp16 · context: [\d,]+ tokens", panel)  # "auto" keeps fp16 on the CPU
     assert page.sidebar.get("arrow_vega_lite_chart") or page.sidebar.get("vega_lite_chart")
     assert page.session_state["session_speeds"][0] > 0
 

@@ -360,3 +360,19 @@ def test_list_shows_sizes_vram_and_cards_for_a_context(capsys: pytest.CaptureFix
     assert rows["qwen2.5-72b"][-3:] == ["x4", "x2", "yes"]  # grouped-query attention: 320 KiB per token
     assert rows["qwen1.5-7b"][-3:] == ["x2", "yes", "yes"]  # 16 GiB of KV cache at 32k: two 24 GiB cards
     assert "huggingface.co/Qwen/Qwen1.5-7B-Chat-GPTQ-Int4" in table
+
+
+def test_list_on_two_24_gb_cards_counts_the_8_bit_cache(capsys: pytest.CaptureFixture[str]) -> None:
+    """Qwen1.5-72B on two RTX 4090s: 4,096 tokens of context fit only with an 8-bit KV cache, which "auto" takes."""
+    assert download.main(["--list", "--cards", "24,24", "--context", "4096", "--kv-cache", "fp16"]) == 0
+    assert re.search(r"qwen1\.5-72b +no: at most 2,\d{3} tokens of context\n", capsys.readouterr().out)
+    assert download.main(["--list", "--cards", "24,24", "--context", "4096"]) == 0
+    table = capsys.readouterr().out
+    assert "--kv-cache auto" in table
+    assert re.search(r"qwen1\.5-72b +yes, layers split over 2 GPUs, int8 KV cache\n", table)
+    assert re.search(r"qwen2\.5-7b +yes, on GPU 0\n", table)  # fp16 holds it: no format named
+    assert download.main(["--list", "--context", "32768", "--kv-cache", "int8"]) == 0
+    table = capsys.readouterr().out
+    assert "int8 KV cache" in table
+    rows = {line.split()[0]: line.split() for line in table.splitlines() if line.startswith(("qwen1", "qwen2"))}
+    assert rows["qwen1.5-7b"][-3:] == ["yes", "yes", "yes"]  # 8 GiB of KV cache at 32k: one 24 GiB card

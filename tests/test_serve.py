@@ -461,7 +461,8 @@ def test_the_key_is_required_everywhere_but_health(base_url: str, served: Served
 def test_models_lists_the_served_model_with_its_window(client: openai.OpenAI, served: ServedModel) -> None:
     models = list(client.models.list())
     assert [m.id for m in models] == [served.name]
-    assert models[0].model_extra == {"max_model_len": served.context_length}
+    assert models[0].model_extra == {"max_model_len": served.context_length, "kv_cache_dtype": served.kv_cache}
+    assert served.kv_cache == "fp16"  # the demo on the CPU: "auto" keeps fp16 where no card's memory is saved
 
 
 def test_a_clients_request_id_is_kept(base_url: str) -> None:

@@ -216,6 +216,7 @@ class ServedModel:
     defaults: SamplingSettings  # the checkpoint's generation_config.json, and its stop tokens
     context_length: int  # prompt + completion tokens per request
     created: int = field(default_factory=lambda: int(time.time()))
+    kv_cache: str = "fp16"  # the KV cache's format (engine/shape.py KV_CACHES)
 
     @classmethod
     def of(cls, loaded: LoadedModel, name: str | None = None, scheduler: Scheduler | None = None) -> ServedModel:
@@ -226,6 +227,7 @@ class ServedModel:
             tokenizer=loaded.tokenizer,
             defaults=loaded.defaults,
             context_length=loaded.facts.default_context,
+            kv_cache=loaded.facts.kv_cache,
         )
 
     @functools.cached_property

@@ -141,12 +141,14 @@ TEXT = Answer(chat=False)
 
 
 def model_list(model: ServedModel) -> dict[str, Any]:
-    """`/v1/models`; `max_model_len` as vLLM reports it, so clients (the page) can size their settings."""
+    """`/v1/models`; `max_model_len` as vLLM reports it, so clients (the page) can size their settings, and the KV
+    cache's format (`kv_cache_dtype`, vLLM's name for it)."""
     card = {
         "id": model.name,
         "object": "model",
         "created": model.created,
         "owned_by": "gptq-chat",
         "max_model_len": model.context_length,
+        "kv_cache_dtype": model.kv_cache,
     }
     return {"object": "list", "data": [card]}

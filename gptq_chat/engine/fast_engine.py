@@ -15,6 +15,7 @@ tensors the captured sampler reads (`sampling.py`); the scheduler fills a constr
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -205,6 +206,8 @@ class FastEngine(SlotEngine):
         streams = [torch.cuda.Stream(device=segment.device) for segment in segments]
         for stream in streams:
             stream.wait_stream(torch.cuda.current_stream(stream.device))
+        # An 8-bit cache's attention (Triton) compiles a kernel per window: every window is warmed up, not one.
+        warm = self.windows if self.model.caches[0].quantized else self.windows[:1]
         with torch.inference_mode():
             with torch.cuda.stream(streams[0]):
                 for steps in (8, 13):  # compile the fused ops for prompts (the second length makes them dynamic)
@@ -212,17 +215,17 @@ class FastEngine(SlotEngine):
                     positions = torch.arange(steps, device=self.device).unsqueeze(0)
                     self.model(tokens, positions, steps, exact=True, start=0)
                 for chunk in self.chunks:
-                    self.prefill_forward(chunk, self.window_for(chunk))
+                    for window in [w for w in warm if w >= chunk] or [self.window_for(chunk)]:
+                        self.prefill_forward(chunk, window)
                 self.set_position(0, 0)  # a check reads positions after the slot's: not past the cache's end
                 for k in GUESSES if self.can_verify else ():
-                    for greedy in (True, False):
-                        self.verify_forward(k, self.windows[0], greedy)
-            for rows in self.rows:  # warm up kernels (compilation, lazy init) outside capture
-                for greedy in (True, False):
-                    for index, stream in enumerate(streams):
-                        with torch.cuda.stream(stream):
-                            self.stage(index, rows, self.windows[0], greedy)
-                        self.hand_over(index, rows)
+                    for window, greedy in itertools.product([w for w in warm if w > k], (True, False)):
+                        self.verify_forward(k, window, greedy)
+            for rows, window, greedy in itertools.product(self.rows, warm, (True, False)):  # outside capture
+                for index, stream in enumerate(streams):
+                    with torch.cuda.stream(stream):
+                        self.stage(index, rows, window, greedy)
+                    self.hand_over(index, rows)
         for stream in streams:
             torch.cuda.current_stream(stream.device).wait_stream(stream)
         keys = [
@@ -466,11 +469,15 @@ def load_engine(
     layer_devices: list[torch.device] | None = None,
     prefix_cache: int = 0,
     checks: bool = False,
+    kv_cache: str = "fp16",
 ) -> FastEngine:
-    """Build the network from a checkpoint (over several GPUs with `layer_devices`) and capture its graphs (with
-    `checks`, those that check guesses of the next tokens too: speculation.py)."""
+    """Build the network from a checkpoint (over several GPUs with `layer_devices`), its KV cache stored as
+    `kv_cache` (shape.KV_CACHES), and capture its graphs (with `checks`, those that check guesses of the next
+    tokens too: speculation.py)."""
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.bfloat16)
-    model = load_transformer(folder, backend, device, dtype, progress, decode_attention, layer_devices)
+    model = load_transformer(
+        folder, backend, device, dtype, progress, decode_attention, layer_devices, kv_cache=kv_cache
+    )
     engine = FastEngine(model, context_length, use_graphs, slots, prefix_cache, checks)
     engine.capture(progress)
     return engine

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gptq_chat.engine.quant_linear import GPTQ_PARTS, build_quant_linear, columns_of, fuse_gptq_tensors, rows_of
+from gptq_chat.engine.quantized_attention import attend_quantized, quantize_kv
 from gptq_chat.engine.shape import GPTQSettings, ModelShape, engine_problem, tensor_parallel_problem
 
 
@@ -145,14 +146,58 @@ def rope_tables(shape: ModelShape, length: int, device: torch.device, dtype: tor
     return torch.stack((angles.cos(), angles.sin())).to(device=device, dtype=dtype)
 
 
+@dataclass(frozen=True)
+class CacheRows:
+    """Where a forward writes K/V: cache rows `first`.. (one per sequence), at `positions`, or from `start` on."""
+
+    first: int = 0
+    start: int | None = None
+
+
+KV_STORAGE = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}  # 8-bit formats, each value with a per-token scale
+
+
 class KVCache(nn.Module):
-    """K and V for `slots` sequences of up to `length` tokens, allocated once."""
+    """K and V for `slots` sequences of up to `length` tokens, allocated once, in the shape's `kv_cache` format.
+
+    8-bit formats keep, beside K and V, one scale per token and head for each ([slots, kv_heads, length, 1]):
+    half the bytes per token of context, so twice the context in the same memory.
+    """
 
     def __init__(self, shape: ModelShape, slots: int, length: int, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()
         size = (slots, shape.num_kv_heads, length, shape.head_dim)
-        self.register_buffer("k", torch.zeros(size, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(size, device=device, dtype=dtype), persistent=False)
+        self.quantized = shape.kv_cache != "fp16"
+        stored = KV_STORAGE[shape.kv_cache] if self.quantized else dtype
+        self.register_buffer("k", torch.zeros(size, device=device, dtype=stored), persistent=False)
+        self.register_buffer("v", torch.zeros(size, device=device, dtype=stored), persistent=False)
+        if self.quantized:
+            scales = (*size[:3], 1)
+            self.register_buffer("k_scale", torch.zeros(scales, device=device, dtype=dtype), persistent=False)
+            self.register_buffer("v_scale", torch.zeros(scales, device=device, dtype=dtype), persistent=False)
+
+    def parts(self) -> list[torch.Tensor]:
+        """Every tensor that holds a token's entry, each [slots, kv_heads, length, width]."""
+        return [self.k, self.v, self.k_scale, self.v_scale] if self.quantized else [self.k, self.v]
+
+    def store(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, rows: CacheRows) -> None:
+        """Write new K/V [B, kv_heads, T, dim] of rows `rows.first`.. at `positions` [B, T]."""
+        new = [k, v]
+        if self.quantized:
+            (k, k_scale), (v, v_scale) = quantize_kv(k, self.k.dtype), quantize_kv(v, self.v.dtype)
+            new = [k, v, k_scale.view(*k.shape[:-1], 1), v_scale.view(*v.shape[:-1], 1)]
+        batch, _, steps, _ = k.shape
+        for part, value in zip(self.parts(), new, strict=True):
+            target = part[rows.first : rows.first + batch]
+            if rows.start is not None:  # a run of positions: a plain copy, ~3x faster than the scatter below
+                target[:, :, rows.start : rows.start + steps] = value
+            else:
+                index = torch.arange(batch, device=k.device).unsqueeze(-1)
+                target[index, :, positions] = value.transpose(1, 2)
+
+    def window(self, rows: CacheRows, batch: int, window: int) -> list[torch.Tensor]:
+        """The first `window` entries of `batch` rows from `rows.first`: views of `parts()`, nothing copied."""
+        return [part[rows.first : rows.first + batch, :, :window] for part in self.parts()]
 
 
 # cuDNN's attention builds a plan for every new prompt length (~60-100 ms on an H100/H200, measured):
@@ -196,14 +241,6 @@ def attend_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
 ATTENTION = {"sdpa": attend_sdpa, "matmul": attend_matmul}
 
 
-@dataclass(frozen=True)
-class CacheRows:
-    """Where a forward writes K/V: cache rows `first`.. (one per sequence), at `positions`, or from `start` on."""
-
-    first: int = 0
-    start: int | None = None
-
-
 class Attention(nn.Module):
     def __init__(self, shape: ModelShape, qkv: nn.Module, o: nn.Module, decode_attention: str = "sdpa") -> None:
         super().__init__()
@@ -226,16 +263,15 @@ class Attention(nn.Module):
         batch, steps, _ = x.shape
         s = self.shape
         q, k, v = ops.rotate(self.qkv(x), rope, positions, s.num_heads, s.num_kv_heads, s.head_dim)
-        keys, values = cache.k[rows.first : rows.first + batch], cache.v[rows.first : rows.first + batch]
-        if rows.start is not None:  # a run of positions: a plain copy, ~3x faster than the scatter below
-            keys[:, :, rows.start : rows.start + steps] = k
-            values[:, :, rows.start : rows.start + steps] = v
+        cache.store(k, v, positions, rows)
+        if cache.quantized and rows.start == 0 and window == steps:  # a whole prompt: its own K/V, as computed
+            out = attend_sdpa(q, k, v, None)
+        elif cache.quantized:  # the 8-bit entries read as they are, scales applied inside the attention
+            keys, values, key_scales, value_scales = cache.window(rows, batch, window)
+            out = attend_quantized(q, keys, key_scales[..., 0], values, value_scales[..., 0], positions)
         else:
-            index = torch.arange(batch, device=x.device).unsqueeze(-1)
-            keys[index, :, positions] = k.transpose(1, 2)
-            values[index, :, positions] = v.transpose(1, 2)
-        attend = self.decode_attend if steps == 1 else attend_sdpa
-        out = attend(q, keys[:, :, :window], values[:, :, :window], mask)
+            attend = self.decode_attend if steps == 1 else attend_sdpa
+            out = attend(q, *cache.window(rows, batch, window), mask)
         return self.o(out.transpose(1, 2).reshape(batch, steps, -1))
 
 
@@ -456,8 +492,10 @@ def load_transformer(
     decode_attention: str = "sdpa",
     layer_devices: list[torch.device] | None = None,
     shard: Shard | None = None,
+    kv_cache: str = "fp16",
 ) -> Transformer:
-    """Build the network from a GPTQ checkpoint folder, fusing q/k/v and gate/up as it goes.
+    """Build the network from a GPTQ checkpoint folder, fusing q/k/v and gate/up as it goes, its KV cache to be
+    stored as `kv_cache` (shape.KV_CACHES).
 
     `layer_devices` (one per layer, in runs) splits the model over GPUs: the embedding goes with the
     first layer, the final norm and the head with the last. Without it everything is on `device`.
@@ -466,7 +504,7 @@ def load_transformer(
     config = json.loads((folder / "config.json").read_text())
     if problem := engine_problem(config):
         raise UnsupportedModel(problem)
-    shape = ModelShape.from_config(config)
+    shape = ModelShape.from_config(config).with_kv_cache(kv_cache)
     settings = GPTQSettings.from_config(config["quantization_config"])
     tensors = CheckpointTensors(folder)
     devices = layer_devices or [device] * shape.num_layers

@@ -54,7 +54,7 @@ class PrefixStore:
     def __init__(self, caches: list[KVCache], tokens: int) -> None:
         count = tokens // BLOCK
         self.caches = caches
-        self.pools = [(pool_like(cache.k, count), pool_like(cache.v, count)) for cache in caches]
+        self.pools = [[pool_like(part, count) for part in cache.parts()] for cache in caches]
         self.free = list(range(count))
         self.entries: OrderedDict[int, Entry] = OrderedDict()  # least recently used first
         self.next_key = 0
@@ -92,7 +92,7 @@ class PrefixStore:
         blocks, self.free = self.free[:count], self.free[count:]
         for cache, pools in zip(self.caches, self.pools, strict=True):
             index = torch.tensor(blocks, device=cache.k.device)
-            for pool, rows in zip(pools, (cache.k, cache.v), strict=True):
+            for pool, rows in zip(pools, cache.parts(), strict=True):
                 pool.index_copy_(0, index, in_blocks(rows[slot], 0, count).transpose(0, 1))
         self.entries[self.next_key] = Entry(tokens, blocks)
         self.next_key += 1
@@ -113,7 +113,7 @@ class PrefixStore:
         first, end = held // BLOCK, math.ceil(best / BLOCK)  # the row's own blocks before `held` are the same
         for cache, pools in zip(self.caches, self.pools, strict=True):
             index = torch.tensor(blocks[first:end], device=cache.k.device)
-            for pool, rows in zip(pools, (cache.k, cache.v), strict=True):
+            for pool, rows in zip(pools, cache.parts(), strict=True):
                 in_blocks(rows[slot], first, end).copy_(pool.index_select(0, index).transpose(0, 1))
         return best
 

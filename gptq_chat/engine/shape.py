@@ -14,6 +14,9 @@ FP16 = 2  # bytes of a half-precision value: the KV cache, scales, embeddings
 SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM")
 TILE = 128  # a card's share of an input dimension under tensor parallelism: whole GPTQ groups and Marlin tiles
 OUTPUT_TILE = 64  # of an output dimension: whole Marlin tiles
+# The KV cache's formats: fp16, or 8 bits a value with one fp16 scale per token and head (engine/quantized_attention.py)
+KV_CACHES = ("fp16", "int8", "fp8")
+KV_VALUE_BYTES = {"fp16": FP16, "int8": 1, "fp8": 1}
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class ModelShape:
     rms_norm_eps: float
     tie_word_embeddings: bool
     attention_bias: bool
+    kv_cache: str = "fp16"  # how the engine stores K/V (KV_CACHES): not the checkpoint's, the run's
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelShape:
@@ -58,6 +62,12 @@ class ModelShape:
             attention_bias=bool(config.get("attention_bias", config.get("model_type") == "qwen2")),
         )
 
+    def with_kv_cache(self, kv_cache: str) -> ModelShape:
+        """The same model with its KV cache stored as `kv_cache` (one of KV_CACHES)."""
+        if kv_cache not in KV_CACHES:
+            raise ValueError(f"the KV cache is one of {', '.join(KV_CACHES)}, not {kv_cache!r}")
+        return replace(self, kv_cache=kv_cache)
+
     @property
     def q_dim(self) -> int:
         return self.num_heads * self.head_dim
@@ -68,8 +78,9 @@ class ModelShape:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        """fp16 K and V of every layer for one token of context: what a token of context costs."""
-        return 2 * self.num_layers * self.kv_dim * FP16
+        """K and V of every layer for one token of context, in the cache's format: what a token of context costs."""
+        scale = 0 if self.kv_cache == "fp16" else FP16  # per token and head, for K and for V
+        return 2 * self.num_layers * self.num_kv_heads * (self.head_dim * KV_VALUE_BYTES[self.kv_cache] + scale)
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """``(in_features, out_features)`` of each quantized linear in one decoder layer."""

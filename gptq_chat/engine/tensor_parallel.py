@@ -88,9 +88,10 @@ def build_engine(
     decode_attention: str,
     prefix_cache: int = 0,
     progress: Progress | None = None,
+    kv_cache: str = "fp16",
 ) -> FastEngine:
     """This card's shard and its engine, graphs captured (every card captures the same graphs in the same order)."""
-    model = load_transformer(folder, backend, device, dtype, progress, decode_attention, shard=shard)
+    model = load_transformer(folder, backend, device, dtype, progress, decode_attention, shard=shard, kv_cache=kv_cache)
     engine = FastEngine(model, context_length, slots=slots, prefix_cache=prefix_cache)
     engine.capture(progress)
     return engine
@@ -277,6 +278,7 @@ def load_tensor_parallel(
     slots: int = 1,
     gpu_memory_limit: int | None = None,
     prefix_cache: int = 0,
+    kv_cache: str = "fp16",
 ) -> TensorParallelEngine:
     """Start a follower process for every card after the first, load every shard, capture the graphs."""
     if dist.is_initialized():
@@ -290,6 +292,7 @@ def load_tensor_parallel(
         "slots": slots,
         "decode_attention": decode_attention,
         "prefix_cache": prefix_cache,  # tokens per card: each keeps its share of every kept token's K/V
+        "kv_cache": kv_cache,
     }
     spawn = multiprocessing.get_context("spawn")
     outbox = spawn.Queue()

@@ -17,6 +17,10 @@ placement over several GPUs if one card does not hold the model, the context per
   context, from what the plan leaves spare: at most half of the spare memory of the card with the least, and at
   most `PREFIX_CACHE_CONTEXTS` whole contexts per slot; never at the context's expense. A size asked for is a
   ceiling: the most that fits is used, and the layout says how much that is.
+- The KV cache's format (the fast engine's): fp16, or 8 bits a value (int8, fp8), half the bytes per token. "auto"
+  keeps fp16 where it holds the context asked for (else the usual cap, 8,192 tokens) and takes `AUTO_KV_CACHE`
+  where fp16 would hold less: Qwen1.5-72B on two 24 GB cards, 2,048 tokens in fp16, twice that in 8 bits. The
+  plain path (transformers' `generate`) keeps fp16: an 8-bit cache asked for there is refused, saying so.
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from gptq_chat.engine.prefix_store import BLOCK
-from gptq_chat.engine.shape import tensor_parallel_problem
+from gptq_chat.engine.shape import KV_CACHES, tensor_parallel_problem
 from gptq_chat.loading.gpus import GpuSpec
-from gptq_chat.loading.memory_plan import OVERHEAD_BYTES, PlannedModel, gib, requirement
+from gptq_chat.loading.memory_plan import OVERHEAD_BYTES, CachedAs, PlannedModel, gib, requirement
 from gptq_chat.loading.placement import (
     Placement,
     PlacementRefused,
@@ -48,6 +52,12 @@ CPU_CONTEXT_TOKENS = 4096  # a CPU has no VRAM to size the cache by; prompts sho
 CONTEXT_STEP = 256  # the page's context slider moves in these steps
 PREFIX_CACHE_SHARE = 0.5  # of the memory a plan leaves spare, the most the prefix cache takes (the rest: headroom)
 PREFIX_CACHE_CONTEXTS = 2  # per slot, the most whole contexts of other chats' prompts the prefix cache keeps
+KV_CACHE_CHOICES = ("auto", *KV_CACHES)
+AUTO_KV_CACHE = "int8"  # the 8-bit format "auto" takes: the closer to fp16 of the two (docs/benchmarks.md)
+KV_CACHE_HELP = (
+    "how the fast engine stores the KV cache: fp16, or 8 bits a value (int8, fp8: twice the context in the same "
+    "memory); auto: fp16 where it holds the context asked for (else 8,192 tokens), 8 bits where it would hold less"
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,7 @@ class Layout:
     placement: Placement | None  # None: one card (or the CPU) holds the whole model
     context: int
     prefix_cache: int = 0  # tokens of other chats' prompts the fast engine keeps for reuse
+    kv_cache: str = "fp16"  # the KV cache's format (shape.KV_CACHES)
 
     @property
     def cards(self) -> list[str]:
@@ -70,6 +81,8 @@ class Layout:
         where = self.placement.summary() if self.placement is not None else f"on {self.device}"
         if self.placement is None:
             where += f" at {self.context:,} tokens of context"
+        if self.kv_cache != "fp16":
+            where += f" ({self.kv_cache} KV cache)"
         if not self.prefix_cache:
             return where
         return where + ("\n  " if self.placement else "; ") + f"prompts kept for reuse: {self.prefix_cache:,} tokens"
@@ -86,21 +99,65 @@ def fit(
     named: bool = False,
     ram: int | None = None,
     prefix_cache: int | None = None,
+    kv_cache: str = "fp16",
 ) -> Layout:
     """Where `model` goes on `gpus` (free memory each; none: the CPU, with `ram` bytes available if known).
 
     `fast`: the fast engine runs it (else transformers' `generate`); `named`: the user named these cards, so they are
     used together; `context`: tokens per sequence asked for (None: the longest that fits, see the module docstring);
-    `prefix_cache`: the most tokens of other chats' prompts to keep (None: as many as the spare memory allows).
+    `prefix_cache`: the most tokens of other chats' prompts to keep (None: as many as the spare memory allows);
+    `kv_cache`: the KV cache's format, or "auto" (`KV_CACHE_CHOICES`).
     Raises `PlacementRefused` (or `ValueError` for a split that cannot run this model here) before anything loads.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    if kv_cache not in KV_CACHE_CHOICES:
+        raise ValueError(f"the KV cache is one of {', '.join(KV_CACHE_CHOICES)}, not {kv_cache!r}")
     if prefix_cache is not None and prefix_cache < 0:
         raise ValueError(f"prefix_cache is a number of tokens (0: off), not {prefix_cache}")
     refusal = tensor_parallel_refusal(model, fast, len(gpus))
     if split == "tensor" and refusal:
         raise ValueError(refusal)
+    if kv_cache not in ("fp16", "auto") and not fast:
+        raise ValueError(
+            f"An {kv_cache} KV cache is the fast engine's; transformers' generate (the plain path) keeps fp16 here. "
+            "Use --engine fast, or --kv-cache fp16"
+        )
+
+    def layout_with(cache: str) -> Layout:
+        planned = model if cache == "fp16" else CachedAs(model, cache)
+        return replace(_fit(planned, gpus, fast, context, slots, split, named, ram, prefix_cache), kv_cache=cache)
+
+    if kv_cache != "auto":
+        return layout_with(kv_cache)
+    if not (fast and gpus):  # a CPU has no card's memory to save; the plain path keeps fp16
+        return layout_with("fp16")
+    wanted = min(context or DEFAULT_GPU_CONTEXT_CAP, model.shape.max_position_embeddings)
+    try:
+        layout = layout_with("fp16")
+    except PlacementRefused:
+        return layout_with(AUTO_KV_CACHE)  # refused in 8 bits too: that refusal, with its numbers
+    if layout.context >= wanted:
+        return layout
+    try:
+        return max(layout, layout_with(AUTO_KV_CACHE), key=lambda candidate: candidate.context)
+    except PlacementRefused:
+        return layout
+
+
+def _fit(
+    model: PlannedModel,
+    gpus: Sequence[GpuSpec],
+    fast: bool,
+    context: int | None,
+    slots: int,
+    split: str,
+    named: bool,
+    ram: int | None,
+    prefix_cache: int | None,
+) -> Layout:
+    """`fit` for one KV-cache format (the model's shape says which)."""
+    refusal = tensor_parallel_refusal(model, fast, len(gpus))
     if not gpus:
         return _on_cpu(model, context, ram, prefix_cache if fast else 0)
     layout = _on_gpus(model, gpus, fast, context, slots, split, named, refusal)

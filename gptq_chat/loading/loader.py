@@ -60,6 +60,7 @@ class ModelFacts:
     max_context: int
     default_context: int
     prefix_cache: int = 0  # tokens of other chats' prompts the engine keeps for reuse
+    kv_cache: str = "fp16"  # the KV cache's format (shape.KV_CACHES)
 
 
 @dataclass
@@ -135,6 +136,7 @@ def plan_load(
     ram: int | None = None,
     prefix_cache: int | None = None,
     draft: PlannedModel | None = None,
+    kv_cache: str = "auto",
 ) -> LoadPlan:
     """Kernel, engine and layout for `info` here, or the error that says why it cannot load (`PlacementRefused`
     with the numbers when it does not fit). `freed` bytes (a model about to be unloaded) count as free, spread
@@ -152,7 +154,7 @@ def plan_load(
     def fitted(gpus: list[GpuSpec], ram: int | None) -> Layout:
         return fit(
             info, gpus, fast=fast, context=context_length, slots=slots, split=split, named=named, ram=ram,
-            prefix_cache=prefix_cache,
+            prefix_cache=prefix_cache, kv_cache=kv_cache,
         )  # fmt: skip
 
     layout = fitted(gpus, ram)
@@ -253,6 +255,7 @@ def load_uncached(
     split: str = "auto",
     prefix_cache: int | None = None,
     draft: str | Path | None = None,
+    kv_cache: str = "auto",
 ) -> LoadedModel:
     """Validate, choose device, kernel and engine, load; `load` is the cached version callers want.
 
@@ -260,7 +263,8 @@ def load_uncached(
     `speculate` says whether a lone reply's steps check guesses of its next tokens (engine/speculation.py), with
     "draft" those of the draft model `draft` (a small checkpoint with the same tokenizer, on the same card).
     `split` says how a model is split over several GPUs, `prefix_cache` the most tokens of other chats' prompts the
-    fast engine keeps for reuse (None: what spare memory allows): see `fit.py`.
+    fast engine keeps for reuse (None: what spare memory allows), `kv_cache` how it stores the KV cache (fp16,
+    int8, fp8, or auto: 8 bits where fp16 would hold less context): see `fit.py`.
     """
     import torch
 
@@ -280,6 +284,7 @@ def load_uncached(
         gpu_memory_limit=gpu_memory_limit,
         prefix_cache=prefix_cache,
         draft=draft_info,
+        kv_cache=kv_cache,
     )
     choice, device, cards, context = plan.kernel, plan.layout.device, plan.layout.cards, plan.layout.context
     check_draft(plan, speculate, draft_info)
@@ -325,6 +330,7 @@ def load_uncached(
         max_context=max_context,
         default_context=min(context, max_context),
         prefix_cache=plan.layout.prefix_cache if isinstance(runner, SlotEngine) else 0,
+        kv_cache=plan.layout.kv_cache,
     )
     log.info("Loaded %s in %.1f s: %s", info.name, facts.load_seconds, facts)
     return LoadedModel(
@@ -408,7 +414,7 @@ def build_runner(
         devices = [torch.device(card) for card in layout.cards]
         runner = load_tensor_parallel(
             info.path, choice.backend, devices, layout.context, dtype, report, slots=slots,
-            gpu_memory_limit=gpu_memory_limit, prefix_cache=layout.prefix_cache,
+            gpu_memory_limit=gpu_memory_limit, prefix_cache=layout.prefix_cache, kv_cache=layout.kv_cache,
         )  # fmt: skip
         return tokenizer, generation_config, runner, runner.model
     if plan.fast:
@@ -418,6 +424,7 @@ def build_runner(
         engine = load_engine(
             info.path, choice.backend, torch.device(layout.device), layout.context, dtype, progress=report,
             slots=slots, layer_devices=layer_devices, prefix_cache=layout.prefix_cache, checks=speculate != "off",
+            kv_cache=layout.kv_cache,
         )  # fmt: skip
         return tokenizer, generation_config, engine, engine.model
     model = AutoModelForCausalLM.from_pretrained(

@@ -9,6 +9,8 @@ size Qwen published). The formula, per card:
                 RMSNorm weights, the fp16 embedding and (untied) lm_head.
     KV cache    context * 2 (K and V) * layers * kv_heads * head_dim * 2 bytes (fp16). Qwen1.5 has no
                 grouped-query attention (kv_heads == heads): 512 KiB per token for 7B, 2.5 MiB for 72B.
+                An 8-bit cache (the fast engine's `kv_cache` "int8" or "fp8") stores 1 byte a value plus an
+                fp16 scale per token and head: 260 KiB per token for 7B (`ModelShape.kv_bytes_per_token`).
     activations the prefill of a prompt that fills the context, through `model.generate` (the app's plain
                 transformers path):
                   prompt * (2*hidden + 3*intermediate) * 2 bytes  (residual, normed input, gate, up, act*up)
@@ -86,6 +88,31 @@ class PlannedModel(Protocol):
     def weight_bytes(self) -> int | None:
         """The checkpoint's real safetensors size, where known."""
         ...
+
+
+@dataclass(frozen=True)
+class CachedAs:
+    """A model planned with its KV cache in another format (`ModelShape.kv_cache`): every term that counts the
+    cache reads the shape, so the whole plan follows."""
+
+    model: PlannedModel
+    kv_cache: str
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def shape(self) -> ModelShape:
+        return self.model.shape.with_kv_cache(self.kv_cache)
+
+    @property
+    def gptq(self) -> GPTQSettings:
+        return self.model.gptq
+
+    @property
+    def weight_bytes(self) -> int | None:
+        return self.model.weight_bytes
 
 
 def quantized_linear_bytes(gptq: GPTQSettings, in_features: int, out_features: int) -> int:

@@ -6,12 +6,13 @@ import argparse
 from typing import Any
 
 from gptq_chat.engine.speculation import DEFAULT_MODE, MODES
-from gptq_chat.loading.fit import SPLIT_HELP, SPLITS
+from gptq_chat.loading.fit import KV_CACHE_CHOICES, KV_CACHE_HELP, SPLIT_HELP, SPLITS
 from gptq_chat.loading.loader import ENGINES
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """--model, --backend, --device, --engine, --slots, --split, --context, --prefix-cache, --speculate, --draft."""
+    """--model, --backend, --device, --engine, --slots, --split, --context, --kv-cache, --prefix-cache, --speculate,
+    --draft."""
     parser.add_argument("--model", help="model folder or id (default: the first downloaded model, else the demo)")
     parser.add_argument("--backend", default="auto", help="GPTQ kernel: auto, marlin, exllama_v2, triton, torch")
     parser.add_argument(
@@ -27,6 +28,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--context", type=int, default=None, help="tokens per reply, prompt included (default: the longest that fits)"
     )
+    parser.add_argument("--kv-cache", choices=KV_CACHE_CHOICES, default="auto", help=KV_CACHE_HELP)
     parser.add_argument(
         "--speculate",
         choices=MODES,
@@ -65,4 +67,5 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
         "prefix_cache": args.prefix_cache,
         "speculate": args.speculate,
         "draft": args.draft,
+        "kv_cache": args.kv_cache,
     }

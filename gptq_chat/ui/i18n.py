@@ -26,6 +26,8 @@ TEXT: dict[str, dict[str, str]] = {
     "load_time": {"zh": "加载用时", "en": "Load time"},
     "engine": {"zh": "生成方式", "en": "Generation path"},
     "prefix_cache": {"zh": "跨对话复用的提示缓存", "en": "Prompts kept for reuse"},
+    "kv_cache": {"zh": "KV 缓存格式", "en": "KV cache"},
+    "context": {"zh": "上下文", "en": "context"},
     "used": {"zh": "已用", "en": "used"},
     "free": {"zh": "可用", "en": "free"},
     "of_total": {"zh": "共", "en": "of"},

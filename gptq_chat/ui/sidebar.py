@@ -217,7 +217,8 @@ def model_panel(holder: ModelHolder, loaded: LoadedModel | None, lang: str) -> N
         f"{memory_lines(facts.device, lang)}  \n"
         f"{t('memory', lang)}: {facts.memory_bytes / 2**30:.2f} GiB · "
         f"{t('load_time', lang)}: {facts.load_seconds:.1f} s  \n"
-        f"{t('engine', lang)}: {facts.engine}"
+        f"{t('engine', lang)}: {facts.engine}  \n"
+        f"{t('kv_cache', lang)}: {facts.kv_cache} · {t('context', lang)}: {facts.default_context:,} tokens"
         + (f"  \n{t('prefix_cache', lang)}: {facts.prefix_cache:,} tokens" if facts.prefix_cache else ""),
         help=facts.kernel_reason,
     )
