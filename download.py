@@ -168,7 +168,7 @@ def fetch(args: argparse.Namespace, draft_of: str | None = None) -> int:
 def catalog_table(context: int, kv_cache: str = "auto") -> str:
     """The known models with download size, VRAM at `context`, and how many cards of each common size hold it, with
     the KV cache in `kv_cache`'s format ("auto": fp16, as the loader keeps where the context fits)."""
-    from gptq_chat.loading.memory_plan import CachedAs, gib, plan
+    from gptq_chat.loading.memory_plan import cached_as, gib, plan
     from gptq_chat.loading.placement import CARD_SIZES_GIB, needs_row
 
     kv_cache = "fp16" if kv_cache == "auto" else kv_cache
@@ -186,7 +186,7 @@ def catalog_table(context: int, kv_cache: str = "auto") -> str:
         if context > entry.shape.max_position_embeddings:
             need, verdicts = "n/a", [f"{'>max ctx':>10}"] * len(CARD_SIZES_GIB)
         else:
-            planned = entry if kv_cache == "fp16" else CachedAs(entry, kv_cache)
+            planned = cached_as(entry, kv_cache)
             need = gib(plan(planned, context, path="fast").total)
             row = needs_row(planned, context, path="fast")
             verdicts = [f"{row.compact(size):>10}" for size in CARD_SIZES_GIB]
@@ -211,7 +211,7 @@ def catalog_table(context: int, kv_cache: str = "auto") -> str:
 def fit_verdict(entry: catalog.CatalogEntry, cards: list[int], context: int, split: str, kv_cache: str = "auto") -> str:
     """Where the loader would put `entry` on `cards` at `context`: one card, which split, or how much context fits;
     and the KV cache's format where it is not fp16."""
-    from gptq_chat.loading.fit import AUTO_KV_CACHE, fit
+    from gptq_chat.loading.fit import AUTO_KV_CACHE, fit, kv_cache_note
     from gptq_chat.loading.gpus import GpuSpec
     from gptq_chat.loading.placement import PlacementRefused
 
@@ -225,7 +225,7 @@ def fit_verdict(entry: catalog.CatalogEntry, cards: list[int], context: int, spl
         return f"no: at most {longest:,} tokens of context{with_cache}" if longest else "no: not even the weights fit"
     except ValueError as refused:  # a split this model's shape does not allow
         return f"no: {refused}"
-    cache = "" if layout.kv_cache == "fp16" else f", {layout.kv_cache} KV cache"
+    cache = kv_cache_note(layout.kv_cache)
     if layout.placement is None:
         return f"yes, on {layout.device.replace('cuda:', 'GPU ')}{cache}"
     how = "tensor parallel" if layout.placement.tensor_parallel else "layers split"

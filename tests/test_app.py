@@ -435,6 +435,23 @@ def test_switching_frees_the_old_model_and_refuses_one_that_does_not_fit(
 
 
 @pytest.mark.slow
+def test_a_new_kv_cache_format_reloads_the_model_with_it(two_models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPTQ_CHAT_HOME", str(two_models))
+    model = str(two_models / "Qwen/Tiny-A-GPTQ-Int4")
+    app_model = holder.ModelHolder(model, device="cpu", engine="fast", context_length=256)
+    first = app_model.get()
+    assert first.facts.kv_cache == "fp16"  # "auto" where no option says otherwise: fp16 on the CPU
+    assert app_model.switch(model) is first  # the same model and options: nothing to do
+    old = weakref.ref(first.model)
+    del first
+    int8 = app_model.switch(model, kv_cache="int8")
+    assert int8.facts.kv_cache == "int8" and int8.model.caches[0].k.dtype == torch.int8
+    assert app_model.options["kv_cache"] == "int8" and old() is None  # kept for later switches; fp16's freed
+    assert list(int8.scheduler.generate([9707], SamplingSettings(max_new_tokens=2), threading.Event()))
+    assert app_model.switch(model, kv_cache="int8") is int8
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("writer", ["fast engine's scheduler", "plain engine, held directly"])
 def test_a_switch_is_refused_while_a_reply_is_being_written(
     two_models: Path, monkeypatch: pytest.MonkeyPatch, writer: str
@@ -1000,6 +1017,10 @@ def test_switching_models_from_the_page(two_models: Path, data: Path, monkeypatc
     at.sidebar.selectbox(key="model_pick").set_value(str(two_models / "Qwen/Tiny-A-GPTQ-Int4")).run()
     assert "does not fit" in at.error[0].value and "GiB" in at.error[0].value
     assert "Tiny-B" in at.sidebar.selectbox(key="model_pick").value  # refused: the current model stays
+    at.sidebar.selectbox(key="kv_cache_pick").set_value("int8").run()  # the page runs the plain path on a CPU
+    assert "fast engine's" in at.error[-1].value and "--kv-cache fp16" in at.error[-1].value
+    assert at.sidebar.selectbox(key="kv_cache_pick").value == "auto"  # refused: the options stay the app's
+    assert "KV cache: fp16" in " ".join(c.value for c in at.sidebar.caption)
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ import torch
 from gptq_chat.doctor import checks as doctor
 from gptq_chat.doctor.checks import FAIL, OK, WARN, Gpu, Machine, exit_code, run_checks
 from gptq_chat.loading.gpus import GpuSpec
-from gptq_chat.loading.memory_plan import FAST_GRAPH_POOL_BYTES, GIB, plan  # the pool: a guess (GPU)
+from gptq_chat.loading.memory_plan import FAST_GRAPH_POOL_BYTES, GIB, cached_as, plan  # the pool: a guess (GPU)
 from gptq_chat.loading.placement import largest_context, standard_gpus
 from gptq_chat.models import store
 from gptq_chat.models.home import DEMO_MODEL_NAME, REPO_ROOT
@@ -416,8 +416,11 @@ def test_a_model_too_big_for_one_card_is_split_over_the_cards(models: Path, path
         assert "GPU 0: embedding, layers 0-39" in split.message
         assert "GPU 1: layers 40-79, norm + lm_head" in split.message
     short = doctor.check_memory(machine, chosen, 8192, [24 * GIB, 24 * GIB], path)
-    longest = largest_context(entry, standard_gpus(2, 24), path=path)
+    # the fast engine plans as the app does (--kv-cache auto): with an 8-bit cache where fp16 holds too little
+    planned = cached_as(entry, "int8") if path == "fast" else entry
+    longest = largest_context(planned, standard_gpus(2, 24), path=path)
     assert short.status == FAIL and f"context length to {longest // 256 * 256:,} tokens or less" in short.fix
+    assert ("int8 KV cache" in short.message) == (path == "fast")
 
 
 def test_the_fast_engine_figure_has_a_static_cache_graph_pool_and_last_row_logits(

@@ -38,10 +38,10 @@ from gptq_chat.engine.qwen_shapes import QWEN_SHAPES
 from gptq_chat.engine.shape import GPTQSettings
 from gptq_chat.loading import gptq_stack
 from gptq_chat.loading.checkpoint import CheckpointError, CheckpointInfo, find_checkpoint, resolve_model_dir
-from gptq_chat.loading.fit import fit, planned_context, ram_needed
+from gptq_chat.loading.fit import AUTO_KV_CACHE, fit, kv_cache_note, planned_context, ram_needed
 from gptq_chat.loading.gpus import GpuSpec, usage
 from gptq_chat.loading.kernels import KERNELS, KernelChoice, KernelError, choose_kernel, why_not
-from gptq_chat.loading.memory_plan import GIB, PlannedModel, plan, total_weight_bytes
+from gptq_chat.loading.memory_plan import GIB, PlannedModel, cached_as, plan, total_weight_bytes
 from gptq_chat.loading.placement import PlacementRefused, largest_context
 from gptq_chat.models import catalog, store
 from gptq_chat.models.home import REPO_ROOT, demo_model_dir, models_home
@@ -670,11 +670,12 @@ def check_memory(machine: Machine, chosen: Chosen, context: int | None, vram: Se
     stated = "stated" if vram else "free"
     cards_text = ", ".join(f"GPU {gpu.index}: {gpu.free_bytes / GIB:.1f} GiB {stated}" for gpu in gpus)
     try:
-        layout = fit(model, gpus, fast=path == "fast", context=context)
+        layout = fit(model, gpus, fast=path == "fast", context=context, kv_cache="auto")  # as the app plans
     except PlacementRefused as refused:
+        cache = AUTO_KV_CACHE if path == "fast" else "fp16"  # "auto" refuses with its 8-bit figures
         tried = planned_context(model, context, refused.largest_context)
-        need = plan(model, tried, path=path).total
-        head = f"{model.name} at {tried:,} tokens ({path} path) needs {need / GIB:.1f} GiB"
+        need = plan(cached_as(model, cache), tried, path=path).total
+        head = f"{model.name} at {tried:,} tokens ({path} path{kv_cache_note(cache)}) needs {need / GIB:.1f} GiB"
         others = models_that_fit(tried, gpus, path, model.name)
         fixes = []
         if refused.largest_context > 0:
@@ -683,8 +684,9 @@ def check_memory(machine: Machine, chosen: Chosen, context: int | None, vram: Se
             fixes.append(f"or a model that fits at {tried:,} tokens: {', '.join(others)}")
         fixes.append(f"or free VRAM (another program may hold it: nvidia-smi); this needs {need / GIB:.1f} GiB")
         return Check("memory", FAIL, f"{head}, more than {cards_text}", "; ".join(fixes))
-    need = plan(model, layout.context, path=path).total
-    head = f"{model.name} at {layout.context:,} tokens ({path} path) needs {need / GIB:.1f} GiB"
+    need = plan(cached_as(model, layout.kv_cache), layout.context, path=path).total
+    on = f"{path} path{kv_cache_note(layout.kv_cache)}"
+    head = f"{model.name} at {layout.context:,} tokens ({on}) needs {need / GIB:.1f} GiB"
     if layout.placement is None:
         card = next(gpu for gpu in gpus if f"cuda:{gpu.index}" == layout.device)
         spare = (card.free_bytes - need) / GIB

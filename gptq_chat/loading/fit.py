@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from gptq_chat.engine.prefix_store import BLOCK
 from gptq_chat.engine.shape import KV_CACHES, tensor_parallel_problem
 from gptq_chat.loading.gpus import GpuSpec
-from gptq_chat.loading.memory_plan import OVERHEAD_BYTES, CachedAs, PlannedModel, gib, requirement
+from gptq_chat.loading.memory_plan import OVERHEAD_BYTES, PlannedModel, cached_as, gib, requirement
 from gptq_chat.loading.placement import (
     Placement,
     PlacementRefused,
@@ -81,8 +81,7 @@ class Layout:
         where = self.placement.summary() if self.placement is not None else f"on {self.device}"
         if self.placement is None:
             where += f" at {self.context:,} tokens of context"
-        if self.kv_cache != "fp16":
-            where += f" ({self.kv_cache} KV cache)"
+        where += kv_cache_note(self.kv_cache)
         if not self.prefix_cache:
             return where
         return where + ("\n  " if self.placement else "; ") + f"prompts kept for reuse: {self.prefix_cache:,} tokens"
@@ -125,8 +124,9 @@ def fit(
         )
 
     def layout_with(cache: str) -> Layout:
-        planned = model if cache == "fp16" else CachedAs(model, cache)
-        return replace(_fit(planned, gpus, fast, context, slots, split, named, ram, prefix_cache), kv_cache=cache)
+        return replace(
+            _fit(cached_as(model, cache), gpus, fast, context, slots, split, named, ram, prefix_cache), kv_cache=cache
+        )
 
     if kv_cache != "auto":
         return layout_with(kv_cache)
@@ -143,6 +143,11 @@ def fit(
         return max(layout, layout_with(AUTO_KV_CACHE), key=lambda candidate: candidate.context)
     except PlacementRefused:
         return layout
+
+
+def kv_cache_note(kv_cache: str) -> str:
+    """What a line about a plan says of its KV cache: nothing for fp16, the format otherwise."""
+    return "" if kv_cache == "fp16" else f", {kv_cache} KV cache"
 
 
 def _fit(

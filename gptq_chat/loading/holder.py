@@ -121,17 +121,19 @@ class ModelHolder:
                 self.loaded = self._load(self.reference, progress)
             return self.loaded
 
-    def switch(self, reference: str, progress: Progress | None = None) -> LoadedModel:
-        """Free the current model, then load `reference`; raises SwitchRefused (nothing changed) if it can't."""
+    def switch(self, reference: str, progress: Progress | None = None, **changes: Any) -> LoadedModel:
+        """Free the current model, then load `reference` with the options `changes` (say kv_cache="int8") made to
+        the app's; raises SwitchRefused (nothing changed) if it can't."""
         with self.lock:
             info = find_checkpoint(reference)
             current = self.loaded
-            if current is not None and current.info.path.resolve() == info.path.resolve():
+            options = {**self.options, **changes}
+            if current is not None and current.info.path.resolve() == info.path.resolve() and options == self.options:
                 return current
-            device = pick_device(self.options.get("device"))
+            device = pick_device(options.get("device"))
             freed = current.facts.memory_bytes if current is not None else 0
             try:
-                planned = dict(self.options)
+                planned = dict(options)
                 speculate, draft = planned.pop("speculate", DEFAULT_MODE), planned.pop("draft", None)
                 draft_info = find_checkpoint(draft) if draft else None
                 plan = plan_load(info, **planned, draft=draft_info, freed=freed, ram=device_memory("cpu").free)
@@ -145,6 +147,7 @@ class ModelHolder:
                 del current  # the last reference in this frame: the model can be collected now
                 release_memory(device)
             self.reference = str(info.path)
+            self.options = options
             self.loaded = self._load(self.reference, progress)
             return self.loaded
 

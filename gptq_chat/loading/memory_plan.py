@@ -115,6 +115,11 @@ class CachedAs:
         return self.model.weight_bytes
 
 
+def cached_as(model: PlannedModel, kv_cache: str) -> PlannedModel:
+    """`model` planned with its KV cache in `kv_cache`'s format (shape.KV_CACHES)."""
+    return model if kv_cache == "fp16" else CachedAs(model, kv_cache)
+
+
 def quantized_linear_bytes(gptq: GPTQSettings, in_features: int, out_features: int) -> int:
     """qweight + qzeros + scales + g_idx of one GPTQ linear, as stored on disk and in VRAM."""
     groups = math.ceil(in_features / gptq.group_size) if gptq.group_size > 0 else 1

@@ -210,6 +210,10 @@ def request_switch() -> None:
     st.session_state.switch_to = st.session_state.model_pick
 
 
+def request_kv_cache() -> None:
+    st.session_state.switch_kv_cache = st.session_state.kv_cache_pick
+
+
 def preset_chosen() -> None:
     state = st.session_state
     if state.preset != CUSTOM:

@@ -106,11 +106,14 @@ def load_model(holder: ModelHolder, lang: str) -> LoadedModel | None:
     state = st.session_state
     slot = st.empty()
     target = state.pop("switch_to", None)
+    kv_cache = state.pop("switch_kv_cache", None)
     try:
-        if target and target != holder.reference:
+        if (target and target != holder.reference) or (kv_cache and holder.reference):
+            target = target or holder.reference
             slot.info(f"{t('switching', lang)} {display_name(target)}…")
+            changes = {"kv_cache": kv_cache} if kv_cache else {}
             try:
-                holder.switch(target, progress=progress_bar(slot))
+                holder.switch(target, progress=progress_bar(slot), **changes)
             except SwitchRefused as refusal:
                 state.notices.append(("error", f"{t('switch_refused', lang)}: {refusal}"))
         elif holder.reference is None:

@@ -12,6 +12,7 @@ from gptq_chat.chat.branches import leaf_of
 from gptq_chat.chat.conversations import Conversation, ConversationStore, to_json, to_markdown
 from gptq_chat.chat.reply import ChatSettings
 from gptq_chat.engine.protocols import SamplingSettings
+from gptq_chat.loading.fit import KV_CACHE_CHOICES, KV_CACHE_HELP
 from gptq_chat.loading.gpus import gpu_memory_rows
 from gptq_chat.loading.holder import ModelHolder, device_memory, display_name, model_choices
 from gptq_chat.loading.loader import LoadedModel
@@ -24,6 +25,7 @@ from gptq_chat.ui.actions import (
     preset_chosen,
     prompt_edited,
     rename_chat,
+    request_kv_cache,
     request_switch,
     show_conversation,
 )
@@ -221,6 +223,14 @@ def model_panel(holder: ModelHolder, loaded: LoadedModel | None, lang: str) -> N
         f"{t('kv_cache', lang)}: {facts.kv_cache} · {t('context', lang)}: {facts.default_context:,} tokens"
         + (f"  \n{t('prefix_cache', lang)}: {facts.prefix_cache:,} tokens" if facts.prefix_cache else ""),
         help=facts.kernel_reason,
+    )
+    state.kv_cache_pick = holder.options.get("kv_cache", "auto")
+    bar.selectbox(
+        t("kv_cache_pick", lang),
+        KV_CACHE_CHOICES,
+        key="kv_cache_pick",
+        on_change=request_kv_cache,
+        help=KV_CACHE_HELP,
     )
 
 
