@@ -422,7 +422,7 @@ def test_the_command_line_shows_the_split_the_loader_would_choose(capsys: pytest
     assert "on cuda:0" in capsys.readouterr().out
     assert listed("qwen1.5-72b", "--context", "8192", "--split", "tensor") == 1
     assert "with tensor parallelism" in capsys.readouterr().err
-    assert listed("--context", "4096") == 0  # every known model on these cards
+    assert listed("--context", "4096", "--kv-cache", "fp16") == 0  # every known model on these cards
     table = capsys.readouterr().out
     assert "qwen1.5-7b    yes, on GPU 0" in table and "qwen2.5-72b   yes, tensor parallel over 2 GPUs" in table
     longest = largest_context(shape("qwen1.5-72b"), standard_gpus(2, 24))  # no grouped-query attention

@@ -20,7 +20,9 @@ from gptq_chat.engine.quantized_attention import (
     attend_quantized,
     dequantized_attention,
     quantize_kv,
+    store_quantized,
     triton_quantized_attention,
+    triton_store_quantized,
 )
 
 EIGHT_BIT = [torch.int8, torch.float8_e4m3fn]
@@ -193,3 +195,47 @@ def test_triton_kernel_replays_in_a_cuda_graph() -> None:
         graph.replay()
         expected = dequantized_attention(q, k, k_scale, v, v_scale, positions)
         assert (out.float() - expected.float()).abs().max() <= 2e-3 * expected.float().abs().max()
+
+
+def stored_by(store, x: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype, length: int):
+    """What `store` leaves in fresh cache rows (filled with a marker) when it writes x at positions."""
+    batch, heads, _, dim = x.shape
+    stored = torch.full((batch, heads, length, dim), 7, dtype=torch.int8, device=x.device).to(dtype)
+    scale = torch.full((batch, heads, length), -1.0, dtype=x.dtype, device=x.device)
+    store(x, positions, stored, scale)
+    return stored, scale
+
+
+def scattered(x, positions, stored, scale) -> None:
+    """The reference write: quantize_kv, then each token's row and scale at its position."""
+    values, scales = quantize_kv(x, stored.dtype)
+    for b in range(x.shape[0]):
+        for t, position in enumerate(positions[b].tolist()):
+            stored[b, :, position] = values[b, :, t]
+            scale[b, :, position] = scales[b, :, t]
+
+
+@pytest.mark.parametrize("dtype", EIGHT_BIT)
+def test_store_writes_quantized_rows_and_scales_at_the_positions_only(dtype: torch.dtype) -> None:
+    x = torch.randn(2, 3, 4, 64) * torch.rand(2, 3, 4, 1) * 5
+    positions = torch.tensor([[0, 1, 2, 3], [9, 4, 6, 11]])
+    stored, scale = stored_by(store_quantized, x, positions, dtype, 12)
+    expected_stored, expected_scale = stored_by(scattered, x, positions, dtype, 12)
+    assert torch.equal(stored.float(), expected_stored.float()) and torch.equal(scale, expected_scale)
+    assert (scale[1, :, [0, 1, 2, 3, 5, 7, 8, 10]] == -1).all()  # rows not written are untouched
+
+
+@pytest.mark.parametrize("dtype", EIGHT_BIT)
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.float16])
+def test_triton_store_writes_what_quantize_kv_gives(dtype: torch.dtype, x_dtype: torch.dtype) -> None:
+    device = triton_device()
+    if device == "cpu" and dtype == torch.float8_e4m3fn:
+        pytest.skip("Triton's interpreter converts some values just below a power of two to float8 an octave low")
+    x = (torch.randn(2, 3, 5, 128, device=device) * torch.rand(2, 3, 5, 1, device=device) * 20).to(x_dtype)
+    x[0, 1, 2] = 0  # an all-zero row: scale at its floor, values 0
+    x[1, 0, 0, :4] = torch.tensor([0.5, 1.5, -2.5, 127.0])  # ties (int8 rounds them to even), the range's end
+    positions = torch.tensor([[3, 4, 5, 6, 7], [0, 8, 2, 9, 1]], device=device)
+    ours = stored_by(triton_store_quantized, x, positions, dtype, 10)
+    expected = stored_by(scattered, x, positions, dtype, 10)
+    assert torch.equal(ours[1], expected[1])
+    assert torch.equal(ours[0].float(), expected[0].float())

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gptq_chat.engine.quant_linear import GPTQ_PARTS, build_quant_linear, columns_of, fuse_gptq_tensors, rows_of
-from gptq_chat.engine.quantized_attention import attend_quantized, quantize_kv
+from gptq_chat.engine.quantized_attention import attend_quantized, store_quantized
 from gptq_chat.engine.shape import GPTQSettings, ModelShape, engine_problem, tensor_parallel_problem
 
 
@@ -182,12 +182,13 @@ class KVCache(nn.Module):
 
     def store(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, rows: CacheRows) -> None:
         """Write new K/V [B, kv_heads, T, dim] of rows `rows.first`.. at `positions` [B, T]."""
-        new = [k, v]
-        if self.quantized:
-            (k, k_scale), (v, v_scale) = quantize_kv(k, self.k.dtype), quantize_kv(v, self.v.dtype)
-            new = [k, v, k_scale.view(*k.shape[:-1], 1), v_scale.view(*v.shape[:-1], 1)]
         batch, _, steps, _ = k.shape
-        for part, value in zip(self.parts(), new, strict=True):
+        if self.quantized:
+            parts = [part[rows.first : rows.first + batch] for part in self.parts()]
+            store_quantized(k, positions, parts[0], parts[2][..., 0])
+            store_quantized(v, positions, parts[1], parts[3][..., 0])
+            return
+        for part, value in ((self.k, k), (self.v, v)):
             target = part[rows.first : rows.first + batch]
             if rows.start is not None:  # a run of positions: a plain copy, ~3x faster than the scatter below
                 target[:, :, rows.start : rows.start + steps] = value

@@ -23,6 +23,7 @@ QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
 BLOCK_N = 64  # keys per tile
 MAX_SPLITS = 64  # split-K pieces per (sequence, kv head, query block)
 PROGRAMS_PER_SM = 3  # aim for about this many programs per SM before splitting the key range
+MIN_SPLIT_TILES = 8  # keys per split at least 8 tiles: a short window is not worth a second (combining) launch
 
 
 def quantize_kv(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,6 +38,32 @@ def quantize_kv(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torc
     scaled = (x.float() / scale.float()).clamp(-qmax, qmax)
     stored = scaled.round().to(dtype) if dtype == torch.int8 else scaled.to(dtype)
     return stored, scale.squeeze(-1)
+
+
+def store_quantized(x: torch.Tensor, positions: torch.Tensor, stored: torch.Tensor, scale: torch.Tensor) -> None:
+    """Quantize new K or V ``x [B, KV, T, D]`` (`quantize_kv`) into cache rows ``stored [B, KV, L, D]`` and
+    ``scale [B, KV, L]`` at ``positions [B, T]``: one Triton launch on the GPU (a decode step writes K and V of
+    every layer: eager torch would be ~10 launches each), plain torch elsewhere."""
+    if x.is_cuda and _triton() is not None:
+        triton_store_quantized(x, positions, stored, scale)
+        return
+    values, scales = quantize_kv(x, stored.dtype)
+    rows = torch.arange(x.shape[0], device=x.device).unsqueeze(-1)
+    stored[rows, :, positions] = values.transpose(1, 2)
+    scale[rows, :, positions] = scales.transpose(1, 2)
+
+
+def triton_store_quantized(x: torch.Tensor, positions: torch.Tensor, stored: torch.Tensor, scale: torch.Tensor) -> None:
+    """`store_quantized` as one Triton kernel: a program per (sequence, token, kv head)."""
+    kernels = _triton()
+    if kernels is None:
+        raise RuntimeError("triton is not installed")
+    batch, heads, steps, dim = x.shape
+    kernels[2][(batch * steps, heads)](
+        x, positions, stored, scale, *x.stride(), *positions.stride(), *stored.stride(), *scale.stride(), steps, dim,
+        QMAX=QMAX[stored.dtype], TINY=torch.finfo(scale.dtype).tiny, ROUND=stored.dtype == torch.int8,
+        BLOCK_D=max(16, _next_pow2(dim)), num_warps=1,
+    )  # fmt: skip
 
 
 def dequantized_attention(
@@ -182,7 +209,37 @@ def _build_kernels() -> Any:
         o_ptr = OUT + b * stride_ob + (kv * GROUPS + g) * stride_oh + t * stride_ot
         tl.store(o_ptr + d * stride_od, out.to(OUT.dtype.element_ty), mask=d_ok)
 
-    return attend_kernel, combine_kernel
+    @triton.jit
+    def store_kernel(
+        X, POS, OUT, SCALE,
+        stride_xb, stride_xh, stride_xt, stride_xd,
+        stride_pb, stride_pt,
+        stride_ob, stride_oh, stride_ol, stride_od,
+        stride_sb, stride_sh, stride_sl,
+        T, D,
+        QMAX: tl.constexpr, TINY: tl.constexpr, ROUND: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        """Quantize one (sequence, token, kv head) row of new K or V and write it and its scale at its position:
+        `quantize_kv` and the cache write in one launch."""
+        pid = tl.program_id(0).to(tl.int64)
+        h = tl.program_id(1).to(tl.int64)
+        b = pid // T
+        t = pid % T
+        d = tl.arange(0, BLOCK_D)
+        d_ok = d < D
+        x = tl.load(X + b * stride_xb + h * stride_xh + t * stride_xt + d * stride_xd, mask=d_ok, other=0.0)
+        x = x.to(tl.float32)
+        stored_scale = (tl.max(tl.abs(x), 0) / QMAX).to(SCALE.dtype.element_ty)  # rounded as it is kept
+        scale = tl.maximum(stored_scale.to(tl.float32), TINY)
+        scaled = tl.minimum(tl.maximum(x / scale, -QMAX), QMAX)
+        if ROUND:  # to nearest, ties to even, as torch.round: the fp32 add itself rounds (|scaled| <= 127)
+            scaled = (scaled + 12582912.0) - 12582912.0
+        position = tl.load(POS + b * stride_pb + t * stride_pt)
+        out = OUT + b * stride_ob + h * stride_oh + position * stride_ol
+        tl.store(out + d * stride_od, scaled.to(OUT.dtype.element_ty), mask=d_ok)
+        tl.store(SCALE + b * stride_sb + h * stride_sh + position * stride_sl, scale.to(SCALE.dtype.element_ty))
+
+    return attend_kernel, combine_kernel, store_kernel
 
 
 @functools.cache
@@ -211,8 +268,9 @@ def choose_splits(programs: int, length: int, sms: int) -> tuple[int, int]:
     """
     tiles = math.ceil(length / BLOCK_N)
     target = PROGRAMS_PER_SM * sms
-    splits = 1 if programs * 2 >= target else min(math.ceil(target / programs), tiles, MAX_SPLITS)
-    chunk = math.ceil(tiles / max(splits, 1)) * BLOCK_N
+    wanted = 1 if programs * 2 >= target else math.ceil(target / programs)
+    splits = max(1, min(wanted, tiles // MIN_SPLIT_TILES, MAX_SPLITS))
+    chunk = math.ceil(tiles / splits) * BLOCK_N
     return math.ceil(length / chunk), chunk
 
 
@@ -225,16 +283,18 @@ def triton_quantized_attention(
     positions: torch.Tensor,
     *,
     splits: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> torch.Tensor:
     """Flash-decoding attention straight from the 8-bit cache; same contract as `dequantized_attention`.
 
-    ``splits`` overrides the split-K count chosen from the shapes (tests). No host syncs and only
-    shape-dependent allocations: capturable in a CUDA graph.
+    ``splits``, ``num_warps`` and ``num_stages`` override what is chosen from the shapes (tests, tuning). No host
+    syncs and only shape-dependent allocations: capturable in a CUDA graph.
     """
     kernels = _triton()
     if kernels is None:
         raise RuntimeError("triton is not installed")
-    attend_kernel, combine_kernel = kernels
+    attend_kernel, combine_kernel, _ = kernels
     batch, heads, steps, dim = q.shape
     kv_heads, length = k.shape[1], k.shape[2]
     groups = heads // kv_heads
@@ -257,14 +317,15 @@ def triton_quantized_attention(
     else:
         part_acc = part_m = part_l = out  # unused
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    num_warps = 4 if block_m * block_d <= 64 * 64 else 8
+    num_warps = num_warps or (4 if block_m * block_d <= 64 * 64 else 8)
+    tuning = {"num_stages": num_stages} if num_stages else {}
     attend_kernel[(batch * kv_heads, m_blocks, splits)](
         q, k, k_scale, v, v_scale, positions, out, part_acc, part_m, part_l,
         dim**-0.5 * math.log2(math.e),
         *q.stride(), *k.stride(), *k_scale.stride(), *v.stride(), *v_scale.stride(), *positions.stride(), *out.stride(),
         kv_heads, steps, length, dim, chunk,
         GROUPS=groups, SPLITS=splits, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_D=block_d,
-        DOT_PRECISION=precision, num_warps=num_warps,
+        DOT_PRECISION=precision, num_warps=num_warps, **tuning,
     )  # fmt: skip
     if splits > 1:
         combine_kernel[(batch * kv_heads * rows,)](
