@@ -61,6 +61,16 @@ def test_a_token_of_context_costs_what_the_planner_charges_for_it(key: str, slot
     assert footprint(shape, slots).per_token == planned
 
 
+@pytest.mark.parametrize("key", ["qwen1.5-7b", "qwen2.5-7b"])
+def test_a_token_of_an_8_bit_cache_costs_what_the_planner_charges_for_it(key: str) -> None:
+    """The engine's int8 K and V and their fp16 scales per token and head, against `kv_bytes_per_token`."""
+    shape = QWEN_SHAPES[key].with_kv_cache("int8")
+    assert shape.kv_bytes_per_token == KV_PER_TOKEN[key] // 2 + 2 * shape.num_layers * shape.num_kv_heads * 2
+    context = 4096
+    held = held_bytes(network_on_meta(shape), context)
+    assert 0 <= held - (context * shape.kv_bytes_per_token + fast_buffer_bytes(shape, context)) < SMALL_BUFFERS
+
+
 @pytest.mark.parametrize("slots", SLOTS)
 @pytest.mark.parametrize("key", sorted(KV_PER_TOKEN))
 def test_the_planner_counts_every_buffer_the_engine_keeps(key: str, slots: int) -> None:

@@ -31,6 +31,13 @@ def engine(demo_model_dir: Path):
     return load_engine(demo_model_dir, "torch_aten", torch.device("cpu"), 1024, prefix_cache=STORE)
 
 
+@pytest.fixture(scope="module")
+def int8_engine(demo_model_dir: Path):
+    from gptq_chat.engine.fast_engine import load_engine
+
+    return load_engine(demo_model_dir, "torch_aten", torch.device("cpu"), 1024, prefix_cache=STORE, kv_cache="int8")
+
+
 def turn(engine, prompt: list[int]) -> None:
     """A prompt prefilled into slot 0 and the slot retired holding it, as a finished reply leaves it."""
     engine.prefill(prompt, GREEDY)
@@ -63,6 +70,21 @@ def test_a_document_asked_about_again_after_another_chat_is_not_prefilled_again(
     assert engine.stats.prefill_tokens == len(second)
     assert (restored - fresh).abs().max() <= 0.05 * fresh.abs().max()  # as a slot's own reuse (test_engine.py)
     assert restored.argmax() == fresh.argmax()
+
+
+def test_an_int8_cache_is_kept_and_restored_with_its_scales(int8_engine) -> None:
+    """The kept blocks come back bit for bit: values and the scales that read them."""
+    engine = int8_engine
+    engine.reset()
+    document = tokens(1, 300)
+    turn(engine, document + tokens(2, 20))
+    parts = [part[0, :, : 2 * BLOCK].clone() for part in engine.model.caches[3].parts()]
+    assert len(parts) == 4 and parts[0].dtype == torch.int8
+    turn(engine, tokens(3, 200))  # another chat overwrites the row
+    engine.prefill(document + tokens(4, 25), GREEDY)
+    assert engine.stats.restored_prompt_tokens == 2 * BLOCK
+    for kept, now in zip(parts, engine.model.caches[3].parts(), strict=True):
+        assert torch.equal(now[0, :, : 2 * BLOCK], kept)
 
 
 def test_the_least_recently_used_prompt_goes_first(engine) -> None:
@@ -114,10 +136,12 @@ def test_the_benchmark_conversation_computes_the_document_once_with_the_store(en
     assert engine.store.capacity == STORE  # the comparison puts the engine's own store back
 
 
+@pytest.mark.parametrize("kv_cache", ["fp16", "int8"])
 @pytest.mark.parametrize("key", ["qwen1.5-7b", "qwen2.5-7b"])
-def test_the_store_allocates_what_the_planner_charges_for_it(key: str) -> None:
-    """Each kept token costs what a token of context costs: K and V of every layer, nothing else."""
-    shape = QWEN_SHAPES[key]
+def test_the_store_allocates_what_the_planner_charges_for_it(key: str, kv_cache: str) -> None:
+    """Each kept token costs what a token of context costs: K and V of every layer (and their scales in an 8-bit
+    cache), nothing else."""
+    shape = QWEN_SHAPES[key].with_kv_cache(kv_cache)
     model = network_on_meta(shape)
     grown = held_bytes(model, 1024, prefix_cache=STORE) - held_bytes(model, 1024)
     assert grown == STORE * shape.kv_bytes_per_token
