@@ -257,3 +257,16 @@ def zombie(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_two_halves_with_an_int8_cache_give_the_whole_models_logits(tiny_gptq_dir) -> None:
+    """Each card keeps its heads' K/V in int8 (the follower too: the format travels to its process)."""
+    one = load_engine(tiny_gptq_dir, "torch_aten", CPU, CONTEXT, kv_cache="int8")
+    two = load_tensor_parallel(tiny_gptq_dir, "torch_aten", [CPU, CPU], CONTEXT, torch.bfloat16, kv_cache="int8")
+    try:
+        assert two.model.caches[0].k.dtype == torch.int8
+        assert two.ask_every_card("kv_cache") == ["int8", "int8"]
+        tokens = forced_tokens()
+        assert_logits_agree(forced_alone(two, tokens), forced_alone(one, tokens), "tensor parallel, int8 cache")
+    finally:
+        two.close()

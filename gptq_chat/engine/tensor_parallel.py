@@ -40,9 +40,12 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT = timedelta(minutes=10)  # a 72B shard loads in about a minute; a hung start must end
 CLOSE = "close"
-CARD_QUERIES: dict[str, Callable[[torch.device], Any]] = {  # asked of every card, answered by each process
-    "peak_memory": lambda device: torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0,
-    "reset_peak_memory": lambda device: torch.cuda.reset_peak_memory_stats(device) if device.type == "cuda" else None,
+CARD_QUERIES: dict[str, Callable[[FastEngine], Any]] = {  # asked of every card, answered by each process
+    "peak_memory": lambda engine: torch.cuda.max_memory_allocated(engine.device) if engine.device.type == "cuda" else 0,
+    "reset_peak_memory": lambda engine: (
+        torch.cuda.reset_peak_memory_stats(engine.device) if engine.device.type == "cuda" else None
+    ),
+    "kv_cache": lambda engine: engine.model.shape.kv_cache,
 }
 
 
@@ -113,7 +116,7 @@ def follow(
     while (call := next_call(inbox, leader)) is not None and call[0] != CLOSE:
         name, args, kwargs = call
         if name in CARD_QUERIES:
-            outbox.put((rank, CARD_QUERIES[name](torch.device(device))))
+            outbox.put((rank, CARD_QUERIES[name](engine)))
             continue
         try:
             getattr(engine, name)(*args, **kwargs)
@@ -218,7 +221,7 @@ class TensorParallelEngine(SlotEngine):
         self.check_followers()
         self.tell(query)
         answers = dict(self.outbox.get(timeout=60) for _ in self.inboxes)
-        return [CARD_QUERIES[query](self.local.device), *(answers[rank] for rank in range(1, self.world))]
+        return [CARD_QUERIES[query](self.local), *(answers[rank] for rank in range(1, self.world))]
 
     def tell(self, name: str, *args: Any, **kwargs: Any) -> None:
         """Send a call (or a query, or the close) to every follower, in the order they must run it."""
