@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from gptq_chat.chat.prompt import encode_chat
 from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.engine.scheduler import Scheduler
-from gptq_chat.engine.shape import KV_CACHES
 from gptq_chat.loading.fit import AUTO_KV_CACHE, fit
 from gptq_chat.loading.memory_plan import CachedAs
 from gptq_chat.loading.placement import standard_gpus
@@ -56,11 +55,11 @@ def handbook_tokens(demo_model_dir) -> list[int]:
 
 @pytest.fixture(scope="module")
 def nll_by_format(demo_model_dir, handbook_tokens) -> dict[str, torch.Tensor]:
-    """Each format's per-token loss over the handbook, the demo model's eager network loaded once per format."""
+    """fp16's and int8's per-token loss over the handbook, the demo model's eager network loaded once for each."""
     from gptq_chat.loading.loader import load_uncached
 
     losses = {}
-    for kv_cache in KV_CACHES:
+    for kv_cache in ("fp16", "int8"):
         loaded = load_uncached(
             demo_model_dir, device="cpu", engine="fast", context_length=len(handbook_tokens), kv_cache=kv_cache
         )
@@ -70,27 +69,15 @@ def nll_by_format(demo_model_dir, handbook_tokens) -> dict[str, torch.Tensor]:
     return losses
 
 
-def perplexity_ratio(nll_by_format: dict[str, torch.Tensor], kv_cache: str) -> float:
-    """A format's perplexity over fp16's."""
-    return (nll_by_format[kv_cache].mean() - nll_by_format["fp16"].mean()).exp().item()
-
-
 @pytest.mark.slow
 def test_an_int8_cache_keeps_perplexity_within_one_percent_of_fp16(nll_by_format) -> None:
-    ratios = {kv_cache: perplexity_ratio(nll_by_format, kv_cache) for kv_cache in ("int8", "fp8")}
-    print(f"perplexity over {PERPLEXITY_TOKENS} tokens against fp16's: {ratios}")
-    assert abs(ratios[AUTO_KV_CACHE] - 1) < PERPLEXITY_BOUND
+    """Measured: +0.12 % (fp8 e4m3 with the same scales: +1.04 %, docs/benchmarks.md)."""
+    fp16, int8 = nll_by_format["fp16"], nll_by_format["int8"]
+    ratio = (int8.mean() - fp16.mean()).exp().item()
+    print(f"perplexity over {PERPLEXITY_TOKENS} tokens: fp16 {fp16.mean().exp().item():.3f}, int8 x {ratio:.4f}")
+    assert abs(ratio - 1) < PERPLEXITY_BOUND
     # the cache is really read: the first chunk (its own fresh K/V) is identical, later ones are not
-    assert torch.equal(nll_by_format["int8"][:512], nll_by_format["fp16"][:512])
-    assert not torch.equal(nll_by_format["int8"][512:], nll_by_format["fp16"][512:])
-
-
-@pytest.mark.slow
-def test_auto_takes_the_8_bit_format_closer_to_fp16(nll_by_format) -> None:
-    """int8 with a scale per token and head keeps 8 bits of mantissa where fp8 e4m3 keeps 4: on the demo model
-    its perplexity moves less (the measurement behind `AUTO_KV_CACHE`)."""
-    ratios = {kv_cache: perplexity_ratio(nll_by_format, kv_cache) for kv_cache in ("int8", "fp8")}
-    assert min(ratios, key=lambda kv_cache: abs(ratios[kv_cache] - 1)) == AUTO_KV_CACHE
+    assert torch.equal(int8[:512], fp16[:512]) and not torch.equal(int8[512:], fp16[512:])
 
 
 def forced_logits(engine, prompt: list[int], answer: list[int]) -> torch.Tensor:
@@ -105,18 +92,27 @@ def forced_logits(engine, prompt: list[int], answer: list[int]) -> torch.Tensor:
     return torch.stack(rows).float()
 
 
+def mean_kl(ours: torch.Tensor, expected: torch.Tensor) -> float:
+    """The mean over positions of KL(expected || ours), in nats."""
+    kl = F.kl_div(F.log_softmax(ours, -1), F.log_softmax(expected, -1), log_target=True, reduction="none")
+    return kl.sum(-1).mean().item()
+
+
 @pytest.mark.slow
 def test_the_demo_questions_greedy_answers_are_unchanged_with_an_int8_cache(demo_model_dir) -> None:
     """fp16's greedy answer to each demo question, forced through the int8 cache: the same token chosen at every
     step where fp16's top two are more than a near tie apart (`NEAR_TIE` logits: 4 bf16 steps at logits of 16-32;
     the demo runs in bf16 on the CPU), and the next-token distributions close (mean KL divergence from fp16's
-    below `KL_BOUND` nats; measured 0.005-0.009 for int8 and 0.022-0.028 for fp8 on these questions)."""
+    below `KL_BOUND` nats). fp8 (the same scales, 4 bits of mantissa) is further off on every question: the
+    measurement behind `AUTO_KV_CACHE`."""
     from gptq_chat.loading.loader import load_uncached
 
-    fp16, int8 = (
-        load_uncached(demo_model_dir, device="cpu", engine="fast", context_length=256, kv_cache=kv_cache)
-        for kv_cache in ("fp16", "int8")
-    )
+    loaded = {
+        kv_cache: load_uncached(demo_model_dir, device="cpu", engine="fast", context_length=256, kv_cache=kv_cache)
+        for kv_cache in ("fp16", "int8", "fp8")
+    }
+    fp16, int8 = loaded["fp16"], loaded["int8"]
+    assert AUTO_KV_CACHE == "int8"  # the format this test measures as the closer one
     assert int8.facts.kv_cache == "int8" and int8.model.caches[0].k.dtype == torch.int8
     for question in QUESTIONS:
         prompt = encode_chat(fp16.tokenizer, [{"role": "user", "content": question}])
@@ -127,11 +123,14 @@ def test_the_demo_questions_greedy_answers_are_unchanged_with_an_int8_cache(demo
         top2 = expected.topk(2, dim=-1).values
         clear = top2[:, 0] - top2[:, 1] > NEAR_TIE
         assert torch.equal(ours.argmax(-1)[clear], expected.argmax(-1)[clear]), question
-        kl = F.kl_div(F.log_softmax(ours, -1), F.log_softmax(expected, -1), log_target=True, reduction="none")
-        print(f"{question}: {int(clear.sum())} of {len(answer)} clear choices kept, mean KL {kl.sum(-1).mean():.4f}")
-        assert kl.sum(-1).mean().item() < KL_BOUND, question
-    for loaded in (fp16, int8):
-        loaded.scheduler.close()
+        kl = {
+            "int8": mean_kl(ours, expected),
+            "fp8": mean_kl(forced_logits(loaded["fp8"].engine, prompt, answer), expected),
+        }
+        print(f"{question}: {int(clear.sum())} of {len(answer)} clear choices kept; mean KL {kl}")
+        assert kl["int8"] < KL_BOUND and kl["int8"] < kl["fp8"], question
+    for each in loaded.values():
+        each.scheduler.close()
 
 
 def test_an_8_bit_cache_costs_half_the_bytes_per_token_and_a_scale() -> None:
