@@ -211,7 +211,7 @@ def catalog_table(context: int, kv_cache: str = "auto") -> str:
 def fit_verdict(entry: catalog.CatalogEntry, cards: list[int], context: int, split: str, kv_cache: str = "auto") -> str:
     """Where the loader would put `entry` on `cards` at `context`: one card, which split, or how much context fits;
     and the KV cache's format where it is not fp16."""
-    from gptq_chat.loading.fit import AUTO_KV_CACHE, fit, kv_cache_note
+    from gptq_chat.loading.fit import fit, kv_cache_note
     from gptq_chat.loading.gpus import GpuSpec
     from gptq_chat.loading.placement import PlacementRefused
 
@@ -220,8 +220,7 @@ def fit_verdict(entry: catalog.CatalogEntry, cards: list[int], context: int, spl
         layout = fit(entry, gpus, fast=True, context=context, split=split, kv_cache=kv_cache)
     except PlacementRefused as refused:
         longest = refused.largest_context
-        cache = AUTO_KV_CACHE if kv_cache == "auto" else kv_cache  # "auto" refuses with its 8-bit figures
-        with_cache = "" if cache == "fp16" else f" with an {cache} KV cache"
+        with_cache = "" if refused.kv_cache == "fp16" else f" with an {refused.kv_cache} KV cache"
         return f"no: at most {longest:,} tokens of context{with_cache}" if longest else "no: not even the weights fit"
     except ValueError as refused:  # a split this model's shape does not allow
         return f"no: {refused}"

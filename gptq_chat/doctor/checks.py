@@ -38,7 +38,7 @@ from gptq_chat.engine.qwen_shapes import QWEN_SHAPES
 from gptq_chat.engine.shape import GPTQSettings
 from gptq_chat.loading import gptq_stack
 from gptq_chat.loading.checkpoint import CheckpointError, CheckpointInfo, find_checkpoint, resolve_model_dir
-from gptq_chat.loading.fit import AUTO_KV_CACHE, fit, kv_cache_note, planned_context, ram_needed
+from gptq_chat.loading.fit import fit, kv_cache_note, planned_context, ram_needed
 from gptq_chat.loading.gpus import GpuSpec, usage
 from gptq_chat.loading.kernels import KERNELS, KernelChoice, KernelError, choose_kernel, why_not
 from gptq_chat.loading.memory_plan import GIB, PlannedModel, cached_as, plan, total_weight_bytes
@@ -672,10 +672,10 @@ def check_memory(machine: Machine, chosen: Chosen, context: int | None, vram: Se
     try:
         layout = fit(model, gpus, fast=path == "fast", context=context, kv_cache="auto")  # as the app plans
     except PlacementRefused as refused:
-        cache = AUTO_KV_CACHE if path == "fast" else "fp16"  # "auto" refuses with its 8-bit figures
         tried = planned_context(model, context, refused.largest_context)
-        need = plan(cached_as(model, cache), tried, path=path).total
-        head = f"{model.name} at {tried:,} tokens ({path} path{kv_cache_note(cache)}) needs {need / GIB:.1f} GiB"
+        need = plan(cached_as(model, refused.kv_cache), tried, path=path).total
+        on = f"{path} path{kv_cache_note(refused.kv_cache)}"
+        head = f"{model.name} at {tried:,} tokens ({on}) needs {need / GIB:.1f} GiB"
         others = models_that_fit(tried, gpus, path, model.name)
         fixes = []
         if refused.largest_context > 0:

@@ -124,9 +124,12 @@ def fit(
         )
 
     def layout_with(cache: str) -> Layout:
-        return replace(
-            _fit(cached_as(model, cache), gpus, fast, context, slots, split, named, ram, prefix_cache), kv_cache=cache
-        )
+        try:
+            layout = _fit(cached_as(model, cache), gpus, fast, context, slots, split, named, ram, prefix_cache)
+        except PlacementRefused as refused:
+            refused.kv_cache = cache
+            raise
+        return replace(layout, kv_cache=cache)
 
     if kv_cache != "auto":
         return layout_with(kv_cache)

@@ -160,6 +160,7 @@ class PlacementRefused(CheckpointError):
         self.needed = needed  # CUDA index -> bytes the most balanced split asks of that card
         self.available = available  # CUDA index -> free bytes
         self.largest_context = largest_context  # 0: not even the weights fit
+        self.kv_cache = "fp16"  # the KV cache's format these figures were planned with (`fit.fit` sets it)
 
 
 @dataclass(frozen=True)
