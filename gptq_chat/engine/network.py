@@ -406,7 +406,9 @@ class Transformer(nn.Module):
             x = self.shard.embed(x, self.embed) if self.shard else F.embedding(x, self.embed)
         first = self.blocks[segment.first].norm1
         normed = self.ops.norm(x, first.weight, first.eps)
-        mask = None if exact else additive_mask(positions, window, self.embed.dtype)
+        # an 8-bit cache's attention masks by the positions themselves: no additive mask to build
+        quantized = self.caches[segment.first].quantized
+        mask = None if exact or quantized else additive_mask(positions, window, self.embed.dtype)
         for i in range(segment.first, segment.end):
             if i + 1 == len(self.blocks):
                 next_norm = self.norm
