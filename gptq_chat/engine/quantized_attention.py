@@ -269,8 +269,13 @@ def choose_splits(programs: int, length: int, sms: int) -> tuple[int, int]:
     tiles = math.ceil(length / BLOCK_N)
     target = PROGRAMS_PER_SM * sms
     wanted = 1 if programs * 2 >= target else math.ceil(target / programs)
-    splits = max(1, min(wanted, tiles // MIN_SPLIT_TILES, MAX_SPLITS))
-    chunk = math.ceil(tiles / splits) * BLOCK_N
+    return split_keys(length, max(1, min(wanted, tiles // MIN_SPLIT_TILES, MAX_SPLITS)))
+
+
+def split_keys(length: int, splits: int) -> tuple[int, int]:
+    """``(splits, chunk)`` for about `splits` pieces of `length` keys, each a whole number of BLOCK_N tiles (the
+    last may be short; fewer pieces where the tiles do not spread that far)."""
+    chunk = math.ceil(math.ceil(length / BLOCK_N) / splits) * BLOCK_N
     return math.ceil(length / chunk), chunk
 
 
@@ -306,8 +311,7 @@ def triton_quantized_attention(
     if splits is None:
         splits, chunk = choose_splits(programs, length, _sm_count(q.device))
     else:
-        chunk = math.ceil(math.ceil(length / BLOCK_N) / splits) * BLOCK_N
-        splits = math.ceil(length / chunk)
+        splits, chunk = split_keys(length, splits)
 
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if splits > 1:
