@@ -419,7 +419,8 @@ def time_engine(
     results = [replace(measure(scheduler, label, length, greedy, memory), kv_cache=kv_cache) for length in prompts]
     if args.sampled:
         sampled = SamplingSettings(max_new_tokens=args.new_tokens, temperature=0.7, top_p=0.8, top_k=20)
-        results.append(measure(scheduler, f"{label[:-1]}, sampled)", prompts[0], sampled, memory))
+        sampled_result = measure(scheduler, f"{label[:-1]}, sampled)", prompts[0], sampled, memory)
+        results.append(replace(sampled_result, kv_cache=kv_cache))
     for result in results:
         print(result, flush=True)
     if args.chat:
