@@ -24,6 +24,7 @@ from gptq_chat.loading.placement import standard_gpus
 from gptq_chat.models.catalog import find
 from gptq_chat.testing.perplexity import chunked_nll
 from tests.support.handbook import HANDBOOK_EN
+from tests.support.teacher_forcing import teacher_forced
 
 PERPLEXITY_TOKENS = 4096  # the issue's "at least 4k tokens" of held-out text
 PERPLEXITY_BOUND = 0.01  # an 8-bit cache's perplexity within 1 % of fp16's
@@ -82,14 +83,7 @@ def test_an_int8_cache_keeps_perplexity_within_one_percent_of_fp16(nll_by_format
 
 def forced_logits(engine, prompt: list[int], answer: list[int]) -> torch.Tensor:
     """The engine's logits before each token of `answer`, fed after `prompt` one decode step at a time."""
-    engine.reset()
-    engine.prefill(prompt, GREEDY)
-    rows = [engine.logits[0].clone()]
-    for i, token in enumerate(answer[:-1]):
-        engine.feed(0, token, len(prompt) + i)
-        engine.decode(1, len(prompt) + i + 1, greedy=True)
-        rows.append(engine.logits[0].clone())
-    return torch.stack(rows).float()
+    return teacher_forced(engine, [prompt + answer], [len(prompt)], forced=len(answer))[0].float()
 
 
 def mean_kl(ours: torch.Tensor, expected: torch.Tensor) -> float:

@@ -18,15 +18,15 @@ def forced_tokens() -> torch.Tensor:
     return torch.randint(1000, 100_000, (PROMPT + FORCED,), generator=torch.Generator().manual_seed(0))
 
 
-def teacher_forced(engine, sequences: list[list[int]], prompts: list[int]) -> list[torch.Tensor]:
-    """The engine's logits for each next position when each sequence (one per slot, decoded together) is fed
-    token by token after its prompt."""
+def teacher_forced(engine, sequences: list[list[int]], prompts: list[int], forced: int = FORCED) -> list[torch.Tensor]:
+    """The engine's logits for each of `forced` next positions when each sequence (one per slot, decoded together)
+    is fed token by token after its prompt."""
     rows = len(sequences)
     engine.reset()  # every slot empty: no prompt prefix reused
     for slot, (ids, prompt) in enumerate(zip(sequences, prompts, strict=True)):
         engine.prefill(ids[:prompt], GREEDY, slot=slot)
     logits = [[engine.logits[slot].clone()] for slot in range(rows)]
-    for step in range(FORCED - 1):
+    for step in range(forced - 1):
         for slot, (ids, prompt) in enumerate(zip(sequences, prompts, strict=True)):
             engine.feed(slot, ids[prompt + step], prompt + step)
         engine.decode(rows, max(prompts) + step + 1, greedy=True)
