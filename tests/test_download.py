@@ -369,7 +369,7 @@ def test_list_on_two_24_gb_cards_counts_the_8_bit_cache(capsys: pytest.CaptureFi
     assert download.main(["--list", "--cards", "24,24", "--context", "4096"]) == 0
     table = capsys.readouterr().out
     assert "--kv-cache auto" in table
-    assert re.search(r"qwen1\.5-72b +yes, layers split over 2 GPUs, int8 KV cache\n", table)
+    assert re.search(r"qwen1\.5-72b +yes, tensor parallel over 2 GPUs, int8 KV cache\n", table)
     assert re.search(r"qwen2\.5-7b +yes, on GPU 0\n", table)  # fp16 holds it: no format named
     assert download.main(["--list", "--cards", "24,24", "--context", "8192"]) == 0  # too long in 8 bits too
     refused = r"qwen1\.5-72b +no: at most 4,\d{3} tokens of context with an int8 KV cache\n"

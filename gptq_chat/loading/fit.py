@@ -19,7 +19,7 @@ placement over several GPUs if one card does not hold the model, the context per
   ceiling: the most that fits is used, and the layout says how much that is.
 - The KV cache's format (the fast engine's): fp16, or 8 bits a value (int8, fp8), half the bytes per token. "auto"
   keeps fp16 where it holds the context asked for (else the usual cap, 8,192 tokens) and takes `AUTO_KV_CACHE`
-  where fp16 would hold less: Qwen1.5-72B on two 24 GB cards, 2,048 tokens in fp16, twice that in 8 bits. The
+  where fp16 would hold less: Qwen1.5-72B on two 24 GB cards, 2,304 tokens in fp16, 4,096 in 8 bits. The
   plain path (transformers' `generate`) keeps fp16: an 8-bit cache asked for there is refused, saying so.
 """
 

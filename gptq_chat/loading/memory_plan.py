@@ -244,15 +244,19 @@ def requirement(
     full_logits: bool = False,
     path: str = "plain",
     slots: int = 1,
+    world: int = 1,
 ) -> tuple[int, int, int]:
     """Weights, KV cache and activations (the prefill's peak plus the path's static buffers), in bytes.
 
     The KV cache is one sequence's; `slots` (sequences the fast engine decodes together) sizes its per-slot buffers.
+    `world`: the cards of a tensor-parallel split; each card's prefill computes its share of the MLP's rows (the
+    residual stream and the gathered vocabulary stay whole on every card).
     """
     shape = model.shape
     prompt = context if prompt_tokens is None else min(prompt_tokens, context)
     if path == "fast":
-        activations = fast_prefill_activation_bytes(shape, prompt) + fast_static_bytes(shape, context, slots)
+        prefill = fast_prefill_activation_bytes(shape.split(world), prompt)
+        activations = prefill + fast_static_bytes(shape, context, slots)
     else:
         activations = prefill_activation_bytes(shape, prompt, attention) + logits_bytes(shape, prompt, full_logits)
     return total_weight_bytes(model), context * shape.kv_bytes_per_token, activations

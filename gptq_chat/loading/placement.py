@@ -8,7 +8,8 @@ is spread over the cards the loader is given. Each card's load comes from memory
          + the fp16 embedding, if it holds it + the final norm and lm_head, if it holds them
 
 `workspace` is the single-card plan's activations on that path (one layer's prefill peak, the logits, the path's
-static buffers): every card runs the prefill of its own layers. The logits and sampling buffers (a few MB with
+static buffers): every card runs the prefill of its own layers. With tensor parallelism each card prefills its share
+of every layer's MLP rows, and counts that share. The logits and sampling buffers (a few MB with
 Qwen's vocabulary) are charged to every card, not only to the head's: a small overestimate, on the safe side.
 
 The layers go to the cards in order (the first card runs the first layers), in the counts that make the largest
@@ -186,8 +187,9 @@ class _Costs:
         return self.workspace + extra + layers * (self.layer_weights + self.layer_kv) + self.ends(embedding, head)
 
 
-def _costs(model: PlannedModel, context: int, slots: int, path: str) -> _Costs:
-    _, _, activations = requirement(model, context, path=path, slots=slots)
+def _costs(model: PlannedModel, context: int, slots: int, path: str, world: int = 1) -> _Costs:
+    """`world`: the cards of a tensor-parallel split (their workspace is a share's prefill; the rest is whole)."""
+    _, _, activations = requirement(model, context, path=path, slots=slots, world=world)
     shape, scale = model.shape, real_share(model)  # the checkpoint's real size where known
     embedding = int(embedding_bytes(shape) * scale)
     return _Costs(
@@ -360,8 +362,8 @@ def plan_tensor_parallel(model: PlannedModel, gpus: Sequence[GpuSpec], context: 
 def _tensor_parallel_loads(
     model: PlannedModel, gpus: Sequence[GpuSpec], context: int, slots: int
 ) -> tuple[CardLoad, ...]:
-    costs = _costs(model, context, slots, "fast")
     n, layers = len(gpus), model.shape.num_layers
+    costs = _costs(model, context, slots, "fast", world=max(n, 1))
     weights = (layers * costs.layer_weights + costs.embedding + costs.head) // max(n, 1)
     kv = layers * costs.layer_kv // max(n, 1)
     # The first card's process reads every card's free memory (planning, the page's GPU table), which leaves a
@@ -446,11 +448,9 @@ def _refusal(
     if bigger is not None:
         count = f"one {bigger[1]} GiB card holds" if bigger[0] == 1 else f"{bigger[0]} cards of {bigger[1]} GiB hold"
         fixes.append(f"use more or larger GPUs ({count} {context:,} tokens)")
-    fixes.append(
-        "serve it with vLLM, whose FP8 KV cache holds about twice the context on the same cards: "
-        f"`vllm serve MODEL_DIR --tensor-parallel-size {max(2, len(gpus))} --kv-cache-dtype fp8 "
-        f"--max-model-len {context}`"
-    )
+    if longest and shape.kv_cache == "fp16":  # the weights fit: the cache's format decides the context
+        engine = " with `--engine fast`" if path == "plain" else ""
+        fixes.append(f"store the KV cache in 8 bits, about twice the context on the same cards: `--kv-cache int8`{engine}")
     if path == "plain":
         fixes.append("allow CPU offload: the layers that do not fit stay in RAM (very slow)")
     return PlacementRefused(
