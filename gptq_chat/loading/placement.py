@@ -450,7 +450,8 @@ def _refusal(
         fixes.append(f"use more or larger GPUs ({count} {context:,} tokens)")
     if longest and shape.kv_cache == "fp16":  # the weights fit: the cache's format decides the context
         engine = " with `--engine fast`" if path == "plain" else ""
-        fixes.append(f"store the KV cache in 8 bits, about twice the context on the same cards: `--kv-cache int8`{engine}")
+        twice = "store the KV cache in 8 bits, about twice the context on the same cards"
+        fixes.append(f"{twice}: `--kv-cache int8`{engine}")
     if path == "plain":
         fixes.append("allow CPU offload: the layers that do not fit stay in RAM (very slow)")
     return PlacementRefused(
