@@ -2,7 +2,7 @@
 
     python download.py [MODEL] [--source modelscope|hf|local] [--revision R] [--dir D] [--with-draft]
     python download.py --list [--context N]      known models: download size, VRAM, which cards they fit
-    python download.py --list --cards 24,24 [MODEL] [--split S]   what fits your cards, and where each part goes
+    python download.py --list --cards 24,24 [MODEL] [--split S] [--link L]   what fits your cards, and where it goes
     python download.py --installed               what is on disk, with sizes and completeness
     python download.py --remove MODEL [--yes]    delete one (asks first)
     python download.py --demo                    build the small built-in demo model (no network)
@@ -23,8 +23,9 @@ from typing import TextIO
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gptq_chat.loading.checkpoint import CheckpointError
-from gptq_chat.loading.fit import KV_CACHE_CHOICES, KV_CACHE_HELP, SPLIT_HELP, SPLITS
-from gptq_chat.loading.gpus import parse_card_sizes
+from gptq_chat.loading.fit import KV_CACHE_CHOICES, KV_CACHE_HELP, SPLIT_HELP, SPLITS, Layout
+from gptq_chat.loading.gpus import GpuSpec, parse_card_sizes
+from gptq_chat.loading.interconnect import LINKS, Interconnect
 from gptq_chat.models import catalog
 from gptq_chat.models.home import models_home
 
@@ -50,6 +51,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--split", choices=SPLITS, default="auto", help=f"with --list --cards: {SPLIT_HELP}")
     parser.add_argument(
+        "--link",
+        choices=LINKS,
+        help="with --list --cards: how the cards reach each other (nvlink; pcie: peer-to-peer over PCIe; host: no "
+        "peer-to-peer, as between RTX 4090s); --split auto then takes the split that decodes a token sooner, by the "
+        "estimated all-reduce over that link (on your machine the loader measures it)",
+    )
+    parser.add_argument(
+        "--bandwidth",
+        type=float,
+        default=1008,
+        help="with --link: each card's memory bandwidth in GB/s [1008: an RTX 4090]",
+    )
+    parser.add_argument(
         "--kv-cache", choices=KV_CACHE_CHOICES, default="auto", help=f"with --list: as app.py's, {KV_CACHE_HELP}"
     )
     parser.add_argument("--installed", action="store_true", help="show the downloaded models")
@@ -68,6 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.context < 1:
         parser.error("--context must be a positive number of tokens")
+    if args.link and not args.cards:
+        parser.error("--link describes the cards you name: add --list --cards, e.g. --list --cards 24,24 --link host")
     if args.model and args.list and not args.cards:
         parser.error("--list MODEL shows where MODEL goes on the cards you name: add --cards, e.g. --cards 24,24")
     if args.source == "local" and not args.model and not (args.list or args.installed or args.remove or args.demo):
@@ -95,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.demo:
             return build_demo(args)
         if args.list and args.cards:
-            return print_fit(args.model, args.cards, args.context, args.split, args.kv_cache)
+            gpus = [GpuSpec(i, size, size, bandwidth=args.bandwidth * 1e9 if args.link else 0.0)
+                    for i, size in enumerate(args.cards)]  # fmt: skip
+            link = Interconnect.estimated(args.link) if args.link else None
+            return print_fit(args.model, gpus, args.context, args.split, args.kv_cache, link)
         if args.list:
             print(catalog_table(args.context, args.kv_cache))
             return 0
@@ -208,16 +227,36 @@ def catalog_table(context: int, kv_cache: str = "auto") -> str:
     return "\n".join(lines)
 
 
-def fit_verdict(entry: catalog.CatalogEntry, cards: list[int], context: int, split: str, kv_cache: str = "auto") -> str:
-    """Where the loader would put `entry` on `cards` at `context`: one card, which split, or how much context fits;
+def fit_on(
+    entry: catalog.CatalogEntry,
+    gpus: list[GpuSpec],
+    context: int,
+    split: str,
+    kv_cache: str,
+    interconnect: Interconnect | None,
+) -> Layout:
+    """The loader's rule for `entry` on the cards named (`fit.fit`), with their link where one is named."""
+    from gptq_chat.loading.fit import fit
+
+    link = None if interconnect is None else (lambda: interconnect)
+    return fit(entry, gpus, fast=True, context=context, split=split, kv_cache=kv_cache, interconnect=link)
+
+
+def fit_verdict(
+    entry: catalog.CatalogEntry,
+    gpus: list[GpuSpec],
+    context: int,
+    split: str,
+    kv_cache: str = "auto",
+    interconnect: Interconnect | None = None,
+) -> str:
+    """Where the loader would put `entry` on `gpus` at `context`: one card, which split, or how much context fits;
     and the KV cache's format where it is not fp16."""
-    from gptq_chat.loading.fit import fit, kv_cache_note
-    from gptq_chat.loading.gpus import GpuSpec
+    from gptq_chat.loading.fit import kv_cache_note
     from gptq_chat.loading.placement import PlacementRefused
 
-    gpus = [GpuSpec(i, size, size) for i, size in enumerate(cards)]
     try:
-        layout = fit(entry, gpus, fast=True, context=context, split=split, kv_cache=kv_cache)
+        layout = fit_on(entry, gpus, context, split, kv_cache, interconnect)
     except PlacementRefused as refused:
         longest = refused.largest_context
         with_cache = "" if refused.kv_cache == "fp16" else f" with an {refused.kv_cache} KV cache"
@@ -231,24 +270,30 @@ def fit_verdict(entry: catalog.CatalogEntry, cards: list[int], context: int, spl
     return f"yes, {how} over {len(layout.placement.cards)} GPUs{cache}"
 
 
-def print_fit(model: str | None, cards: list[int], context: int, split: str, kv_cache: str = "auto") -> int:
+def print_fit(
+    model: str | None,
+    gpus: list[GpuSpec],
+    context: int,
+    split: str,
+    kv_cache: str = "auto",
+    interconnect: Interconnect | None = None,
+) -> int:
     """`--list --cards`: every known model on these cards (or one model, part by part), as the loader decides."""
-    from gptq_chat.loading.fit import fit
-    from gptq_chat.loading.gpus import GpuSpec
     from gptq_chat.loading.memory_plan import gib
 
-    named = " + ".join(gib(size) for size in cards)
+    named = " + ".join(gib(gpu.total_bytes) for gpu in gpus)
+    if interconnect is not None:
+        named += f" ({gpus[0].bandwidth / 1e9:,.0f} GB/s each; {interconnect.describe()})"
     if model is None:
         print(f"On {named} at {context:,} tokens of context (fast engine, --split {split}, --kv-cache {kv_cache}):\n")
         for entry in catalog.KNOWN_MODELS:
-            print(f"{entry.key:<14}{fit_verdict(entry, cards, context, split, kv_cache)}")
+            print(f"{entry.key:<14}{fit_verdict(entry, gpus, context, split, kv_cache, interconnect)}")
         return 0
     entry = catalog.find(model)
     if entry is None:
         raise CheckpointError(f"Unknown model {model}", "see the known ones: python download.py --list")
-    gpus = [GpuSpec(i, size, size) for i, size in enumerate(cards)]
     try:
-        print(fit(entry, gpus, fast=True, context=context, split=split, kv_cache=kv_cache).summary())
+        print(fit_on(entry, gpus, context, split, kv_cache, interconnect).summary())
     except ValueError as refused:  # PlacementRefused (with its fix), or a split the model's shape does not allow
         fix = getattr(refused, "fix", "")
         print(getattr(refused, "problem", str(refused)) + (f"\n  Fix: {fix}" if fix else ""), file=sys.stderr)

@@ -161,3 +161,35 @@ def test_a_memory_cap_is_enforced(qwen_shaped) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "refused past the cap" in done.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_cards_memory_bandwidth_comes_from_its_memory_clock_and_bus() -> None:
+    """The figure the split's choice reads the weights at (loading/interconnect.py), against the datasheets."""
+    from gptq_chat.loading.gpus import memory_bandwidth
+
+    datasheet = {"H100 80GB HBM3": 3.35e12, "H200": 4.8e12, "RTX 4090": 1.008e12, "A100-SXM4-80GB": 2.039e12}
+    name, measured = torch.cuda.get_device_name(0), memory_bandwidth(0)
+    print(f"{name}: {measured / 1e9:,.0f} GB/s")
+    expected = next((value for key, value in datasheet.items() if key in name), None)
+    assert measured == pytest.approx(expected, rel=0.03) if expected else measured > 1e11
+
+
+@two_gpus
+def test_the_link_between_two_cards_is_found_and_its_all_reduce_measured_and_kept(tmp_path, monkeypatch) -> None:
+    """NCCL inside a CUDA graph between the two cards, as the engine's decode steps run it; NCCL_P2P_DISABLE=1 (the
+    consumer pair's path through host memory) is another link, measured on its own and slower."""
+    from gptq_chat.loading.interconnect import LINKS, detect_link, measured_interconnect, record_key, remembered
+
+    monkeypatch.setenv("GPTQ_CHAT_HOME", str(tmp_path))
+    direct = measured_interconnect([0, 1])
+    print(f"GPUs 0, 1: {direct.describe()}")
+    assert direct.measured and direct.link in LINKS and 1e-6 < direct.all_reduce_s < 1e-3
+    assert remembered(record_key([0, 1])) == direct and measured_interconnect([0, 1]) == direct  # kept, not redone
+    monkeypatch.setenv("NCCL_P2P_DISABLE", "1")
+    assert detect_link([0, 1]) == "host"
+    through_host = measured_interconnect([0, 1])
+    print(f"GPUs 0, 1 with NCCL_P2P_DISABLE=1: {through_host.describe()}")
+    assert through_host.link == "host" and through_host.measured
+    if direct.link != "host":
+        assert through_host.all_reduce_s > direct.all_reduce_s

@@ -39,7 +39,8 @@ from gptq_chat.engine.shape import GPTQSettings
 from gptq_chat.loading import gptq_stack
 from gptq_chat.loading.checkpoint import CheckpointError, CheckpointInfo, find_checkpoint, resolve_model_dir
 from gptq_chat.loading.fit import fit, kv_cache_note, planned_context, ram_needed
-from gptq_chat.loading.gpus import GpuSpec, usage
+from gptq_chat.loading.gpus import GpuSpec, memory_bandwidth, usage
+from gptq_chat.loading.interconnect import Interconnect, known_interconnect
 from gptq_chat.loading.kernels import KERNELS, KernelChoice, KernelError, choose_kernel, why_not
 from gptq_chat.loading.memory_plan import GIB, PlannedModel, cached_as, plan, total_weight_bytes
 from gptq_chat.loading.placement import PlacementRefused, largest_context
@@ -111,6 +112,7 @@ class Gpu:
     capability: tuple[int, int]
     total_bytes: int
     free_bytes: int  # free now, plus what this process itself holds (a loaded model counts as available to itself)
+    bandwidth: float = 0.0  # peak memory bandwidth, bytes/s (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,7 @@ class Machine:
     driver_version: str | None = None  # from nvidia-smi
     driver_cuda: str | None = None  # the newest CUDA this driver runs, from nvidia-smi
     smi_gpus: tuple[str, ...] = ()  # the GPUs nvidia-smi lists, whether torch sees them or not
+    interconnect: Interconnect | None = None  # how the GPUs reach each other (None: fewer than two)
     path: str = field(default_factory=lambda: os.environ.get("PATH", ""))  # where torch looks for ninja and nvcc
     cuda_home: str | None = field(default_factory=lambda: os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"))
     default_cuda_home: str = "/usr/local/cuda"  # torch's last guess when neither $CUDA_HOME nor PATH has nvcc
@@ -186,6 +189,7 @@ def probe() -> Machine:
                 capability=tuple(torch.cuda.get_device_capability(index)),  # type: ignore[arg-type]
                 total_bytes=int(total),
                 free_bytes=int(free + torch.cuda.memory_reserved(index)),
+                bandwidth=memory_bandwidth(index),
             )
         )
     return replace(
@@ -195,6 +199,7 @@ def probe() -> Machine:
         torch_path=str(Path(torch.__file__).parent),
         cuda_available=available,
         gpus=tuple(gpus),
+        interconnect=known_interconnect([gpu.index for gpu in gpus]) if len(gpus) > 1 else None,
     )
 
 
@@ -416,6 +421,15 @@ def check_gpus(machine: Machine) -> list[Check]:
         )
         for gpu in machine.gpus
     ]
+
+
+def check_interconnect(machine: Machine) -> list[Check]:
+    """How the GPUs reach each other, which decides how a model too big for one of them is split."""
+    if machine.interconnect is None:
+        return []
+    cards = ", ".join(str(gpu.index) for gpu in machine.gpus)
+    later = "" if machine.interconnect.measured else "; measured when a model is first split over them"
+    return [Check("link", OK, f"GPUs {cards}: {machine.interconnect.describe()}{later}")]
 
 
 def typical_checkpoint() -> CheckpointInfo:
@@ -666,11 +680,20 @@ def check_memory(machine: Machine, chosen: Chosen, context: int | None, vram: Se
             f"{available / GIB:.1f} GiB available",
             "" if status == OK else "close other programs, or use a shorter context length",
         )
-    gpus = [GpuSpec(i, size, size) for i, size in enumerate(cards)]
+    bandwidths = {gpu.index: gpu.bandwidth for gpu in machine.gpus}
+    gpus = [GpuSpec(i, size, size, bandwidth=bandwidths.get(i, 0.0)) for i, size in enumerate(cards)]
     stated = "stated" if vram else "free"
     cards_text = ", ".join(f"GPU {gpu.index}: {gpu.free_bytes / GIB:.1f} GiB {stated}" for gpu in gpus)
-    try:
-        layout = fit(model, gpus, fast=path == "fast", context=context, kv_cache="auto")  # as the app plans
+    link = machine.interconnect
+    try:  # as the app plans
+        layout = fit(
+            model,
+            gpus,
+            fast=path == "fast",
+            context=context,
+            kv_cache="auto",
+            interconnect=None if link is None else (lambda: link),
+        )
     except PlacementRefused as refused:
         tried = planned_context(model, context, refused.largest_context)
         need = plan(cached_as(model, refused.kv_cache), tried, path=path).total
@@ -693,7 +716,8 @@ def check_memory(machine: Machine, chosen: Chosen, context: int | None, vram: Se
         return Check("memory", OK, f"{head}; fits on GPU {card.index} ({spare:.1f} GiB to spare)")
     split = "; ".join(card.describe() for card in layout.placement.cards)
     held = f"split over {len(layout.placement.cards)}: {split}"
-    return Check("memory", OK, f"{head}, more than one card holds ({cards_text}); {held}")
+    why = f"; {layout.split_reason}" if layout.split_reason else ""
+    return Check("memory", OK, f"{head}, more than one card holds ({cards_text}); {held}{why}")
 
 
 def check_disk(root: Path) -> Check:
@@ -728,7 +752,13 @@ def run_checks(
     of this machine's free VRAM, `search_path` reads package versions from there instead of sys.path."""
     machine = machine or probe()
     root = Path(root or models_home()).expanduser()
-    checks = [check_python(machine), check_torch(machine), check_driver(machine), *check_gpus(machine)]
+    checks = [
+        check_python(machine),
+        check_torch(machine),
+        check_driver(machine),
+        *check_gpus(machine),
+        *check_interconnect(machine),
+    ]
     if machine.torch_version is None:
         return [*checks, check_packages(search_path), check_disk(root)]
     stack = gptq_stack.stack_for(

@@ -9,7 +9,8 @@ placement over several GPUs if one card does not hold the model, the context per
   "layers" gives each card whole layers: the cards take turns. "tensor" halves every layer, the cards work on each
   token together: Qwen1.5-72B on two H100s capped at 24 GiB decodes 77.6 tokens/s so, 53.6 with the layers split
   (docs/benchmarks.md). "auto" splits the tensors where the engine and the model's shape allow it and the context
-  fits, the layers otherwise.
+  fits, the layers otherwise; and where both hold the model and the cards' interconnect is known, whichever decodes
+  a token sooner over it (`interconnect.choose_split`: without NVLink the all-reduces cost more).
 - On the CPU: the plain path, against the RAM available.
 - The context, where none is asked for: the longest that fits, in steps of 256 tokens, up to 8,192 on a GPU (4,096
   on the CPU); a model that cannot hold `MIN_CONTEXT` tokens is refused: it would be of no use for chatting.
@@ -25,12 +26,13 @@ placement over several GPUs if one card does not hold the model, the context per
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from gptq_chat.engine.prefix_store import BLOCK
 from gptq_chat.engine.shape import KV_CACHES, tensor_parallel_problem
 from gptq_chat.loading.gpus import GpuSpec
+from gptq_chat.loading.interconnect import Interconnect, choose_split
 from gptq_chat.loading.memory_plan import OVERHEAD_BYTES, PlannedModel, cached_as, gib, requirement
 from gptq_chat.loading.placement import (
     Placement,
@@ -69,6 +71,7 @@ class Layout:
     context: int
     prefix_cache: int = 0  # tokens of other chats' prompts the fast engine keeps for reuse
     kv_cache: str = "fp16"  # the KV cache's format (shape.KV_CACHES)
+    split_reason: str = ""  # why "auto" took this split over the other, where both held the model
 
     @property
     def cards(self) -> list[str]:
@@ -82,6 +85,8 @@ class Layout:
         if self.placement is None:
             where += f" at {self.context:,} tokens of context"
         where += kv_cache_note(self.kv_cache)
+        if self.split_reason:
+            where += f"\n  why this split: {self.split_reason}"
         if not self.prefix_cache:
             return where
         return where + ("\n  " if self.placement else "; ") + f"prompts kept for reuse: {self.prefix_cache:,} tokens"
@@ -99,13 +104,16 @@ def fit(
     ram: int | None = None,
     prefix_cache: int | None = None,
     kv_cache: str = "fp16",
+    interconnect: Callable[[], Interconnect] | None = None,
 ) -> Layout:
     """Where `model` goes on `gpus` (free memory each; none: the CPU, with `ram` bytes available if known).
 
     `fast`: the fast engine runs it (else transformers' `generate`); `named`: the user named these cards, so they are
     used together; `context`: tokens per sequence asked for (None: the longest that fits, see the module docstring);
     `prefix_cache`: the most tokens of other chats' prompts to keep (None: as many as the spare memory allows);
-    `kv_cache`: the KV cache's format, or "auto" (`KV_CACHE_CHOICES`).
+    `kv_cache`: the KV cache's format, or "auto" (`KV_CACHE_CHOICES`); `interconnect`: how the cards reach each
+    other, asked only where "auto" has both splits to choose from (measuring it takes seconds); None: tensor
+    parallelism wherever it holds the model.
     Raises `PlacementRefused` (or `ValueError` for a split that cannot run this model here) before anything loads.
     """
     if split not in SPLITS:
@@ -125,7 +133,9 @@ def fit(
 
     def layout_with(cache: str) -> Layout:
         try:
-            layout = _fit(cached_as(model, cache), gpus, fast, context, slots, split, named, ram, prefix_cache)
+            layout = _fit(
+                cached_as(model, cache), gpus, fast, context, slots, split, named, ram, prefix_cache, interconnect
+            )
         except PlacementRefused as refused:
             refused.kv_cache = cache
             raise
@@ -163,12 +173,13 @@ def _fit(
     named: bool,
     ram: int | None,
     prefix_cache: int | None,
+    interconnect: Callable[[], Interconnect] | None,
 ) -> Layout:
     """`fit` for one KV-cache format (the model's shape says which)."""
     refusal = tensor_parallel_refusal(model, fast, len(gpus))
     if not gpus:
         return _on_cpu(model, context, ram, prefix_cache if fast else 0)
-    layout = _on_gpus(model, gpus, fast, context, slots, split, named, refusal)
+    layout = _on_gpus(model, gpus, fast, context, slots, split, named, refusal, interconnect)
     if not fast:
         return layout
     placement = layout.placement or plan_placement(model, gpus, layout.context, path="fast", slots=slots, split=named)
@@ -184,6 +195,7 @@ def _on_gpus(
     split: str,
     named: bool,
     refusal: str | None,
+    interconnect: Callable[[], Interconnect] | None,
 ) -> Layout:
     if split == "tensor":
         return _tensor_parallel(model, gpus, context, slots)
@@ -191,14 +203,20 @@ def _on_gpus(
     chosen = planned_context(model, context, largest_context(model, gpus, path=path, slots=slots))
     placement = plan_placement(model, gpus, chosen, path=path, slots=slots, split=named)
     main = f"cuda:{placement.cards[0].gpu.index}"
+    layers = Layout(main, placement, chosen)
     if placement.single_card:
         return Layout(main, None, chosen)
     if split == "layers" or refusal:
-        return Layout(main, placement, chosen)
+        return layers
     try:
-        return _tensor_parallel(model, gpus, context, slots)
+        tensor = _tensor_parallel(model, gpus, context, slots)
     except PlacementRefused:  # the context asked for fits the layer split only
-        return Layout(main, placement, chosen)
+        return layers
+    if interconnect is None:
+        return tensor
+    assert tensor.placement is not None  # a tensor-parallel layout always has its placement
+    choice = choose_split(placement, tensor.placement, interconnect())
+    return replace(tensor if choice.split == "tensor" else layers, split_reason=choice.reason)
 
 
 def prefix_cache_tokens(placement: Placement, asked: int | None) -> int:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from gptq_chat.engine.speculation import DEFAULT_MODE, DRAFT
 from gptq_chat.loading.checkpoint import CheckpointInfo, find_checkpoint
 from gptq_chat.loading.fit import Layout, fit, with_freed
 from gptq_chat.loading.gpus import GpuSpec
+from gptq_chat.loading.interconnect import Interconnect, measured_interconnect
 from gptq_chat.loading.kernels import KernelChoice, choose_kernel
 from gptq_chat.loading.library_log import MODEL_LOAD_LOG, ModelLoadError, library_output
 from gptq_chat.loading.memory_plan import PlannedModel, requirement
@@ -61,6 +63,7 @@ class ModelFacts:
     default_context: int
     prefix_cache: int = 0  # tokens of other chats' prompts the engine keeps for reuse
     kv_cache: str = "fp16"  # the KV cache's format (shape.KV_CACHES)
+    split_reason: str = ""  # over several cards: the interconnect, and why "auto" took this split (fit.Layout)
 
 
 @dataclass
@@ -151,10 +154,14 @@ def plan_load(
         ram = (available_ram() if ram is None else ram) + freed
     named = ":" in device  # cards the user named are used together
 
+    @cache
+    def interconnect() -> Interconnect:  # asked only where both splits hold the model; once
+        return measured_interconnect([gpu.index for gpu in gpus])
+
     def fitted(gpus: list[GpuSpec], ram: int | None) -> Layout:
         return fit(
             info, gpus, fast=fast, context=context_length, slots=slots, split=split, named=named, ram=ram,
-            prefix_cache=prefix_cache, kv_cache=kv_cache,
+            prefix_cache=prefix_cache, kv_cache=kv_cache, interconnect=interconnect,
         )  # fmt: skip
 
     layout = fitted(gpus, ram)
@@ -331,6 +338,7 @@ def load_uncached(
         default_context=min(context, max_context),
         prefix_cache=plan.layout.prefix_cache if isinstance(runner, SlotEngine) else 0,
         kv_cache=plan.layout.kv_cache,
+        split_reason=plan.layout.split_reason,
     )
     log.info("Loaded %s in %.1f s: %s", info.name, facts.load_seconds, facts)
     return LoadedModel(

@@ -27,6 +27,7 @@ TEXT: dict[str, dict[str, str]] = {
     "engine": {"zh": "生成方式", "en": "Generation path"},
     "prefix_cache": {"zh": "跨对话复用的提示缓存", "en": "Prompts kept for reuse"},
     "kv_cache": {"zh": "KV 缓存格式", "en": "KV cache"},
+    "split_reason": {"zh": "多卡拆分方式的依据", "en": "Why this split"},
     "kv_cache_pick": {"zh": "KV 缓存格式（更改后重新加载模型）", "en": "KV cache format (reloads the model)"},
     "context": {"zh": "上下文", "en": "context"},
     "used": {"zh": "已用", "en": "used"},

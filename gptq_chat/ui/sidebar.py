@@ -15,7 +15,7 @@ from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.loading.fit import KV_CACHE_CHOICES, KV_CACHE_HELP
 from gptq_chat.loading.gpus import gpu_memory_rows
 from gptq_chat.loading.holder import ModelHolder, device_memory, display_name, model_choices
-from gptq_chat.loading.loader import LoadedModel
+from gptq_chat.loading.loader import LoadedModel, ModelFacts
 from gptq_chat.ui.actions import (
     chat_settings,
     delete_chat,
@@ -194,6 +194,22 @@ def memory_lines(device: str, lang: str) -> str:
     )
 
 
+def facts_caption(facts: ModelFacts, lang: str) -> str:
+    """The loaded model's lines under the model picker: device, kernel, live memory, engine, cache and context, and
+    for a model over several cards why it is split so."""
+    return (
+        f"{t('device', lang)}: **{facts.device_name}** · {facts.dtype}  \n"
+        f"{t('kernel', lang)}: {facts.kernel_class} ({facts.backend})  \n"
+        f"{memory_lines(facts.device, lang)}  \n"
+        f"{t('memory', lang)}: {facts.memory_bytes / 2**30:.2f} GiB · "
+        f"{t('load_time', lang)}: {facts.load_seconds:.1f} s  \n"
+        f"{t('engine', lang)}: {facts.engine}  \n"
+        f"{t('kv_cache', lang)}: {facts.kv_cache} · {t('context', lang)}: {facts.default_context:,} tokens"
+        + (f"  \n{t('prefix_cache', lang)}: {facts.prefix_cache:,} tokens" if facts.prefix_cache else "")
+        + (f"  \n{t('split_reason', lang)}: {facts.split_reason}" if facts.split_reason else "")
+    )
+
+
 def model_panel(holder: ModelHolder, loaded: LoadedModel | None, lang: str) -> None:
     """The model picker, then what runs it and the device's memory, live."""
     state = st.session_state
@@ -212,18 +228,7 @@ def model_panel(holder: ModelHolder, loaded: LoadedModel | None, lang: str) -> N
         )
     if loaded is None:
         return
-    facts = loaded.facts
-    bar.caption(
-        f"{t('device', lang)}: **{facts.device_name}** · {facts.dtype}  \n"
-        f"{t('kernel', lang)}: {facts.kernel_class} ({facts.backend})  \n"
-        f"{memory_lines(facts.device, lang)}  \n"
-        f"{t('memory', lang)}: {facts.memory_bytes / 2**30:.2f} GiB · "
-        f"{t('load_time', lang)}: {facts.load_seconds:.1f} s  \n"
-        f"{t('engine', lang)}: {facts.engine}  \n"
-        f"{t('kv_cache', lang)}: {facts.kv_cache} · {t('context', lang)}: {facts.default_context:,} tokens"
-        + (f"  \n{t('prefix_cache', lang)}: {facts.prefix_cache:,} tokens" if facts.prefix_cache else ""),
-        help=facts.kernel_reason,
-    )
+    bar.caption(facts_caption(loaded.facts, lang), help=loaded.facts.kernel_reason)
     state.kv_cache_pick = holder.options.get("kv_cache", "auto")
     bar.selectbox(
         t("kv_cache_pick", lang),
