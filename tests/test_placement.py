@@ -94,23 +94,27 @@ def test_72b_on_two_24_gib_cards_holds_only_the_context_its_free_bytes_allow(sam
     assert f"at most {expected // 256 * 256:,} tokens" in refused.value.fix
 
 
-def test_72b_split_by_tensors_over_two_24_gib_cards_holds_what_each_cards_share_allows(
+def tensor_parallel_context_by_hand(world: int, kv_cache: str, sampling_peaks: SamplingPeaks) -> int:
+    """Qwen1.5-72B split by tensors over `world` 24 GiB cards, from first principles: each card holds 1/world of
+    every layer, of the vocabulary and of the KV cache (64/world heads), and prefills its share of the MLP's rows
+    (the residual stream stays whole); a follower's card also carries the first process's CUDA context."""
+    qwen72b = cached_as(shape("qwen1.5-72b"), kv_cache)
+    hidden, intermediate, vocab = 8192, 24576, 152064  # config.json, as above
+    engine = footprint(qwen72b.shape.split(world))  # per token: K/V of 64/world heads x 80 layers, rope's row
+    sampled = sampling_peaks.prefill // sampling_peaks.vocab_size
+    per_token = engine.per_token + (2 * hidden + 4 * intermediate // world) * 2
+    weights = total_weight_bytes(qwen72b) // world
+    fixed = FIXED + CUDA_CONTEXT_BYTES + weights + vocab * (engine.per_entry + sampled) + FAST_GRAPH_POOL_BYTES
+    return int((24 * GIB - fixed) // per_token)
+
+
+def test_72b_split_by_tensors_over_two_24_gib_cards_holds_4096_tokens_with_an_8_bit_cache(
     sampling_peaks: SamplingPeaks,
 ) -> None:
-    """Tensor parallelism, from first principles: each card holds half of every layer, of the vocabulary and of the
-    KV cache (32 of the 64 heads), and prefills its half of the MLP's rows (the residual stream stays whole); the
-    second card also carries the first process's CUDA context. With an 8-bit cache that is 4,096 tokens: the
-    issue's bar for the seed's case, met by the split the loader takes on its own."""
-    qwen72b = shape("qwen1.5-72b")
-    hidden, intermediate, vocab = 8192, 24576, 152064  # config.json, as above
+    """The seed's case: 4,096 tokens, the 8-bit cache issue's bar, met by the split the loader takes on its own."""
+    qwen72b, gpus = shape("qwen1.5-72b"), standard_gpus(2, 24)
     int8 = cached_as(qwen72b, "int8")
-    engine = footprint(int8.shape.split(2))  # per token: int8 K/V and scales of 32 heads x 80 layers, rope's row
-    sampled = sampling_peaks.prefill // sampling_peaks.vocab_size
-    per_token = engine.per_token + (2 * hidden + 4 * intermediate // 2) * 2
-    weights = total_weight_bytes(qwen72b) // 2
-    fixed = FIXED + CUDA_CONTEXT_BYTES + weights + vocab * (engine.per_entry + sampled) + FAST_GRAPH_POOL_BYTES
-    expected = int((24 * GIB - fixed) // per_token)
-    gpus = standard_gpus(2, 24)
+    expected = tensor_parallel_context_by_hand(2, "int8", sampling_peaks)
 
     assert largest_tensor_parallel_context(int8, gpus) == expected
     layout = fit(qwen72b, gpus, fast=True, kv_cache="auto")
@@ -119,6 +123,20 @@ def test_72b_split_by_tensors_over_two_24_gib_cards_holds_what_each_cards_share_
     with pytest.raises(PlacementRefused) as refused:
         plan_tensor_parallel(int8, gpus, expected + 1)
     assert refused.value.largest_context == expected
+
+
+def test_72b_over_four_24_gib_cards_is_split_four_ways_by_tensors(sampling_peaks: SamplingPeaks) -> None:
+    """Four RTX 4090-sized cards: 64 heads, 24,576 MLP rows and 152,064 vocabulary entries all split four ways, so
+    every layer is quartered; fp16 holds about 18k tokens there, the usual 8,192 without asking, and the whole
+    32k window in 8 bits."""
+    qwen72b, gpus = shape("qwen1.5-72b"), standard_gpus(4, 24)
+    expected = tensor_parallel_context_by_hand(4, "fp16", sampling_peaks)
+    assert largest_tensor_parallel_context(qwen72b, gpus) == expected > 16384
+    layout = fit(qwen72b, gpus, fast=True, kv_cache="auto")
+    assert layout.placement.tensor_parallel and [card.share for card in layout.placement.cards] == [4] * 4
+    assert (layout.context, layout.kv_cache) == (DEFAULT_GPU_CONTEXT_CAP, "fp16")
+    whole = fit(qwen72b, gpus, fast=True, context=32768, kv_cache="auto")
+    assert whole.placement.tensor_parallel and (whole.context, whole.kv_cache) == (32768, "int8")
 
 
 def test_72b_on_one_24_gib_card_is_refused_with_the_numbers() -> None:

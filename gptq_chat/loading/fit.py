@@ -201,7 +201,15 @@ def _on_gpus(
         return _tensor_parallel(model, gpus, context, slots)
     path = "fast" if fast else "plain"
     chosen = planned_context(model, context, largest_context(model, gpus, path=path, slots=slots))
-    placement = plan_placement(model, gpus, chosen, path=path, slots=slots, split=named)
+    try:
+        placement = plan_placement(model, gpus, chosen, path=path, slots=slots, split=named)
+    except PlacementRefused as refused:
+        if split == "layers" or refusal:
+            raise
+        try:  # quarters or halves may hold what whole layers do not (the KV cache of the heads is split too)
+            return _tensor_parallel(model, gpus, context, slots)
+        except PlacementRefused:
+            raise refused from None
     main = f"cuda:{placement.cards[0].gpu.index}"
     layers = Layout(main, placement, chosen)
     if placement.single_card:
