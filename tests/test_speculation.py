@@ -15,7 +15,7 @@ import torch
 from gptq_chat.engine.prefix_store import common_prefix
 from gptq_chat.engine.protocols import SamplingSettings
 from gptq_chat.engine.sampling import SamplingState, choose_after_each, sample
-from gptq_chat.engine.speculation import GUESSES, DraftModel, Policy, PromptLookup
+from gptq_chat.engine.speculation import GUESSES, DraftModel, Policy, PromptLookup, with_draft_steps
 from gptq_chat.ui.i18n import stats_line
 from gptq_chat.ui.replies import stats_record
 from tests.support.speculation import assert_same_or_near_tie, guessers, plain, speculative
@@ -167,6 +167,58 @@ def test_the_policy_guesses_only_where_it_pays() -> None:
     assert policy.length() > 0
 
 
+def test_a_draft_models_guesses_are_weighed_with_the_draft_steps_they_cost() -> None:
+    """--speculate auto with a draft: a check of k guesses costs the check and k of the draft's steps. A draft a
+    fifth of the model's step pays even at the prior's one guess in two; one as slow as the model never does, even
+    when every guess is right."""
+    costs = {2: 1.04, 4: 1.05, 8: 1.1}  # an H100's measured shape
+    assert with_draft_steps(costs, 0.2) == pytest.approx({2: 1.44, 4: 1.85, 8: 2.7})
+    cheap = Policy(with_draft_steps(costs, 0.2))
+    assert cheap.length() == 2  # (1 + 1/2 + 1/4) tokens for 1.44 steps; longer guesses cost more than they yield
+    for _ in range(20):
+        cheap.checked(8, 8)
+    assert cheap.length() == 8  # 9 tokens for 2.7 steps
+    dear = Policy(with_draft_steps(costs, 1.0))
+    for _ in range(20):
+        dear.checked(8, 8)
+    assert dear.length() == 0  # 9 tokens for 9.1 steps: no better than decoding
+
+
+def test_auto_with_a_draft_guesses_where_the_draft_is_cheap_and_writes_the_same_text(engine, draft, demo_paths) -> None:
+    """Through the scheduler, with the step times the engines measure on a GPU given here (eager CPU engines time
+    nothing): a draft a fifth of the model's step is asked to guess and the text is plain decoding's; a draft as
+    slow as the model is asked only when the policy probes (once per PROBE_EVERY plain steps); a draft whose step was
+    not measured has no price to weigh and is not asked."""
+    from gptq_chat.chat.reply import ChatSettings, complete_reply
+    from gptq_chat.engine.scheduler import Scheduler
+
+    tokenizer = demo_paths["fast"].tokenizer
+    ends = demo_paths["fast"].defaults.stop_token_ids
+    settings = ChatSettings(sampling=dataclasses.replace(GREEDY, max_new_tokens=QUOTING_LENGTH, stop_token_ids=ends))
+    measured = {"verify_cost": {2: 1.04, 4: 1.05, 8: 1.1}, "step_ms": 3.3}
+    saved = {name: getattr(engine, name) for name in measured} | {"draft": draft.step_ms}
+    try:
+        for name, value in measured.items():
+            setattr(engine, name, value)
+        checks, texts = {}, {}
+        for draft_ms in (0.0, 0.66, 3.3):  # 0: the draft's step not measured
+            draft.step_ms = draft_ms
+            scheduler = Scheduler(engine, speculate="auto", draft=draft)
+            reply = complete_reply(scheduler, tokenizer, QUOTING, settings)
+            scheduler.close()
+            checks[draft_ms], texts[draft_ms] = scheduler.checks, reply.text
+        assert checks[0.0] == 0 and checks[0.66] > 0 and texts[0.66] == texts[3.3] == texts[0.0]
+        assert checks[3.3] <= QUOTING_LENGTH // Policy.PROBE_EVERY < checks[0.66]
+    finally:
+        for name in measured:
+            setattr(engine, name, saved[name])
+        draft.step_ms = saved["draft"]
+    with pytest.raises(ValueError, match="needs a draft model's engine"):
+        Scheduler(engine, speculate="draft")
+    with pytest.raises(ValueError, match="is for speculate='draft' or 'auto', not 'ngram'"):
+        Scheduler(engine, speculate="ngram", draft=draft)
+
+
 def test_the_scheduler_checks_guesses_of_a_lone_reply_and_writes_the_same_text(engine, draft, demo_paths) -> None:
     """--speculate ngram, and a draft model's guesses, against off, through the scheduler as the page and the API
     use it: a reply that repeats its prompt gets guesses confirmed, and the same text."""
@@ -283,7 +335,7 @@ def test_a_draft_model_that_cannot_serve_is_refused_before_loading(
     pair = "--draft Qwen1.5-0.5B-Chat-GPTQ-Int4 (python download.py qwen1.5-0.5b fetches it)"
     with pytest.raises(ValueError, match=re.escape(f"for Qwen1.5-7B-Chat-GPTQ-Int4: {pair}")):
         load_uncached(named, speculate="draft", **options)
-    with pytest.raises(ValueError, match="is for --speculate draft"):
+    with pytest.raises(ValueError, match=r"is for --speculate draft or auto \(not ngram\)"):
         load_uncached(demo_model_dir, speculate="ngram", draft=demo_model_dir, **options)
     with pytest.raises(ValueError, match=r"has another tokenizer than SmolLM2.*Choose a draft of the same family"):
         load_uncached(demo_model_dir, speculate="draft", draft=tiny_gptq_dir, **options)

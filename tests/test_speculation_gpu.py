@@ -39,6 +39,8 @@ def test_checked_guesses_change_no_greedy_token_on_the_gpu(qwen_shaped) -> None:
     draft = load_engine(qwen_shaped, "marlin", torch.device("cuda"), 1024)  # the model as its own draft
     assert engine.verify_graphs and set(engine.verify_cost) == set(GUESSES)
     print("a check of k guesses, in decode steps:", engine.verify_cost)
+    # Both engines time a decode step when they start: --speculate auto weighs a draft's guesses with them.
+    assert 0.1 < engine.step_ms < 100 and engine.step_ms == pytest.approx(draft.step_ms, rel=0.2)
     rng = random.Random(0)
     confirmed_by_oracle = []
     for index in range(PROMPTS):

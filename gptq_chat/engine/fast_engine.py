@@ -146,6 +146,7 @@ class FastEngine(SlotEngine):
         self.choices = torch.zeros(1 + max(GUESSES), dtype=torch.long, device=out)
         self.verify_graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}  # (guesses, window, greedy)
         self.verify_cost: dict[int, float] = {}  # guesses -> a check's time over a decode step's, once measured
+        self.step_ms = 0.0  # one row's greedy decode step, measured after capture (one card, no shard)
         self.store = PrefixStore(model.caches, prefix_cache)  # `prefix_cache` tokens of other chats' prompts
         self.stats = EngineStats(windows=self.windows)
 
@@ -264,6 +265,8 @@ class FastEngine(SlotEngine):
             )
         for segment in segments:
             torch.cuda.synchronize(segment.device)
+        if len(segments) == 1 and self.model.shard is None:  # a shard's step runs only with every card's
+            self.step_ms = self.milliseconds(self.graphs[(0, 1, self.windows[0], True)])
         if self.verify_graphs:
             self.measure_checks()
         self.reset()  # warm-up wrote into the cache and moved the positions
@@ -373,26 +376,25 @@ class FastEngine(SlotEngine):
         self.sampling.drawn[:1].add_(len(written))
         return written
 
+    def milliseconds(self, graph: torch.cuda.CUDAGraph) -> float:
+        """A captured graph's time on this card, replayed from slot 0's start (its writes are reset after)."""
+        self.set_position(0, 0)
+        for _ in range(3):
+            graph.replay()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(20):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 20
+
     def measure_checks(self) -> None:
         """A check's time over a decode step's, per guess count, on this card: what `speculation.Policy` weighs."""
-
-        def milliseconds(graph: torch.cuda.CUDAGraph) -> float:
-            self.set_position(0, 0)
-            for _ in range(3):
-                graph.replay()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(20):
-                graph.replay()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 20
-
         window = self.windows[0]
-        step = milliseconds(self.graphs[(0, 1, window, True)])
-        self.verify_cost = {k: milliseconds(self.verify_graphs[(k, window, True)]) / step for k in GUESSES}
+        self.verify_cost = {k: self.milliseconds(self.verify_graphs[(k, window, True)]) / self.step_ms for k in GUESSES}
         costs = ", ".join(f"{k}: {cost:.2f}" for k, cost in self.verify_cost.items())
-        log.info("Decode step %.2f ms; a check of k guesses costs (k: steps) %s", step, costs)
+        log.info("Decode step %.2f ms; a check of k guesses costs (k: steps) %s", self.step_ms, costs)
 
     def can_check(self, guesses: int, position: int) -> bool:
         """Whether slot 0 may check that many guesses from `position` (the parked place is the cache's last)."""

@@ -136,6 +136,7 @@ class SlotEngine(ABC):
     cached: list[list[int]]  # per slot: the tokens whose K/V its cache row holds
     can_verify = False  # whether `verify` checks guesses of slot 0's next tokens (engine/speculation.py)
     verify_cost: dict[int, float] = {}  # noqa: RUF012  # guesses -> a check's time in decode steps, where measured
+    step_ms = 0.0  # one row's decode step on this card, where measured (CUDA graphs, one card)
 
     @abstractmethod
     def prefill(

@@ -35,6 +35,7 @@ from gptq_chat.engine.speculation import (
     Policy,
     PromptLookup,
     check_size,
+    with_draft_steps,
 )
 
 log = logging.getLogger(__name__)
@@ -187,11 +188,14 @@ class Scheduler:
         speculate: str = DEFAULT_MODE,
         draft: SlotEngine | None = None,
     ) -> None:
-        """`draft`: the engine of a draft model with the same tokenizer, whose guesses --speculate draft checks."""
+        """`draft`: the engine of a draft model with the same tokenizer, whose guesses --speculate draft checks at
+        every step and --speculate auto where they pay."""
         if speculate not in MODES:
             raise ValueError(f"speculate must be one of {', '.join(MODES)}, not {speculate!r}")
-        if (speculate == DRAFT) != (draft is not None):
-            raise ValueError(f"speculate={DRAFT!r} needs a draft model's engine, and a draft model that mode")
+        if speculate == DRAFT and draft is None:
+            raise ValueError(f"speculate={DRAFT!r} needs a draft model's engine")
+        if draft is not None and speculate not in (DRAFT, "auto"):
+            raise ValueError(f"a draft model's engine is for speculate={DRAFT!r} or 'auto', not {speculate!r}")
         self.engine = engine
         self.queue_limit = queue_limit
         self.speculate = speculate
@@ -454,13 +458,18 @@ class Scheduler:
         settings = request.settings
         if self.speculate == "off" or settings.constraint is not None or settings.logprobs is not None:
             return None
-        if not engine.can_verify or (self.speculate == "auto" and not engine.verify_cost):
+        auto = self.speculate == "auto"
+        if not engine.can_verify or (auto and not engine.verify_cost):
             return None  # "auto" weighs guesses against costs measured on a GPU; eager steps have none
         costs = engine.verify_cost or dict.fromkeys(GUESSES, 1.0)
-        if self.draft is not None:
-            drafter = DraftModel(self.draft, request.prompt_ids, settings.repetition_penalty)
+        if self.draft is None:
+            return Guessing(PromptLookup(request.prompt_ids), Policy(costs, forced=self.speculate == "ngram"))
+        drafter = DraftModel(self.draft, request.prompt_ids, settings.repetition_penalty)
+        if not auto:
             return Guessing(drafter, Policy(costs, forced=True))
-        return Guessing(PromptLookup(request.prompt_ids), Policy(costs, forced=self.speculate == "ngram"))
+        if not (self.draft.step_ms and engine.step_ms):
+            return None  # the draft's steps are part of a guess's cost: unmeasured, nothing to weigh
+        return Guessing(drafter, Policy(with_draft_steps(costs, self.draft.step_ms / engine.step_ms)))
 
     def launch(self, engine: SlotEngine, buffers: HostBuffers, parity: int, cuda: bool) -> Launched | None:
         """Run one decode step over every slot up to the highest busy one, each constrained row under its

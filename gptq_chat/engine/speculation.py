@@ -13,7 +13,8 @@ from the rest). Only the rows' numerics differ: a step over several positions ro
 
 Whether guessing pays depends on how often the guesses are right, which depends on the text: `Policy` keeps an
 estimate per reply and guesses only while the expected tokens per step beat the measured cost of a checking step
-on this card, probing now and then when it has stopped.
+on this card, probing now and then when it has stopped. A draft model's guesses cost its own steps too
+(`with_draft_steps`, from both engines' decode steps measured at start-up): `auto` with a draft weighs those.
 """
 
 from __future__ import annotations
@@ -25,8 +26,16 @@ from gptq_chat.engine.protocols import SamplingSettings, SlotEngine
 GUESSES = (2, 4, 8)  # guess lengths with a captured checking step; shorter guesses are padded (padding is harmless)
 NGRAMS = (3, 2, 1)  # longest match first
 DRAFT = "draft"  # a draft model's guesses (`DraftModel`), checked at every step
-MODES = ("off", "ngram", "auto", DRAFT)  # --speculate: never; prompt lookup always; prompt lookup where it pays
+MODES = ("off", "ngram", "auto", DRAFT)  # --speculate: never; prompt lookup always; guesses where they pay (a draft's
+# with --draft, else prompt lookup's)
 DEFAULT_MODE = "off"  # until a check's gain is measured on GPUs users have
+
+
+def with_draft_steps(costs: dict[int, float], draft_step: float) -> dict[int, float]:
+    """What a check of k guesses costs when a draft model writes them: the check, plus k of the draft's steps (its
+    prompt step over the tokens confirmed since its last guess, then k - 1 decode steps), in the model's decode steps
+    (`draft_step`: a draft step's time over the model's)."""
+    return {k: cost + k * draft_step for k, cost in costs.items()}
 
 
 def check_size(guesses: int) -> int:

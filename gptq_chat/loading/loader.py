@@ -370,8 +370,8 @@ def check_draft(plan: LoadPlan, speculate: str, draft: CheckpointInfo | None) ->
                 f"--speculate draft needs --draft MODEL: a small GPTQ checkpoint with the same tokenizer ({suggestion})"
             )
         return
-    if speculate != DRAFT:
-        raise ValueError(f"--draft {draft.path} is for --speculate draft (not {speculate})")
+    if speculate not in (DRAFT, "auto"):
+        raise ValueError(f"--draft {draft.path} is for --speculate draft or auto (not {speculate})")
     if not plan.fast or plan.layout.placement is not None:
         where = plan.engine_reason if not plan.fast else "split over " + ", ".join(plan.layout.cards)
         raise ValueError(f"--speculate draft needs the fast engine with the whole model on one device; here: {where}")

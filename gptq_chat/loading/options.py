@@ -35,15 +35,16 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MODE,
         help="speculative decoding for a lone reply (the fast engine on one GPU): guess the next tokens and check "
         "several in one step; the same text, faster where the guesses are right. ngram: guess from the prompt and "
-        "the reply so far (quoting, editing what came before), always; auto: the same where it pays on this card; "
-        "draft: a small model's guesses (--draft); off: never",
+        "the reply so far (quoting, editing what came before), always; auto: guesses only where they pay on this "
+        "card (a draft model's with --draft, else the prompt's); draft: a small model's guesses (--draft), always; "
+        "off: never",
     )
     parser.add_argument(
         "--draft",
         default=None,
         metavar="MODEL",
-        help="with --speculate draft: the draft model, a small checkpoint with the same tokenizer (folder or id), "
-        "loaded on the same card",
+        help="with --speculate draft or auto: the draft model, a small checkpoint with the same tokenizer (folder or "
+        "id), loaded on the same card",
     )
     parser.add_argument(
         "--prefix-cache",
