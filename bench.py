@@ -216,7 +216,12 @@ def time_speculation(args: argparse.Namespace) -> None:
     folder, _ = prepare_checkpoint(args.dir, args.shape)
     engine = load_engine(folder, "marlin", torch.device("cuda"), args.context, checks=True)  # one card
     print(f"GPU: {torch.cuda.get_device_name()}; {engine.name}, context {engine.context_length:,} tokens")
-    figures = speculation_bench.run(engine, new_tokens=args.new_tokens)
+    draft = None
+    if args.draft_shape:  # random weights: its guesses are wrong, the case auto must not lose on
+        draft_folder, _ = prepare_checkpoint(None, args.draft_shape)
+        draft = load_engine(draft_folder, "marlin", torch.device("cuda"), args.context)
+        print(f"draft: {draft.name}, a decode step {draft.step_ms:.2f} ms against the model's {engine.step_ms:.2f}")
+    figures = speculation_bench.run(engine, new_tokens=args.new_tokens, draft=draft)
     print(speculation_bench.table(figures))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
@@ -306,6 +311,11 @@ def main() -> None:
         action="store_true",
         help="speculative decoding: a check's cost against a decode step, every guess right (an upper bound) at "
         "k = 4 and 8, and --speculate auto against off on random prompts",
+    )
+    parser.add_argument(
+        "--draft-shape",
+        help="with --speculation: also time --speculate auto with a random-weight draft model of this Qwen shape "
+        "(qwen1.5-0.5b), whose guesses are all wrong",
     )
     parser.add_argument(
         "--acceptance",

@@ -5,7 +5,8 @@
   the same whatever its guesses), at k = 4 and 8, against plain decoding that reads each token as a check does.
   Labelled as such: real guesses are right less often.
 - The price of guessing where it does not pay: replies to random prompts through the scheduler (prompt lookup finds
-  little to guess from in random tokens) with --speculate auto against off.
+  little to guess from in random tokens) with --speculate auto against off; with a draft model of random weights
+  (whose guesses are wrong) too, where one is given.
 """
 
 from __future__ import annotations
@@ -53,9 +54,12 @@ def checks_per_second(engine: FastEngine, prompt: list[int], k: int, count: int)
     return count / (time.perf_counter() - started)
 
 
-def scheduled(engine: FastEngine, mode: str, prompts: list[list[int]], new_tokens: int) -> float:
-    """Replies to `prompts` one after another through a scheduler with --speculate `mode`: tokens/s of decoding."""
-    scheduler = Scheduler(engine, speculate=mode)
+def scheduled(
+    engine: FastEngine, mode: str, prompts: list[list[int]], new_tokens: int, draft: FastEngine | None = None
+) -> float:
+    """Replies to `prompts` one after another through a scheduler with --speculate `mode` (and `draft`'s guesses):
+    tokens/s of decoding."""
+    scheduler = Scheduler(engine, speculate=mode, draft=draft)
     settings = replace(GREEDY, max_new_tokens=new_tokens)
     tokens, seconds = 0, 0.0
     try:
@@ -68,7 +72,13 @@ def scheduled(engine: FastEngine, mode: str, prompts: list[list[int]], new_token
     return tokens / seconds
 
 
-def run(engine: FastEngine, prompt_tokens: int = 128, new_tokens: int = 256, vocab: int = 100_000) -> dict:
+def run(
+    engine: FastEngine,
+    prompt_tokens: int = 128,
+    new_tokens: int = 256,
+    vocab: int = 100_000,
+    draft: FastEngine | None = None,
+) -> dict:
     generator = torch.Generator().manual_seed(0)
     prompts = [torch.randint(1000, vocab, (prompt_tokens,), generator=generator).tolist() for _ in range(4)]
     _, plain = plain_tokens(engine, prompts[0], new_tokens)
@@ -78,6 +88,9 @@ def run(engine: FastEngine, prompt_tokens: int = 128, new_tokens: int = 256, voc
         figures["every_guess_right"][k] = {"tokens_per_s": bound, "speed_up": bound / plain}
     scheduled(engine, "auto", prompts[:1], 16)  # the scheduler's first request pays for its warm-up
     figures["random_prompts"] = {mode: scheduled(engine, mode, prompts, new_tokens) for mode in ("off", "auto")}
+    if draft is not None:
+        figures["draft_step_in_steps"] = draft.step_ms / engine.step_ms
+        figures["random_prompts"]["auto, random draft"] = scheduled(engine, "auto", prompts, new_tokens, draft)
     return figures
 
 
@@ -92,7 +105,9 @@ def table(figures: dict) -> str:
             f"every guess right (an upper bound: k + 1 tokens a check), k={k}: {row['tokens_per_s']:.1f} tokens/s, "
             f"{row['speed_up']:.2f}x"
         )
-    off, auto = figures["random_prompts"]["off"], figures["random_prompts"]["auto"]
-    change = f"{auto / off - 1:+.1%}"
-    lines.append(f"random prompts through the scheduler: off {off:.1f}, auto {auto:.1f} tokens/s ({change})")
+    speeds = figures["random_prompts"]
+    modes = ", ".join(f"{mode} {speed:.1f} ({speed / speeds['off'] - 1:+.1%})" for mode, speed in speeds.items())
+    lines.append(f"random prompts through the scheduler, tokens/s: {modes}")
+    if "draft_step_in_steps" in figures:
+        lines.append(f"a draft step, in the model's decode steps: {figures['draft_step_in_steps']:.3f}")
     return "\n".join(lines)
