@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from gptq_chat.engine.one_shot_reduce import ALL_REDUCES, DEFAULT_ALL_REDUCE
 from gptq_chat.engine.protocols import SamplingSettings, TokenSource
 from gptq_chat.engine.scheduler import Scheduler
 from gptq_chat.loading.memory_plan import embedding_bytes
@@ -279,6 +280,12 @@ def main() -> None:
         "(tensor parallelism: every layer halved). One per run: a process holds one tensor-parallel group",
     )
     parser.add_argument(
+        "--all-reduce",
+        choices=ALL_REDUCES,
+        default=DEFAULT_ALL_REDUCE,
+        help="with --split tensor: how the cards add up their partial results (nccl, one-shot, auto)",
+    )
+    parser.add_argument(
         "--kv-cache",
         default="fp16",
         help="the engine's KV-cache formats to time, one after the other in this run: fp16, int8, fp8 (e.g. fp16,int8)",
@@ -466,7 +473,7 @@ def load_for_timing(folder: Path, attention: str, args, report: dict, kv_cache: 
         devices = [torch.device(f"cuda:{card}") for card in cards]
         engine = load_tensor_parallel(
             folder, "marlin", devices, args.context, torch.float16, None, attention, 1, memory_limit(args),
-            kv_cache=kv_cache,
+            kv_cache=kv_cache, all_reduce=args.all_reduce,
         )  # fmt: skip
         return engine, CardPeaks(cards[:1], engine)
     layer_devices = [torch.device(f"cuda:{i}") for i in placement.layer_devices()] if placement else None

@@ -67,11 +67,17 @@ def test_engine_split_over_two_cards_matches_the_plain_split(qwen7b_shaped, toke
 
 
 @two_gpus
-def test_tensor_parallel_over_two_cards_matches_the_plain_split(qwen7b_shaped, tokens, split_plain_logits) -> None:
-    """Every layer halved over the two cards (a process each, NCCL all-reduces inside the CUDA graphs): what the
-    loader chooses by itself for cards named together; closing it stops the second card's process."""
-    loaded = load_uncached(qwen7b_shaped, backend="marlin", device="cuda:0,1", context_length=1024)
+@pytest.mark.parametrize("all_reduce", ["nccl", "one-shot"])
+def test_tensor_parallel_over_two_cards_matches_the_plain_split(
+    qwen7b_shaped, tokens, split_plain_logits, all_reduce
+) -> None:
+    """Every layer halved over the two cards (a process each, the all-reduces inside the CUDA graphs: NCCL's, or
+    the one-shot through each other's memory); closing it stops the second card's process."""
+    loaded = load_uncached(
+        qwen7b_shaped, backend="marlin", device="cuda:0,1", context_length=1024, split="tensor", all_reduce=all_reduce
+    )
     engine = loaded.engine
+    assert (engine.model.shard.one_shot is not None) == (all_reduce == "one-shot")
     try:
         assert loaded.facts.device == "cuda:0,cuda:1" and "tensor parallel over 2 GPUs" in loaded.facts.engine
         assert engine.local.use_graphs and engine.local.prefill_graphs and engine.model.shape.num_heads == 16
@@ -161,6 +167,50 @@ def test_a_memory_cap_is_enforced(qwen_shaped) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "refused past the cap" in done.stdout
+
+
+THROUGH_HOST = """
+import sys, torch
+from gptq_chat.loading.loader import load_uncached
+from tests.support.teacher_forcing import PROMPT, assert_logits_agree, teacher_forced
+folder, tokens, expected = sys.argv[1], torch.load(sys.argv[2]), torch.load(sys.argv[3])
+loaded = load_uncached(folder, backend="marlin", device="cuda:0,1", context_length=1024, split="tensor")
+try:
+    ours = teacher_forced(loaded.engine, [tokens.tolist()], [PROMPT])[0].cpu()
+    assert_logits_agree(ours, expected, "tensor parallel through host memory vs split plain")
+finally:
+    loaded.scheduler.close()
+print("agree")
+"""
+
+
+@two_gpus
+def test_tensor_parallel_through_host_memory_matches_the_plain_split(
+    qwen7b_shaped, tokens, split_plain_logits, tmp_path
+) -> None:
+    """NCCL_P2P_DISABLE=1, as between two RTX 4090s (no peer-to-peer: every all-reduce through host memory). In a
+    fresh process: NCCL reads its settings once per process."""
+    torch.save(tokens, tmp_path / "tokens.pt")
+    torch.save(split_plain_logits, tmp_path / "expected.pt")
+    arguments = [str(qwen7b_shaped), str(tmp_path / "tokens.pt"), str(tmp_path / "expected.pt")]
+    done = subprocess.run(
+        [sys.executable, "-c", THROUGH_HOST, *arguments],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=400,
+        env={**os.environ, "NCCL_P2P_DISABLE": "1"},
+    )
+    assert done.returncode == 0 and "agree" in done.stdout, done.stderr[-3000:]
+
+
+@two_gpus
+def test_the_one_shot_all_reduce_equals_nccls_bit_for_bit() -> None:
+    """fp16 partial sums of the shapes a decode step reduces (one row of 4,096 or 8,192; 16 rows; a prompt chunk,
+    which goes through NCCL either way), eagerly and replayed from a CUDA graph."""
+    from tests.support.all_reduce_check import compare_on_two_cards
+
+    assert compare_on_two_cards() == "equal"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

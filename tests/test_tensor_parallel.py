@@ -270,3 +270,23 @@ def test_two_halves_with_an_int8_cache_give_the_whole_models_logits(tiny_gptq_di
         assert_logits_agree(forced_alone(two, tokens), forced_alone(one, tokens), "tensor parallel, int8 cache")
     finally:
         two.close()
+
+
+def test_the_one_shot_all_reduce_is_taken_only_where_the_cards_reach_each_other(
+    tiny_gptq_dir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--all-reduce`: asked on cards it cannot run on (here the CPU), the one-shot is refused before any process
+    starts, saying what to use; `auto` falls back to NCCL's path (gloo here), and so does a group told to avoid
+    peer-to-peer. On GPUs with peer access: tests/test_multi_gpu.py."""
+    from gptq_chat.engine.one_shot_reduce import resolve_all_reduce
+
+    with pytest.raises(ValueError, match=r"cannot run here: it needs CUDA GPUs\. Use --all-reduce nccl"):
+        load_tensor_parallel(tiny_gptq_dir, "torch_aten", [CPU] * 2, CONTEXT, torch.bfloat16, all_reduce="one-shot")
+    assert resolve_all_reduce("auto", [CPU] * 2) == resolve_all_reduce("nccl", [CPU] * 2) == "nccl"
+    monkeypatch.setenv("NCCL_P2P_DISABLE", "1")
+    cards = [torch.device("cuda:0"), torch.device("cuda:1")]
+    assert resolve_all_reduce("auto", cards) == "nccl"  # decided without touching a GPU
+    with pytest.raises(ValueError, match="NCCL_P2P_DISABLE=1 says these cards are not to use peer-to-peer"):
+        resolve_all_reduce("one-shot", cards)
+    with pytest.raises(ValueError, match="the all-reduce is one of auto, nccl, one-shot, not 'ring'"):
+        resolve_all_reduce("ring", cards)

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from gptq_chat.engine.one_shot_reduce import OneShotReduce
 from gptq_chat.engine.quant_linear import GPTQ_PARTS, build_quant_linear, columns_of, fuse_gptq_tensors, rows_of
 from gptq_chat.engine.quantized_attention import attend_quantized, store_quantized
 from gptq_chat.engine.shape import GPTQSettings, ModelShape, engine_problem, tensor_parallel_problem
@@ -84,13 +85,17 @@ class Shard:
     Every card holds 1/world of each layer's heads and MLP rows (q/k/v and gate/up split by output
     features, o and down by input features) and of the vocabulary, so a decode step reads 1/world of
     the weights on each card at once. The partial sums of o and down are added over the cards (an
-    all-reduce through `torch.distributed`, NCCL on GPUs, captured in the CUDA graphs with the rest).
+    all-reduce through `torch.distributed`, NCCL on GPUs, captured in the CUDA graphs with the rest; small ones
+    through `one_shot`, where the group has one: engine/one_shot_reduce.py).
     """
 
     rank: int
     world: int
+    one_shot: OneShotReduce | None = None
 
     def reduce(self, x: torch.Tensor) -> torch.Tensor:
+        if self.one_shot is not None and self.one_shot.takes(x):
+            return self.one_shot.reduce(x)
         dist.all_reduce(x)
         return x
 

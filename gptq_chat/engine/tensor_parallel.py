@@ -34,6 +34,7 @@ import torch.distributed as dist
 from gptq_chat.engine.devices import CUDA_CONTEXT_BYTES, cap_card
 from gptq_chat.engine.fast_engine import FastEngine, Progress
 from gptq_chat.engine.network import Shard, load_transformer
+from gptq_chat.engine.one_shot_reduce import DEFAULT_ALL_REDUCE, OneShotReduce, resolve_all_reduce
 from gptq_chat.engine.protocols import SamplingSettings, SlotEngine
 
 log = logging.getLogger(__name__)
@@ -100,15 +101,30 @@ def build_engine(
     return engine
 
 
+def card_shard(rank: int, world: int, device: torch.device, all_reduce: str, dtype: torch.dtype) -> Shard:
+    """This card's `Shard`, summing small messages through the one-shot all-reduce where the group uses it (every
+    card makes its buffer at the same point: the rendezvous is collective)."""
+    return Shard(rank, world, OneShotReduce(device, dtype) if all_reduce == "one-shot" else None)
+
+
 def follow(
-    rank: int, world: int, port: int, device: str, limit: int | None, build: dict[str, Any], inbox: Any, outbox: Any
+    rank: int,
+    world: int,
+    port: int,
+    device: str,
+    limit: int | None,
+    all_reduce: str,
+    build: dict[str, Any],
+    inbox: Any,
+    outbox: Any,
 ) -> None:
     """A follower process: load this card's shard, then repeat the first card's calls until told to close."""
     logging.basicConfig(level=logging.INFO, format=f"[tensor-parallel {rank}] %(message)s")
     leader = os.getppid()
     try:
         join_group(rank, world, port, torch.device(device), limit)
-        engine = build_engine(device=torch.device(device), shard=Shard(rank, world), **build)
+        shard = card_shard(rank, world, torch.device(device), all_reduce, build["dtype"])
+        engine = build_engine(device=torch.device(device), shard=shard, **build)
     except BaseException as error:
         outbox.put(f"GPU {device}: {type(error).__name__}: {error}")
         raise
@@ -282,10 +298,14 @@ def load_tensor_parallel(
     gpu_memory_limit: int | None = None,
     prefix_cache: int = 0,
     kv_cache: str = "fp16",
+    all_reduce: str = DEFAULT_ALL_REDUCE,
 ) -> TensorParallelEngine:
-    """Start a follower process for every card after the first, load every shard, capture the graphs."""
+    """Start a follower process for every card after the first, load every shard, capture the graphs.
+    `all_reduce`: how the cards sum their partial results (one_shot_reduce.ALL_REDUCES)."""
     if dist.is_initialized():
         raise RuntimeError("A tensor-parallel model is already loaded in this process; unload it first.")
+    method = resolve_all_reduce(all_reduce, devices)  # before any process starts: every card uses the same
+    log.info("Tensor parallel over %d devices, summing through %s", len(devices), method)
     world, port = len(devices), free_port()
     build = {
         "folder": folder,
@@ -307,7 +327,7 @@ def load_tensor_parallel(
     for rank, (device, inbox) in enumerate(zip(devices[1:], inboxes, strict=True), start=1):
         process = spawn.Process(
             target=follow,
-            args=(rank, world, port, str(device), follower_limit, build, inbox, outbox),
+            args=(rank, world, port, str(device), follower_limit, method, build, inbox, outbox),
             name=f"tensor-parallel-{rank}",
             daemon=True,
         )
@@ -316,7 +336,8 @@ def load_tensor_parallel(
     started = time.perf_counter()
     try:
         join_group(0, world, port, devices[0], gpu_memory_limit)
-        local = build_engine(device=devices[0], shard=Shard(0, world), progress=progress, **build)
+        shard = card_shard(0, world, devices[0], method, dtype)
+        local = build_engine(device=devices[0], shard=shard, progress=progress, **build)
         for _ in followers:
             answer = outbox.get(timeout=START_TIMEOUT.total_seconds())
             if answer != "ready":

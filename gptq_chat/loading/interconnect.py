@@ -115,14 +115,11 @@ def detect_link(indices: Sequence[int]) -> str:
     """The slowest link between any two of these CUDA cards, as NCCL will use it: "host" where NCCL is told not to
     use peer-to-peer (NCCL_P2P_DISABLE=1) or a pair has no peer access, "nvlink" where NVML says every pair is
     NVLinked, else "pcie"."""
-    import torch
+    from gptq_chat.engine.one_shot_reduce import peer_access_problem
 
-    pairs = [(a, b) for a in indices for b in indices if a < b]
-    if os.environ.get("NCCL_P2P_DISABLE") == "1":
+    if peer_access_problem(indices) is not None:
         return "host"
-    if not all(torch.cuda.can_device_access_peer(a, b) for a, b in pairs):
-        return "host"
-    return "nvlink" if all(nvlinked(a, b) for a, b in pairs) else "pcie"
+    return "nvlink" if all(nvlinked(a, b) for a in indices for b in indices if a < b) else "pcie"
 
 
 def nvlinked(a: int, b: int) -> bool:

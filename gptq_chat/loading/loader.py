@@ -18,6 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from gptq_chat.engine.one_shot_reduce import DEFAULT_ALL_REDUCE
 from gptq_chat.engine.plain import PlainEngine
 from gptq_chat.engine.protocols import SamplingSettings, SlotEngine
 from gptq_chat.engine.scheduler import DEFAULT_QUEUE_LIMIT, Scheduler
@@ -263,6 +264,7 @@ def load_uncached(
     prefix_cache: int | None = None,
     draft: str | Path | None = None,
     kv_cache: str = "auto",
+    all_reduce: str = DEFAULT_ALL_REDUCE,
 ) -> LoadedModel:
     """Validate, choose device, kernel and engine, load; `load` is the cached version callers want.
 
@@ -271,7 +273,8 @@ def load_uncached(
     "draft" those of the draft model `draft` (a small checkpoint with the same tokenizer, on the same card).
     `split` says how a model is split over several GPUs, `prefix_cache` the most tokens of other chats' prompts the
     fast engine keeps for reuse (None: what spare memory allows), `kv_cache` how it stores the KV cache (fp16,
-    int8, fp8, or auto: 8 bits where fp16 would hold less context): see `fit.py`.
+    int8, fp8, or auto: 8 bits where fp16 would hold less context): see `fit.py`. `all_reduce`: how the cards of a
+    tensor-parallel split add up their partial results (engine/one_shot_reduce.py).
     """
     import torch
 
@@ -304,7 +307,7 @@ def load_uncached(
     with library_output(MODEL_LOAD_LOG, subject) as library_log:
         try:
             tokenizer, generation_config, runner, model = build_runner(
-                plan, dtype, report, slots, gpu_memory_limit, speculate
+                plan, dtype, report, slots, gpu_memory_limit, speculate, all_reduce
             )
         except Exception as error:
             raise ModelLoadError(
@@ -401,7 +404,13 @@ def load_draft(
 
 
 def build_runner(
-    plan: LoadPlan, dtype: Any, report: Progress, slots: int, gpu_memory_limit: int | None, speculate: str
+    plan: LoadPlan,
+    dtype: Any,
+    report: Progress,
+    slots: int,
+    gpu_memory_limit: int | None,
+    speculate: str,
+    all_reduce: str = DEFAULT_ALL_REDUCE,
 ) -> tuple[Any, Any, SlotEngine | PlainEngine, Any]:
     """The tokenizer, generation config, engine and network of a planned load: the heavy part, all in libraries."""
     import torch
@@ -423,6 +432,7 @@ def build_runner(
         runner = load_tensor_parallel(
             info.path, choice.backend, devices, layout.context, dtype, report, slots=slots,
             gpu_memory_limit=gpu_memory_limit, prefix_cache=layout.prefix_cache, kv_cache=layout.kv_cache,
+            all_reduce=all_reduce,
         )  # fmt: skip
         return tokenizer, generation_config, runner, runner.model
     if plan.fast:

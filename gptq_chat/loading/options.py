@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from gptq_chat.engine.one_shot_reduce import ALL_REDUCES, DEFAULT_ALL_REDUCE
 from gptq_chat.engine.speculation import DEFAULT_MODE, MODES
 from gptq_chat.loading.fit import KV_CACHE_CHOICES, KV_CACHE_HELP, SPLIT_HELP, SPLITS
 from gptq_chat.loading.loader import ENGINES
@@ -29,6 +30,14 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         "--context", type=int, default=None, help="tokens per reply, prompt included (default: the longest that fits)"
     )
     parser.add_argument("--kv-cache", choices=KV_CACHE_CHOICES, default="auto", help=KV_CACHE_HELP)
+    parser.add_argument(
+        "--all-reduce",
+        choices=ALL_REDUCES,
+        default=DEFAULT_ALL_REDUCE,
+        help="how the cards of a tensor-parallel split add up their partial results: nccl; one-shot (each card "
+        "reads the others' parts directly, for the small sums of a decode step: cards with peer access, NVLink); "
+        "auto: one-shot where every pair of cards has peer access",
+    )
     parser.add_argument(
         "--speculate",
         choices=MODES,
@@ -69,4 +78,5 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
         "speculate": args.speculate,
         "draft": args.draft,
         "kv_cache": args.kv_cache,
+        "all_reduce": args.all_reduce,
     }
