@@ -243,3 +243,11 @@ def test_the_link_between_two_cards_is_found_and_its_all_reduce_measured_and_kep
     assert through_host.link == "host" and through_host.measured
     if direct.link != "host":
         assert through_host.all_reduce_s > direct.all_reduce_s
+        monkeypatch.delenv("NCCL_P2P_DISABLE")
+        from gptq_chat.engine.link_probe import measure_all_reduce
+        from gptq_chat.loading.interconnect import PROBE_WIDTH
+
+        cards = [torch.device("cuda:0"), torch.device("cuda:1")]
+        one_shot = measure_all_reduce(cards, PROBE_WIDTH, method="one-shot")
+        print(f"GPUs 0, 1: the one-shot all-reduce {one_shot * 1e6:.1f} µs, NCCL's {direct.all_reduce_s * 1e6:.1f} µs")
+        assert 0 < one_shot < 1e-3
