@@ -167,7 +167,7 @@ def test_the_planner_halves_every_card_and_says_how_long_a_context_fits() -> Non
     with pytest.raises(ValueError, match="not whole layers"):
         placement.device_map()  # what transformers would need: it has no such split
     longest = largest_tensor_parallel_context(shape, cards)
-    assert 2048 <= longest < 2304  # the layer split holds 2,586: no second context on any card
+    assert 2304 <= longest < 2560  # the layer split holds 2,584: no second context on any card
     with pytest.raises(PlacementRefused, match=f"longest context that fits: {longest:,}"):
         plan_tensor_parallel(shape, cards, 8192)
 
