@@ -44,8 +44,9 @@ import torch
 
 from gptq_chat.engine.one_shot_reduce import ALL_REDUCES, DEFAULT_ALL_REDUCE
 from gptq_chat.engine.protocols import SamplingSettings, TokenSource
+from gptq_chat.engine.quant_linear import GEMV
 from gptq_chat.engine.scheduler import Scheduler
-from gptq_chat.loading.memory_plan import embedding_bytes
+from gptq_chat.loading.memory_plan import embedding_bytes, layer_weight_bytes
 
 # Peak memory bandwidth by card (vendor datasheets, SXM parts), bytes/s.
 PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "4090": 1.01e12}
@@ -228,6 +229,33 @@ def time_speculation(args: argparse.Namespace) -> None:
         args.json.write_text(json.dumps(figures, indent=2))
 
 
+def profile_step(args: argparse.Namespace) -> None:
+    """`--profile`: one decode step's kernels (gptq_chat/testing/step_profile.py), for each --variants kernel."""
+    from gptq_chat.engine.fast_engine import load_engine
+    from gptq_chat.loading.checkpoint import find_checkpoint
+    from gptq_chat.testing.step_profile import GREEDY, profile_steps, step_table
+
+    folder, _ = prepare_checkpoint(args.dir, args.shape)
+    info = find_checkpoint(folder)
+    layer_bytes = info.shape.num_layers * layer_weight_bytes(info)
+    prompt = random_prompt(args.prompt, 0)
+    for variant in args.variants.split(","):
+        attention, _, reduce = variant.partition("-")
+        backend = "marlin" + (GEMV if reduce == "gemv" else "")
+        captured = load_engine(folder, backend, torch.device("cuda"), args.context, decode_attention=attention)
+        captured.prefill(prompt, GREEDY)
+        captured_ms = captured.milliseconds(captured.graphs[(0, 1, captured.window_for(len(prompt) + 2), True)])
+        del captured
+        free_memory()
+        eager = load_engine(
+            folder, backend, torch.device("cuda"), args.context, decode_attention=attention, use_graphs=False
+        )
+        print(f"== {variant}: {torch.cuda.get_device_name()}, {info.name}, a {len(prompt):,}-token prompt")
+        print(step_table(profile_steps(eager, prompt), layer_bytes, captured_ms))
+        del eager
+        free_memory()
+
+
 def measure_acceptance(args: argparse.Namespace) -> None:
     """`--acceptance`: gptq_chat/testing/acceptance.py on the demo model (or --dir), on a GPU where there is one."""
     from gptq_chat.loading.loader import load
@@ -270,7 +298,8 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default="sdpa",
-        help="engine variants to time: sdpa, matmul (decode attention), sdpa-fp16reduce (Marlin without fp32 reduce)",
+        help="engine variants to time: sdpa, matmul (decode attention), sdpa-fp16reduce (Marlin without fp32 reduce), "
+        "sdpa-gemv (decode steps through the int4 GEMV, prompts through Marlin)",
     )
     parser.add_argument(
         "--split",
@@ -336,6 +365,17 @@ def main() -> None:
         help="time the grammar engines for structured output (compile, mask per token) on the Qwen and demo "
         "tokenizers; needs no model and no GPU",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="where a decode step's time goes: its kernels grouped by what they do, per step (eager, one row, after "
+        "a --prompt-token prompt), with the captured step's time beside them",
+    )
+    parser.add_argument(
+        "--gemv",
+        action="store_true",
+        help="Marlin against the int4 GEMV (engine/int4_gemv.py) on each projection of --shape at 1, 4 and 16 rows",
+    )
     args = parser.parse_args()
     if args.split == "tensor" and "fp16reduce" in args.variants:
         parser.error("sdpa-fp16reduce re-captures the first card's graphs only: it cannot be timed with --split tensor")
@@ -362,6 +402,16 @@ def main() -> None:
         return
     if args.speculation:
         time_speculation(args)
+        return
+    if args.profile:
+        profile_step(args)
+        return
+    if args.gemv:
+        from gptq_chat.testing.random_checkpoint import get_shape
+        from gptq_chat.testing.step_profile import kernel_table
+
+        print(f"{torch.cuda.get_device_name()}, the {args.shape} shape's projections")
+        print(kernel_table(get_shape(args.shape)))
         return
     if args.acceptance:
         measure_acceptance(args)
@@ -417,7 +467,8 @@ def time_engine(
     free_memory()
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    engine, memory = load_for_timing(folder, attention, args, report, kv_cache)
+    backend = "marlin" + (GEMV if reduce == "gemv" else "")
+    engine, memory = load_for_timing(folder, attention, args, report, kv_cache, backend)
     key = f"engine_{variant}" + ("" if kv_cache == "fp16" else f"_{kv_cache}")
     if reduce == "fp16reduce":
         for module in engine.model.modules():
@@ -446,8 +497,11 @@ def time_engine(
     return results
 
 
-def load_for_timing(folder: Path, attention: str, args, report: dict, kv_cache: str) -> tuple[Any, CardPeaks]:
-    """The engine as the loader would place it (one card, layers split, or tensor parallel), and its cards."""
+def load_for_timing(
+    folder: Path, attention: str, args, report: dict, kv_cache: str, backend: str = "marlin"
+) -> tuple[Any, CardPeaks]:
+    """The engine as the loader would place it (one card, layers split, or tensor parallel), and its cards, with
+    `backend`'s kernel (marlin, or marlin+gemv: decode rows through engine/int4_gemv.py)."""
     from gptq_chat.engine.fast_engine import load_engine
     from gptq_chat.loading.checkpoint import find_checkpoint
     from gptq_chat.loading.loader import plan_load
@@ -472,13 +526,13 @@ def load_for_timing(folder: Path, attention: str, args, report: dict, kv_cache: 
 
         devices = [torch.device(f"cuda:{card}") for card in cards]
         engine = load_tensor_parallel(
-            folder, "marlin", devices, args.context, torch.float16, None, attention, 1, memory_limit(args),
+            folder, backend, devices, args.context, torch.float16, None, attention, 1, memory_limit(args),
             kv_cache=kv_cache, all_reduce=args.all_reduce,
         )  # fmt: skip
         return engine, CardPeaks(cards[:1], engine)
     layer_devices = [torch.device(f"cuda:{i}") for i in placement.layer_devices()] if placement else None
     engine = load_engine(
-        folder, "marlin", torch.device(device), args.context, decode_attention=attention, layer_devices=layer_devices,
+        folder, backend, torch.device(device), args.context, decode_attention=attention, layer_devices=layer_devices,
         kv_cache=kv_cache,
     )  # fmt: skip
     return engine, CardPeaks(cards)
