@@ -44,7 +44,7 @@ import torch
 
 from gptq_chat.engine.one_shot_reduce import ALL_REDUCES, DEFAULT_ALL_REDUCE
 from gptq_chat.engine.protocols import SamplingSettings, TokenSource
-from gptq_chat.engine.quant_linear import GEMV
+from gptq_chat.engine.quant_linear import OURS
 from gptq_chat.engine.scheduler import Scheduler
 from gptq_chat.loading.memory_plan import embedding_bytes, layer_weight_bytes
 
@@ -241,7 +241,7 @@ def profile_step(args: argparse.Namespace) -> None:
     prompt = random_prompt(args.prompt, 0)
     for variant in args.variants.split(","):
         attention, _, reduce = variant.partition("-")
-        backend = "marlin" + (GEMV if reduce == "gemv" else "")
+        backend = OURS if reduce == OURS else "marlin"
         captured = load_engine(folder, backend, torch.device("cuda"), args.context, decode_attention=attention)
         captured.prefill(prompt, GREEDY)
         captured_ms = captured.milliseconds(captured.graphs[(0, 1, captured.window_for(len(prompt) + 2), True)])
@@ -299,7 +299,7 @@ def main() -> None:
         "--variants",
         default="sdpa",
         help="engine variants to time: sdpa, matmul (decode attention), sdpa-fp16reduce (Marlin without fp32 reduce), "
-        "sdpa-gemv (decode steps through the int4 GEMV, prompts through Marlin)",
+        "sdpa-int4 (our int4 kernels instead of Marlin: a GEMV for decode, dequantize + cuBLAS for prompts)",
     )
     parser.add_argument(
         "--split",
@@ -374,7 +374,7 @@ def main() -> None:
     parser.add_argument(
         "--gemv",
         action="store_true",
-        help="Marlin against the int4 GEMV (engine/int4_gemv.py) on each projection of --shape at 1, 4 and 16 rows",
+        help="Marlin against the int4 GEMV (engine/int4_linear.py) on each projection of --shape at 1, 4 and 16 rows",
     )
     args = parser.parse_args()
     if args.split == "tensor" and "fp16reduce" in args.variants:
@@ -467,7 +467,7 @@ def time_engine(
     free_memory()
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    backend = "marlin" + (GEMV if reduce == "gemv" else "")
+    backend = OURS if reduce == OURS else "marlin"
     engine, memory = load_for_timing(folder, attention, args, report, kv_cache, backend)
     key = f"engine_{variant}" + ("" if kv_cache == "fp16" else f"_{kv_cache}")
     if reduce == "fp16reduce":
@@ -501,7 +501,7 @@ def load_for_timing(
     folder: Path, attention: str, args, report: dict, kv_cache: str, backend: str = "marlin"
 ) -> tuple[Any, CardPeaks]:
     """The engine as the loader would place it (one card, layers split, or tensor parallel), and its cards, with
-    `backend`'s kernel (marlin, or marlin+gemv: decode rows through engine/int4_gemv.py)."""
+    `backend`'s kernel (marlin, or int4: engine/int4_linear.py)."""
     from gptq_chat.engine.fast_engine import load_engine
     from gptq_chat.loading.checkpoint import find_checkpoint
     from gptq_chat.loading.loader import plan_load

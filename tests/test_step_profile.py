@@ -9,7 +9,7 @@ from gptq_chat.testing.step_profile import KernelTime, group_of, step_table
 def test_kernels_are_grouped_by_the_names_they_have_on_the_card() -> None:
     names = {
         "void marlin::Marlin<(marlin::ScalarType::Id)5, 256, 1, 8, 8, true, 4, 8, false>(...)": "int4 GEMM (Marlin)",
-        "gemv_kernel": "int4 GEMV (engine/int4_gemv.py)",
+        "gemv_kernel": "int4 GEMV (engine/int4_linear.py)",
         "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4> >(...)": "attention",
         "sm90_xmma_gemm_f16f16_f16f32_f32_tn_n_tilesize64x128x64_warpgroupsize1x1x1": "fp16 GEMM (the head)",
         "triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0": "RMSNorm",

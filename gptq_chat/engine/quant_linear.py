@@ -16,7 +16,7 @@ from torch import nn
 from gptq_chat.engine.shape import GPTQSettings
 
 GPTQ_PARTS = ("qweight", "qzeros", "scales", "g_idx")
-GEMV = "+gemv"  # a kernel name with this suffix (marlin+gemv): decode rows through engine/int4_gemv.py (bench.py)
+OURS = "int4"  # the kernel of engine/int4_linear.py: a measurement variant (bench.py --variants sdpa-int4)
 
 
 def fuse_gptq_tensors(parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -91,17 +91,16 @@ def kernel_class(backend: str) -> type:
 def build_quant_linear(
     tensors: dict[str, torch.Tensor], settings: GPTQSettings, backend: str, device: torch.device, dtype: torch.dtype
 ) -> nn.Module:
-    """One gptqmodel QuantLinear on `device`, loaded from GPTQ v1 tensors and made ready to run; with `GEMV` after the
-    kernel's name, beside our int4 GEMV for decode rows (`int4_gemv.RowSplitLinear`, a measurement variant)."""
+    """One gptqmodel QuantLinear on `device`, loaded from GPTQ v1 tensors and made ready to run; or, for `OURS`, the
+    linear of engine/int4_linear.py on the same tensors."""
     from gptqmodel.utils.model import convert_gptq_v1_to_v2_format_module
 
-    if backend.endswith(GEMV):
-        from gptq_chat.engine.int4_gemv import Int4Gemv, RowSplitLinear
+    if backend == OURS:
+        from gptq_chat.engine.int4_linear import Int4Linear
 
         if settings.desc_act or settings.bits != 4:
-            raise ValueError("the int4 GEMV reads 4-bit checkpoints without act-order only")
-        gemv = Int4Gemv(tensors, settings.group_size, device, dtype)  # first: the kernel below converts in place
-        return RowSplitLinear(gemv, build_quant_linear(tensors, settings, backend.removesuffix(GEMV), device, dtype))
+            raise ValueError(f"the {OURS} kernel reads 4-bit checkpoints without act-order only")
+        return Int4Linear(tensors, settings.group_size, device, dtype)
 
     cls = kernel_class(backend)
     in_features = tensors["g_idx"].shape[0]

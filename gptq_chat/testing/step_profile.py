@@ -6,7 +6,7 @@ projection shape (`bench.py --gemv`): the tables the decode step's speed work is
   what it does (`CATEGORIES`, by the kernel's name); the weight GEMMs' group also gets the bandwidth the bytes they
   must read imply. The captured step's own time is given beside it: the eager one adds launch gaps, not kernel time.
 - The kernels: each projection of the model's shape (fused q/k/v, o, fused gate/up, down) at 1, 4 and 16 rows,
-  Marlin against engine/int4_gemv.py, timed as CUDA-graph replays of 50 calls, with the bandwidth each reaches
+  Marlin against engine/int4_linear.py, timed as CUDA-graph replays of 50 calls, with the bandwidth each reaches
   over the projection's GPTQ bytes.
 """
 
@@ -23,7 +23,8 @@ GREEDY = SamplingSettings(max_new_tokens=1, temperature=0.0, repetition_penalty=
 # (group, substrings of kernel names that belong to it), the first match wins; names differ by card and library.
 CATEGORIES = (
     ("int4 GEMM (Marlin)", ("marlin",)),
-    ("int4 GEMV (engine/int4_gemv.py)", ("gemv_kernel",)),
+    ("int4 GEMV (engine/int4_linear.py)", ("gemv_kernel",)),
+    ("int4 dequantize (engine/int4_linear.py)", ("dequantize_kernel",)),
     ("RMSNorm", ("rsqrt", "rms", "norm")),  # before copies: a fused norm's name has "to_copy" in it
     ("attention", ("flash", "fmha", "attend_kernel", "combine_kernel", "attention")),
     ("fp16 GEMM (the head)", ("gemm", "gemv", "xmma", "cutlass", "cublas", "sm90")),
@@ -118,7 +119,7 @@ def replay_microseconds(call, repeats: int = 50) -> float:
 
 def kernel_table(shape, rows_list: tuple[int, ...] = (1, 4, 16)) -> str:
     """Marlin against the int4 GEMV on each projection of `shape` (random GPTQ weights, group 128), on this card."""
-    from gptq_chat.engine.int4_gemv import int4_gemv
+    from gptq_chat.engine.int4_linear import int4_gemv
     from gptq_chat.engine.quant_linear import build_quant_linear
     from gptq_chat.engine.shape import GPTQSettings
     from gptq_chat.loading.memory_plan import quantized_linear_bytes

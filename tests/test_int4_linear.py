@@ -1,6 +1,7 @@
-"""The int4 GEMV (engine/int4_gemv.py): its torch reference reads GPTQ's layout as gptqmodel does, and the Triton
-kernel equals the reference for 1 to 16 rows, whole and partial column blocks, one or several input splits.
-Without CUDA the kernel runs only under TRITON_INTERPRET=1 (small shapes); on a GPU with the 7B projections too."""
+"""Our int4 kernels (engine/int4_linear.py): the torch reference reads GPTQ's layout as gptqmodel does; the GEMV
+equals it for 1 to 16 rows, whole and partial column blocks, one or several input splits; the dequantizing kernel
+gives its matrix; a linear sends decode rows to the one and prompts to the other. Without CUDA the kernels run only
+under TRITON_INTERPRET=1 (small shapes); on a GPU with the 7B projections and a whole engine too."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import os
 import pytest
 import torch
 
-from gptq_chat.engine.int4_gemv import MAX_ROWS, Int4Gemv, RowSplitLinear, dequantized_matmul, int4_gemv
+from gptq_chat.engine.int4_linear import (
+    MAX_ROWS,
+    Int4Linear,
+    dequantize_int4,
+    dequantized_matmul,
+    int4_gemv,
+    unpack_int4,
+)
 from gptq_chat.engine.quant_linear import build_quant_linear
 from gptq_chat.engine.shape import GPTQSettings
 
@@ -98,35 +106,54 @@ def test_the_kernel_on_the_7b_projections(depth: int, columns: int) -> None:
         check(rows, depth, columns, None)
 
 
-def test_a_row_split_linear_sends_decode_rows_to_the_gemv_and_prompts_to_the_other_kernel() -> None:
+def test_the_dequantizing_kernel_gives_the_references_matrix() -> None:
+    device = kernel_device()
+    tensors = {name: value.to(device) for name, value in gptq_tensors(384, 72).items()}
+    matrix = dequantize_int4(tensors["qweight"], tensors["qzeros"], tensors["scales"], GROUP)
+    groups = torch.arange(384, device=device) // GROUP
+    zeros = unpack_int4(tensors["qzeros"], 1).float() + 1
+    expected = (unpack_int4(tensors["qweight"], 0).float() - zeros[groups]) * tensors["scales"].float()[groups]
+    assert matrix.shape == (384, 72) and matrix.dtype == torch.float16
+    torch.testing.assert_close(matrix, expected.half(), rtol=0, atol=0)  # one rounding to fp16, the same
+
+
+def test_the_linear_sends_decode_rows_to_the_gemv_and_prompts_to_the_dequantized_product() -> None:
     device = kernel_device()
     tensors = gptq_tensors(256, 64)
-    settings = GPTQSettings(bits=4, group_size=GROUP, sym=False, desc_act=False)
-    large = build_quant_linear({k: v.clone() for k, v in tensors.items()}, settings, "torch", device, torch.float16)
-    linear = RowSplitLinear(Int4Gemv(tensors, GROUP, device, torch.float16), large)
-    calls: list[str] = []
-    linear.gemv.register_forward_hook(lambda *_: calls.append("gemv"))
-    linear.large.register_forward_hook(lambda *_: calls.append("large"))
-    for rows, kernel in ((1, "gemv"), (MAX_ROWS, "gemv"), (MAX_ROWS + 1, "large")):
-        x = torch.randn(1, rows, 256, device=device).half()
-        calls.clear()
-        out = linear(x)
-        assert calls == [kernel] and out.shape == (1, rows, 64)
-        torch.testing.assert_close(out.float(), large(x).float(), rtol=2e-3, atol=2e-3)
+    tensors["bias"] = torch.randn(64).half()
+    linear = Int4Linear(tensors, GROUP, device, torch.float16)
+    kernels = __import__("gptq_chat.engine.int4_linear", fromlist=["_triton"])._triton()
+    launched: list[str] = []
+    for name in ("gemv_kernel", "dequantize_kernel"):
+        kernel = getattr(kernels, name)
+        original = kernel.run
+        kernel.run = lambda *a, _name=name, _run=original, **k: (launched.append(_name), _run(*a, **k))[1]
+    try:
+        for rows, kernel in ((1, "gemv_kernel"), (MAX_ROWS, "gemv_kernel"), (MAX_ROWS + 1, "dequantize_kernel")):
+            x = torch.randn(1, rows, 256, device=device).half()
+            launched.clear()
+            out = linear(x)
+            assert launched == [kernel] and out.shape == (1, rows, 64)
+            expected = dequantized_matmul(x.float(), *(linear.qweight, linear.qzeros, linear.scales), GROUP)
+            expected = expected + tensors["bias"].to(device).float()
+            assert (out.float() - expected).abs().max() <= 2e-3 * expected.abs().max()
+    finally:
+        for name in ("gemv_kernel", "dequantize_kernel"):
+            del getattr(kernels, name).run
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_an_engine_whose_decode_steps_run_through_the_gemv_gives_marlins_logits(qwen_shaped) -> None:
-    """bench.py's `sdpa-gemv` variant: Qwen1.5-0.5B's shapes, decode steps in captured graphs through the GEMV,
-    the prompt through Marlin, teacher-forced logits against the Marlin-only engine's."""
+def test_an_engine_on_our_int4_kernels_gives_marlins_logits(qwen_shaped) -> None:
+    """bench.py's `sdpa-int4` variant: Qwen1.5-0.5B's shapes, decode steps in captured graphs through the GEMV,
+    the prompt through the dequantized product, teacher-forced logits against the Marlin engine's."""
     from gptq_chat.engine.fast_engine import load_engine
     from tests.support.teacher_forcing import PROMPT, assert_logits_agree, forced_tokens, teacher_forced
 
     tokens = forced_tokens().tolist()
     logits = {}
-    for backend in ("marlin", "marlin+gemv"):
+    for backend in ("marlin", "int4"):
         engine = load_engine(qwen_shaped, backend, torch.device("cuda"), 1024)
         logits[backend] = teacher_forced(engine, [tokens], [PROMPT])[0].cpu()
         del engine
-    assert_logits_agree(logits["marlin+gemv"], logits["marlin"], "int4 GEMV vs Marlin")
+    assert_logits_agree(logits["int4"], logits["marlin"], "our int4 kernels vs Marlin")

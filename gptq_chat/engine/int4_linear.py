@@ -1,4 +1,8 @@
-"""A GEMV for GPTQ-Int4 weights in the checkpoint's own layout: the decode step's projections at 1 to 16 rows.
+"""GPTQ-Int4 linears on kernels of our own, in the checkpoint's own layout: a GEMV for decode steps, a dequantize
+then cuBLAS for prompts (`Int4Linear`, the kernel named "int4"; bench.py --variants sdpa,sdpa-int4 measures it
+against Marlin).
+
+Decode: a GEMV at 1 to 16 rows.
 
 At batch 1 a decode step is a read of every weight; Marlin reaches about 48 % of an H100's bandwidth on the 7B
 shape's projections (docs/benchmarks.md). This kernel is the candidate to replace it for decode: each program
@@ -13,14 +17,16 @@ Shapes: x ``[M, K]`` (M <= MAX_ROWS); qweight ``[K / 8, N]`` int32; qzeros ``[K 
 the stored zero is one less than the real one); scales ``[K / group, N]``. No act-order (desc_act) checkpoints.
 `dequantized_matmul` is the reference: the same weights dequantized to a matrix, in torch.
 
-The bench variant `gemv` (bench.py --variants sdpa,sdpa-gemv) runs decode steps through it and prompts through
-Marlin (`RowSplitLinear`), to be measured against Marlin alone before the engine takes it.
+Prompts: a prompt's GEMM is compute-bound, and fp16 tensor-core GEMMs (cuBLAS) reach far more than a kernel that
+dequantizes as it multiplies; so a prompt's rows meet the projection's weights dequantized first (`dequantize_int4`,
+one Triton pass into a temporary fp16 matrix that lives for that one product).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -90,7 +96,7 @@ def int4_gemv(
     split = split_k or choose_split_k(columns, groups, _sm_count(x.device))
     out = torch.zeros(rows, columns, device=x.device, dtype=torch.float32)
     grid = (math.ceil(columns / BLOCK_N), split)
-    kernel[grid](
+    kernel.gemv_kernel[grid](
         x, qweight, qzeros, scales, out,
         rows, columns, groups // split,
         x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0),
@@ -99,8 +105,26 @@ def int4_gemv(
     return out.to(x.dtype)
 
 
-class Int4Gemv(nn.Module):
-    """A GPTQ v1 linear (no act-order) through `int4_gemv`: its tensors on the device, as the checkpoint has them."""
+def dequantize_int4(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The GPTQ v1 weights as an fp16 (scales' dtype) matrix ``[K, N]``: one Triton program per group and column
+    block."""
+    kernel = _triton()
+    if kernel is None:
+        raise RuntimeError("triton is not installed")
+    depth, columns = qweight.shape[0] * PACK, qweight.shape[1]
+    out = torch.empty(depth, columns, device=qweight.device, dtype=scales.dtype)
+    grid = (math.ceil(columns / BLOCK_N), depth // group_size)
+    kernel.dequantize_kernel[grid](
+        qweight, qzeros, scales, out, columns,
+        qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0),
+        GROUP=group_size, BLOCK_N=BLOCK_N,
+    )  # fmt: skip
+    return out
+
+
+class Int4Linear(nn.Module):
+    """A GPTQ v1 linear (4 bits, no act-order) on our kernels, its tensors as the checkpoint has them: decode rows
+    (up to MAX_ROWS) through `int4_gemv`, more rows through `dequantize_int4` and a dense GEMM."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], group_size: int, device: torch.device, dtype: torch.dtype):
         super().__init__()
@@ -113,24 +137,13 @@ class Int4Gemv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        out = int4_gemv(flat, self.qweight, self.qzeros, self.scales, self.group_size)
+        if flat.shape[0] <= MAX_ROWS:
+            out = int4_gemv(flat, self.qweight, self.qzeros, self.scales, self.group_size)
+        else:
+            out = flat @ dequantize_int4(self.qweight, self.qzeros, self.scales, self.group_size)
         if self.bias is not None:
             out = out + self.bias
         return out.view(*x.shape[:-1], out.shape[-1])
-
-
-class RowSplitLinear(nn.Module):
-    """Decode steps (up to MAX_ROWS rows) through `Int4Gemv`, prompts through another kernel (Marlin): the bench's
-    `gemv` variant. It holds the weights twice, once per kernel's layout."""
-
-    def __init__(self, gemv: Int4Gemv, large: nn.Module) -> None:
-        super().__init__()
-        self.gemv = gemv
-        self.large = large
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        return self.gemv(x) if rows <= MAX_ROWS else self.large(x)
 
 
 @functools.cache
@@ -141,7 +154,7 @@ def _sm_count(device: torch.device) -> int:
 
 @functools.cache
 def _triton() -> Any:
-    """The Triton kernel, or None where triton does not import."""
+    """The Triton kernels, or None where triton does not import."""
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -150,7 +163,7 @@ def _triton() -> Any:
 
 
 def _build_kernel() -> Any:
-    """Define the Triton kernel (only called once triton imports)."""
+    """Define the Triton kernels (only called once triton imports)."""
     import triton
     import triton.language as tl
 
@@ -185,4 +198,26 @@ def _build_kernel() -> Any:
         target = OUT + m[:, None] * stride_out + n[None, :]
         tl.atomic_add(target, acc, mask=in_rows[:, None] & in_columns[None, :])
 
-    return gemv_kernel
+    @triton.jit
+    def dequantize_kernel(
+        QW, QZ, S, OUT,
+        columns,
+        stride_qw, stride_qz, stride_s, stride_out,
+        GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):  # fmt: skip
+        block, g = tl.program_id(0), tl.program_id(1)
+        n = block * BLOCK_N + tl.arange(0, BLOCK_N)
+        in_columns = n < columns
+        packed_rows = tl.arange(0, GROUP // 8)
+        words = tl.load(
+            QW + (g * (GROUP // 8) + packed_rows)[:, None] * stride_qw + n[None, :], mask=in_columns[None, :]
+        )
+        nibbles = (words[:, None, :] >> (tl.arange(0, 8) * 4)[None, :, None]) & 0xF
+        zero_word = tl.load(QZ + g * stride_qz + n // 8, mask=in_columns)
+        zeros = ((zero_word >> ((n % 8) * 4)) & 0xF) + 1
+        scale = tl.load(S + g * stride_s + n, mask=in_columns, other=0.0).to(tl.float32)
+        weights = (tl.reshape(nibbles, (GROUP, BLOCK_N)) - zeros[None, :]).to(tl.float32) * scale[None, :]
+        k = g * GROUP + tl.arange(0, GROUP)
+        tl.store(OUT + k[:, None] * stride_out + n[None, :], weights.to(OUT.dtype.element_ty), mask=in_columns[None, :])
+
+    return SimpleNamespace(gemv_kernel=gemv_kernel, dequantize_kernel=dequantize_kernel)
