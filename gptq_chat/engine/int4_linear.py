@@ -94,15 +94,21 @@ def int4_gemv(
         raise ValueError(f"K={depth} must be whole groups of {group_size} (a multiple of {PACK}) and qweight's rows")
     groups = depth // group_size
     split = split_k or choose_split_k(columns, groups, _sm_count(x.device))
-    out = torch.zeros(rows, columns, device=x.device, dtype=torch.float32)
+    # One program per column block writes its result; several add theirs into fp32 (zeroed, then cast): two more
+    # launches, worth it only where the column blocks alone leave the card idle.
+    out = (
+        torch.empty(rows, columns, device=x.device, dtype=x.dtype)
+        if split == 1
+        else x.new_zeros(rows, columns, dtype=torch.float32)
+    )
     grid = (math.ceil(columns / BLOCK_N), split)
     kernel.gemv_kernel[grid](
         x, qweight, qzeros, scales, out,
         rows, columns, groups // split,
         x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), out.stride(0),
-        GROUP=group_size, BLOCK_N=BLOCK_N, BLOCK_M=16, num_warps=num_warps, num_stages=num_stages,
+        GROUP=group_size, BLOCK_N=BLOCK_N, BLOCK_M=16, ADD=split > 1, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
-    return out.to(x.dtype)
+    return out if split == 1 else out.to(x.dtype)
 
 
 def dequantize_int4(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -172,7 +178,7 @@ def _build_kernel() -> Any:
         X, QW, QZ, S, OUT,
         rows, columns, groups_per_program,
         stride_x, stride_qw, stride_qz, stride_s, stride_out,
-        GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+        GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, ADD: tl.constexpr,
     ):  # fmt: skip
         block, split = tl.program_id(0), tl.program_id(1)
         n = block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -196,7 +202,10 @@ def _build_kernel() -> Any:
             scale = tl.load(S + g * stride_s + n, mask=in_columns, other=0.0).to(tl.float32)
             acc += tl.dot(xs, centred) * scale[None, :]
         target = OUT + m[:, None] * stride_out + n[None, :]
-        tl.atomic_add(target, acc, mask=in_rows[:, None] & in_columns[None, :])
+        if ADD:
+            tl.atomic_add(target, acc, mask=in_rows[:, None] & in_columns[None, :])
+        else:
+            tl.store(target, acc.to(OUT.dtype.element_ty), mask=in_rows[:, None] & in_columns[None, :])
 
     @triton.jit
     def dequantize_kernel(

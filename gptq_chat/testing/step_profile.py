@@ -119,7 +119,7 @@ def replay_microseconds(call, repeats: int = 50) -> float:
 
 def kernel_table(shape, rows_list: tuple[int, ...] = (1, 4, 16)) -> str:
     """Marlin against the int4 GEMV on each projection of `shape` (random GPTQ weights, group 128), on this card."""
-    from gptq_chat.engine.int4_linear import int4_gemv
+    from gptq_chat.engine.int4_linear import choose_split_k, int4_gemv
     from gptq_chat.engine.quant_linear import build_quant_linear
     from gptq_chat.engine.shape import GPTQSettings
     from gptq_chat.loading.memory_plan import quantized_linear_bytes
@@ -133,8 +133,8 @@ def kernel_table(shape, rows_list: tuple[int, ...] = (1, 4, 16)) -> str:
         "down": (i, h),
     }
     lines = [
-        "| projection (K x N) | rows | Marlin µs | Marlin TB/s | GEMV µs | GEMV TB/s |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| projection (K x N) | rows | Marlin µs | Marlin TB/s | GEMV µs (split) | GEMV TB/s | fastest split: µs |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for label, (depth, columns) in projections.items():
         tensors = {
@@ -146,12 +146,20 @@ def kernel_table(shape, rows_list: tuple[int, ...] = (1, 4, 16)) -> str:
         gemv_parts = [tensors[name].to(device) for name in ("qweight", "qzeros", "scales")]
         marlin = build_quant_linear(tensors, settings, "marlin", device, torch.float16)
         moved = quantized_linear_bytes(settings, depth, columns)
+        groups = depth // 128
+        chosen = choose_split_k(columns, groups, torch.cuda.get_device_properties(device).multi_processor_count)
         for rows in rows_list:
             x = torch.randn(rows, depth, device=device, dtype=torch.float16)
             marlin_us = replay_microseconds(lambda: marlin(x))  # noqa: B023
-            gemv_us = replay_microseconds(lambda: int4_gemv(x, *gemv_parts, 128))  # noqa: B023
+            splits = {
+                split: replay_microseconds(lambda: int4_gemv(x, *gemv_parts, 128, split_k=split))  # noqa: B023
+                for split in sorted({1, 2, 3, 4, 6, 8, 16, chosen})
+                if groups % split == 0
+            }
+            best = min(splits, key=splits.__getitem__)
+            gemv_us = splits[chosen]
             lines.append(
                 f"| {label} ({depth} x {columns}) | {rows} | {marlin_us:.1f} | {moved / marlin_us / 1e6:.2f} | "
-                f"{gemv_us:.1f} | {moved / gemv_us / 1e6:.2f} |"
+                f"{gemv_us:.1f} ({chosen}) | {moved / gemv_us / 1e6:.2f} | {best}: {splits[best]:.1f} |"
             )
     return "\n".join(lines)
