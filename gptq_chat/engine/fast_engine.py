@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from gptq_chat.engine.devices import replay_milliseconds
 from gptq_chat.engine.network import CacheRows, Transformer, load_transformer
 from gptq_chat.engine.prefix_store import PrefixStore, common_prefix
 from gptq_chat.engine.protocols import SamplingSettings, SlotEngine
@@ -379,15 +380,7 @@ class FastEngine(SlotEngine):
     def milliseconds(self, graph: torch.cuda.CUDAGraph) -> float:
         """A captured graph's time on this card, replayed from slot 0's start (its writes are reset after)."""
         self.set_position(0, 0)
-        for _ in range(3):
-            graph.replay()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(20):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 20
+        return replay_milliseconds(graph)
 
     def measure_checks(self) -> None:
         """A check's time over a decode step's, per guess count, on this card: what `speculation.Policy` weighs."""

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from gptq_chat.engine.devices import sm_count
+
 PACK = 8  # int4 values per int32
 MAX_ROWS = 16  # rows this kernel serves (a decode step of up to 16 slots); more: Marlin
 BLOCK_N = 64  # output columns per program
@@ -93,7 +95,7 @@ def int4_gemv(
     if depth % group_size or group_size % PACK or qweight.shape[0] * PACK != depth:
         raise ValueError(f"K={depth} must be whole groups of {group_size} (a multiple of {PACK}) and qweight's rows")
     groups = depth // group_size
-    split = split_k or choose_split_k(columns, groups, _sm_count(x.device))
+    split = split_k or choose_split_k(columns, groups, sm_count(x.device))
     # One program per column block writes its result; several add theirs into fp32 (zeroed, then cast): two more
     # launches, worth it only where the column blocks alone leave the card idle.
     out = (
@@ -150,12 +152,6 @@ class Int4Linear(nn.Module):
         if self.bias is not None:
             out = out + self.bias
         return out.view(*x.shape[:-1], out.shape[-1])
-
-
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors (132, an H100 SXM's, where not on CUDA: the interpreter)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
 
 @functools.cache

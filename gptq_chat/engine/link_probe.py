@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
+from gptq_chat.engine.devices import replay_milliseconds
 from gptq_chat.engine.network import Shard
 from gptq_chat.engine.tensor_parallel import card_shard, free_port, join_group
 
@@ -114,14 +115,8 @@ def _timed_in_graph(shard: Shard, x: torch.Tensor, repeats: int) -> float:
             shard.reduce(x)
     graph.replay()  # its first replay sets the graph up
     torch.cuda.synchronize()
-    dist.barrier()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(REPLAYS):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    seconds = start.elapsed_time(end) / 1e3 / (REPLAYS * repeats)
+    dist.barrier()  # the cards start timing together
+    seconds = replay_milliseconds(graph, replays=REPLAYS, warm=0) / 1e3 / repeats
     del graph
     torch.cuda.synchronize()
     return seconds

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from gptq_chat.engine.devices import sm_count
+
 QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
 
 BLOCK_N = 64  # keys per tile
@@ -242,14 +244,6 @@ def _build_kernels() -> Any:
     return attend_kernel, combine_kernel, store_kernel
 
 
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device (132 for an H100 SXM when not on CUDA, e.g. interpreted)."""
-    if device.type != "cuda":
-        return 132
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def _next_pow2(n: int) -> int:
     """Smallest power of two >= n."""
     return 1 << max(n - 1, 0).bit_length()
@@ -309,7 +303,7 @@ def triton_quantized_attention(
     m_blocks = math.ceil(rows / block_m)
     programs = batch * kv_heads * m_blocks
     if splits is None:
-        splits, chunk = choose_splits(programs, length, _sm_count(q.device))
+        splits, chunk = choose_splits(programs, length, sm_count(q.device))
     else:
         splits, chunk = split_keys(length, splits)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gptq_chat.engine.devices import replay_milliseconds
 from gptq_chat.engine.protocols import SamplingSettings
 
 GREEDY = SamplingSettings(max_new_tokens=1, temperature=0.0, repetition_penalty=1.0)
@@ -106,15 +107,7 @@ def replay_microseconds(call, repeats: int = 50) -> float:
     with torch.cuda.graph(graph):
         for _ in range(repeats):
             call()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(5):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1e3 / (5 * repeats)
+    return replay_milliseconds(graph, replays=5, warm=1) * 1e3 / repeats
 
 
 def kernel_table(shape, rows_list: tuple[int, ...] = (1, 4, 16)) -> str:
