@@ -135,6 +135,7 @@ class ModelHolder:
             try:
                 planned = dict(options)
                 speculate, draft = planned.pop("speculate", DEFAULT_MODE), planned.pop("draft", None)
+                planned.pop("all_reduce", None)  # how split cards add up, not where the model goes
                 draft_info = find_checkpoint(draft) if draft else None
                 plan = plan_load(info, **planned, draft=draft_info, freed=freed, ram=device_memory("cpu").free)
                 check_draft(plan, speculate, draft_info)  # the draft must fit this model too (its tokenizer)
