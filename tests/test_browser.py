@@ -117,15 +117,18 @@ def wait_for_reply(page) -> str:
     return reply_text(page)
 
 
-def stop_after(page, characters: int) -> str:
-    """Let the reply grow to `characters`, then stop it unless it already ended (a CPU writes slowly)."""
+def stop_after(page, characters: int, messages: int = 0) -> str:
+    """Let the reply grow to `characters`, then stop it unless it already ended (a CPU writes slowly). `messages`:
+    how many the page shows once the reply has begun (greeting, question, reply), so that a page not yet redrawn
+    after the question (no Stop button yet) is not taken for a reply that ended."""
     page.wait_for_function(
-        """([chars]) => {
-            const answer = [...document.querySelectorAll('[data-testid=stChatMessage]')].pop()
-                .querySelector('.st-key-live_answer, [class*="st-key-answer_"]');
+        """([chars, count]) => {
+            const messages = [...document.querySelectorAll('[data-testid=stChatMessage]')];
+            if (messages.length < count) return false;
+            const answer = messages.pop().querySelector('.st-key-live_answer, [class*="st-key-answer_"]');
             return !document.querySelector('.st-key-stop') || (answer && answer.innerText.length >= chars);
         }""",
-        arg=[characters],
+        arg=[characters, messages],
     )
     stop = page.locator(".st-key-stop button")
     if stop.count():
@@ -193,10 +196,11 @@ def test_a_reload_finds_the_conversation(new_page, server: str) -> None:
     page = new_page(zone=FAR_ZONE)
     log_in(page, server)
     send(page, QUESTION)
-    answer = stop_after(page, 20)
+    answer = stop_after(page, 20, messages=3)
     assert answer
     page.wait_for_url(re.compile(r"\?chat=\d+"))
     chat_id = re.search(r"\?chat=(\d+)", page.url)[1]
+    expect(page.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=60_000)  # the run after it ended
     shot(page, "06-answered")
     page.reload()
     log_in(page, page.url)  # each new session logs in again
