@@ -10,6 +10,7 @@ import os
 import pytest
 import torch
 
+from gptq_chat.engine import int4_linear
 from gptq_chat.engine.int4_linear import (
     MAX_ROWS,
     Int4Linear,
@@ -122,7 +123,7 @@ def test_the_linear_sends_decode_rows_to_the_gemv_and_prompts_to_the_dequantized
     tensors = gptq_tensors(256, 64)
     tensors["bias"] = torch.randn(64).half()
     linear = Int4Linear(tensors, GROUP, device, torch.float16)
-    kernels = __import__("gptq_chat.engine.int4_linear", fromlist=["_triton"])._triton()
+    kernels = int4_linear._triton()
     launched: list[str] = []
     for name in ("gemv_kernel", "dequantize_kernel"):
         kernel = getattr(kernels, name)

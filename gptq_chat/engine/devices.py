@@ -1,10 +1,13 @@
 """A GPU as the engine sees it: what a CUDA context costs outside the allocator, capping the allocator, how many
-SMs it has and how long a captured graph takes on it."""
+SMs it has, how long a captured graph takes on it, and the Triton kernels written for it."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+Kernels = TypeVar("Kernels")
 
 CUDA_CONTEXT_BYTES = 512 * 1024**2  # ~0.5 GB per card for the CUDA context (driver, cuBLAS handles, kernel images)
 
@@ -40,3 +43,17 @@ def replay_milliseconds(graph: Any, replays: int = 20, warm: int = 3) -> float:
     end.record()
     end.synchronize()
     return start.elapsed_time(end) / replays
+
+
+def triton_kernels(build: Callable[[], Kernels]) -> Callable[[], Kernels | None]:
+    """`build`'s kernels, defined once on first use, or None where triton does not import (a CPU-only torch)."""
+
+    @functools.cache
+    def kernels() -> Kernels | None:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return None
+        return build()
+
+    return kernels

@@ -24,7 +24,6 @@ one Triton pass into a temporary fp16 matrix that lives for that one product).
 
 from __future__ import annotations
 
-import functools
 import math
 from types import SimpleNamespace
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gptq_chat.engine.devices import sm_count
+from gptq_chat.engine.devices import sm_count, triton_kernels
 
 PACK = 8  # int4 values per int32
 MAX_ROWS = 16  # rows this kernel serves (a decode step of up to 16 slots); more: Marlin
@@ -154,16 +153,6 @@ class Int4Linear(nn.Module):
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
-@functools.cache
-def _triton() -> Any:
-    """The Triton kernels, or None where triton does not import."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return None
-    return _build_kernel()
-
-
 def _build_kernel() -> Any:
     """Define the Triton kernels (only called once triton imports)."""
     import triton
@@ -226,3 +215,6 @@ def _build_kernel() -> Any:
         tl.store(OUT + k[:, None] * stride_out + n[None, :], weights.to(OUT.dtype.element_ty), mask=in_columns[None, :])
 
     return SimpleNamespace(gemv_kernel=gemv_kernel, dequantize_kernel=dequantize_kernel)
+
+
+_triton = triton_kernels(_build_kernel)

@@ -12,13 +12,12 @@ attention: query head h reads kv head ``h // (H // KV)``). The output is ``[B, H
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
 import torch
 
-from gptq_chat.engine.devices import sm_count
+from gptq_chat.engine.devices import sm_count, triton_kernels
 
 QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
 
@@ -87,16 +86,6 @@ def dequantized_attention(
     scores = scores.masked_fill(~visible.unsqueeze(1), float("-inf"))
     probs = torch.softmax(scores, dim=-1).view(batch, kv_heads, -1, length)
     return (probs @ values).view(batch, heads, steps, dim).to(q.dtype)
-
-
-@functools.cache
-def _triton() -> Any:
-    """The Triton kernels, or None where triton does not import."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return None
-    return _build_kernels()
 
 
 def _build_kernels() -> Any:
@@ -345,3 +334,6 @@ def attend_quantized(
     if q.is_cuda and _triton() is not None:
         return triton_quantized_attention(q, k, k_scale, v, v_scale, positions)
     return dequantized_attention(q, k, k_scale, v, v_scale, positions)
+
+
+_triton = triton_kernels(_build_kernels)
