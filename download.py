@@ -17,6 +17,7 @@ import argparse
 import logging
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -227,47 +228,25 @@ def catalog_table(context: int, kv_cache: str = "auto") -> str:
     return "\n".join(lines)
 
 
-def fit_on(
-    entry: catalog.CatalogEntry,
-    gpus: list[GpuSpec],
-    context: int,
-    split: str,
-    kv_cache: str,
-    interconnect: Interconnect | None,
-) -> Layout:
-    """The loader's rule for `entry` on the cards named (`fit.fit`), with their link where one is named."""
-    from gptq_chat.loading.fit import fit
-
-    link = None if interconnect is None else (lambda: interconnect)
-    return fit(entry, gpus, fast=True, context=context, split=split, kv_cache=kv_cache, interconnect=link)
-
-
-def fit_verdict(
-    entry: catalog.CatalogEntry,
-    gpus: list[GpuSpec],
-    context: int,
-    split: str,
-    kv_cache: str = "auto",
-    interconnect: Interconnect | None = None,
-) -> str:
-    """Where the loader would put `entry` on `gpus` at `context`: one card, which split, or how much context fits;
-    and the KV cache's format where it is not fp16."""
+def fit_verdict(layout: Callable[[catalog.CatalogEntry], Layout], entry: catalog.CatalogEntry) -> str:
+    """Where the loader would put `entry` (`layout`: the loader's plan on the cards named): one card, which split,
+    or how much context fits; and the KV cache's format where it is not fp16."""
     from gptq_chat.loading.fit import kv_cache_note
     from gptq_chat.loading.placement import PlacementRefused
 
     try:
-        layout = fit_on(entry, gpus, context, split, kv_cache, interconnect)
+        planned = layout(entry)
     except PlacementRefused as refused:
         longest = refused.largest_context
         with_cache = "" if refused.kv_cache == "fp16" else f" with an {refused.kv_cache} KV cache"
         return f"no: at most {longest:,} tokens of context{with_cache}" if longest else "no: not even the weights fit"
     except ValueError as refused:  # a split this model's shape does not allow
         return f"no: {refused}"
-    cache = kv_cache_note(layout.kv_cache)
-    if layout.placement is None:
-        return f"yes, on {layout.device.replace('cuda:', 'GPU ')}{cache}"
-    how = "tensor parallel" if layout.placement.tensor_parallel else "layers split"
-    return f"yes, {how} over {len(layout.placement.cards)} GPUs{cache}"
+    cache = kv_cache_note(planned.kv_cache)
+    if planned.placement is None:
+        return f"yes, on {planned.device.replace('cuda:', 'GPU ')}{cache}"
+    how = "tensor parallel" if planned.placement.tensor_parallel else "layers split"
+    return f"yes, {how} over {len(planned.placement.cards)} GPUs{cache}"
 
 
 def print_fit(
@@ -278,8 +257,15 @@ def print_fit(
     kv_cache: str = "auto",
     interconnect: Interconnect | None = None,
 ) -> int:
-    """`--list --cards`: every known model on these cards (or one model, part by part), as the loader decides."""
+    """`--list --cards`: every known model on these cards (or one model, part by part), as the loader decides (with
+    the cards' link where one is named)."""
+    from gptq_chat.loading.fit import fit
     from gptq_chat.loading.memory_plan import gib
+
+    link = None if interconnect is None else (lambda: interconnect)
+
+    def layout(entry: catalog.CatalogEntry) -> Layout:
+        return fit(entry, gpus, fast=True, context=context, split=split, kv_cache=kv_cache, interconnect=link)
 
     named = " + ".join(gib(gpu.total_bytes) for gpu in gpus)
     if interconnect is not None:
@@ -287,13 +273,13 @@ def print_fit(
     if model is None:
         print(f"On {named} at {context:,} tokens of context (fast engine, --split {split}, --kv-cache {kv_cache}):\n")
         for entry in catalog.KNOWN_MODELS:
-            print(f"{entry.key:<14}{fit_verdict(entry, gpus, context, split, kv_cache, interconnect)}")
+            print(f"{entry.key:<14}{fit_verdict(layout, entry)}")
         return 0
     entry = catalog.find(model)
     if entry is None:
         raise CheckpointError(f"Unknown model {model}", "see the known ones: python download.py --list")
     try:
-        print(fit_on(entry, gpus, context, split, kv_cache, interconnect).summary())
+        print(layout(entry).summary())
     except ValueError as refused:  # PlacementRefused (with its fix), or a split the model's shape does not allow
         fix = getattr(refused, "fix", "")
         print(getattr(refused, "problem", str(refused)) + (f"\n  Fix: {fix}" if fix else ""), file=sys.stderr)
