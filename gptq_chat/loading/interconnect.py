@@ -119,27 +119,30 @@ def detect_link(indices: Sequence[int]) -> str:
 
     if peer_access_problem(indices) is not None:
         return "host"
-    return "nvlink" if all(nvlinked(a, b) for a in indices for b in indices if a < b) else "pcie"
+    return "nvlink" if nvlinked([(a, b) for a in indices for b in indices if a < b]) else "pcie"
 
 
-def nvlinked(a: int, b: int) -> bool:
-    """Whether NVML reports an NVLink path between CUDA cards `a` and `b` (matched by UUID: NVML counts the cards in
-    its own order); False where NVML cannot tell."""
+def nvlinked(pairs: Sequence[tuple[int, int]]) -> bool:
+    """Whether NVML reports an NVLink path between the CUDA cards of every pair (matched by UUID: NVML counts the
+    cards in its own order); False where NVML cannot tell."""
     try:
         import pynvml
     except ImportError:
-        log.info("No NVML bindings (nvidia-ml-py): GPUs %d and %d counted as linked over PCIe", a, b)
+        log.info("No NVML bindings (nvidia-ml-py): the GPUs are counted as linked over PCIe")
         return False
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as error:
-        log.info("NVML does not start (%s): GPUs %d and %d counted as linked over PCIe", error, a, b)
+        log.info("NVML does not start (%s): the GPUs are counted as linked over PCIe", error)
         return False
     try:
-        handles = [pynvml.nvmlDeviceGetHandleByUUID(card_uuid(index)) for index in (a, b)]
-        return pynvml.nvmlDeviceGetP2PStatus(*handles, pynvml.NVML_P2P_CAPS_INDEX_NVLINK) == pynvml.NVML_P2P_STATUS_OK
+        for a, b in pairs:
+            handles = [pynvml.nvmlDeviceGetHandleByUUID(card_uuid(index)) for index in (a, b)]
+            if pynvml.nvmlDeviceGetP2PStatus(*handles, pynvml.NVML_P2P_CAPS_INDEX_NVLINK) != pynvml.NVML_P2P_STATUS_OK:
+                return False
+        return True
     except pynvml.NVMLError as error:
-        log.info("NVML cannot tell whether GPUs %d and %d are NVLinked (%s): counted as PCIe", a, b, error)
+        log.info("NVML cannot tell whether the GPUs are NVLinked (%s): counted as PCIe", error)
         return False
     finally:
         pynvml.nvmlShutdown()
