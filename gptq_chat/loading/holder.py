@@ -9,6 +9,7 @@ caches models per process, so freeing means dropping its entry too (`loader.unlo
 from __future__ import annotations
 
 import gc
+import inspect
 import threading
 import types
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from gptq_chat.loading.loader import LoadedModel, Progress, check_draft, load, p
 from gptq_chat.loading.placement import PlacementRefused
 from gptq_chat.models.home import models_home
 from gptq_chat.models.installed import installed_models
+
+PLAN_OPTIONS = set(inspect.signature(plan_load).parameters) - {"info", "draft", "freed", "ram"}
 
 
 class SwitchRefused(RuntimeError):
@@ -133,9 +136,10 @@ class ModelHolder:
             device = pick_device(options.get("device"))
             freed = current.facts.memory_bytes if current is not None else 0
             try:
-                planned = dict(options)
-                speculate, draft = planned.pop("speculate", DEFAULT_MODE), planned.pop("draft", None)
-                planned.pop("all_reduce", None)  # how split cards add up, not where the model goes
+                # The load options the plan takes (not those of how it then runs: speculation, the all-reduce);
+                # the draft goes in as its checkpoint.
+                planned = {name: value for name, value in options.items() if name in PLAN_OPTIONS}
+                speculate, draft = options.get("speculate", DEFAULT_MODE), options.get("draft")
                 draft_info = find_checkpoint(draft) if draft else None
                 plan = plan_load(info, **planned, draft=draft_info, freed=freed, ram=device_memory("cpu").free)
                 check_draft(plan, speculate, draft_info)  # the draft must fit this model too (its tokenizer)
